@@ -1,0 +1,207 @@
+"""Config validation and derived sizes.
+
+The YAML groups under conf/ are the schema's defaults; `validate(cfg)` checks every key a
+run reads before anything is compiled or written, and returns the derived sizes. It never
+mutates the config. A bad value raises `ConfigError` whose message is one line: the key, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """One-line message: key, bad value, what is allowed."""
+
+
+class Sizes(NamedTuple):
+    """Sizes derived from the config (per seed)."""
+
+    steps_per_update: int  # num_envs x algo.num_steps
+    num_updates: int  # updates of the run
+    total_steps: int  # env steps actually run: num_updates x steps_per_update
+    updates_per_log: int  # updates per compiled chunk = per metrics record
+    num_chunks: int
+    eval_every_chunks: int | None  # periodic evaluation (None: only at the end)
+    checkpoint_every_chunks: int
+
+
+_MISSING = object()
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _is_int(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
+
+
+def _is_num(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+def optional_int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v is None or (_is_int(v) and v >= lo)), f"null or an integer >= {lo}"
+
+
+def in_unit_interval() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_num(v) and 0.0 <= v <= 1.0), "a number in [0, 1]"
+
+
+def positive() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_num(v) and v > 0), "a number > 0"
+
+
+def non_negative() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_num(v) and v >= 0), "a number >= 0"
+
+
+def one_of(*options) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in options), "one of " + ", ".join(map(str, options))
+
+
+def boolean() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def int_list() -> tuple[Callable[[Any], bool], str]:
+    return (
+        lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(_is_int(x) and x >= 1 for x in v),
+        "a non-empty list of integers >= 1, e.g. [64,64]",
+    )
+
+
+# key -> (check, what is allowed); estimator keys apply when that estimator is chosen.
+COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": int_at_least(0),
+    "num_seeds": int_at_least(1),
+    "num_envs": int_at_least(1),
+    "total_steps": int_at_least(1),
+    "eval_episodes": int_at_least(1),
+    "eval_interval": optional_int_at_least(1),
+    "eval_deterministic": boolean(),
+    "log_interval": int_at_least(1),
+    "checkpoint_interval": int_at_least(1),
+    "checkpoint_keep": int_at_least(1),
+    "env.backend": one_of("auto", "jax", "gymnasium"),
+    "env.vectorization": one_of("sync", "async"),
+    "network.hidden_sizes": int_list(),
+    "network.activation": one_of("tanh", "relu", "elu", "gelu", "silu"),
+    "network.shared": boolean(),
+    "network.log_std_init": (_is_num, "a number"),
+    "logger.csv": boolean(),
+    "logger.tensorboard": boolean(),
+    "logger.progress": one_of("auto", "bar", "lines", "none"),
+    "algo.name": one_of("a2c"),
+    "algo.gamma": in_unit_interval(),
+    "algo.learning_rate": positive(),
+    "algo.num_steps": int_at_least(1),
+    "algo.anneal_lr": boolean(),
+    "algo.optimizer": one_of("adam", "rmsprop", "sgd"),
+    "algo.eps": positive(),
+    "algo.rmsprop_decay": ((lambda v: _is_num(v) and 0.0 <= v < 1.0), "a number in [0, 1)"),
+    "algo.max_grad_norm": positive(),
+    "algo.vf_coef": non_negative(),
+    "algo.ent_coef": non_negative(),
+    "algo.normalize_advantages": boolean(),
+    "estimator.name": one_of("td", "nstep", "gae"),
+}
+ESTIMATOR_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "td": {},
+    "nstep": {"estimator.n": optional_int_at_least(1)},
+    "gae": {"estimator.lambda": in_unit_interval()},
+}
+
+
+def _fmt(value: Any) -> str:
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    return repr(value) if isinstance(value, str) else str(value).replace(" ", "")
+
+
+def _check(cfg: DictConfig, rules: dict) -> None:
+    for key, (ok, allowed) in rules.items():
+        value = _get(cfg, key)
+        if value is _MISSING:
+            raise ConfigError(f"{key} is missing (allowed: {allowed})")
+        if not ok(value):
+            raise ConfigError(f"{key}={_fmt(value)} is not allowed (allowed: {allowed})")
+
+
+def _chunks(interval_steps: int, steps_per_chunk: int) -> int:
+    return max(1, math.ceil(interval_steps / steps_per_chunk))
+
+
+def validate(cfg: DictConfig) -> Sizes:
+    """Check every key (raises ConfigError) and return the derived sizes."""
+    from rlcli import envs
+
+    try:
+        OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
+    except Exception as err:  # an interpolation that does not resolve
+        raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
+    _check(cfg, COMMON_RULES)
+    _check(cfg, ESTIMATOR_RULES[cfg.estimator.name])
+
+    env_id = cfg.env.id
+    if not isinstance(env_id, str) or not env_id:
+        raise ConfigError(f"env.id={_fmt(env_id)} is not allowed (allowed: a registered "
+                          "environment id, e.g. env.id=CartPole-v1)")
+    try:
+        envs.check_env_id(env_id)
+        envs.resolve_backend(env_id, cfg.env.backend)
+    except envs.EnvConfigError as err:
+        raise ConfigError(str(err)) from None
+
+    steps_per_update = int(cfg.num_envs) * int(cfg.algo.num_steps)
+    total = int(cfg.total_steps)
+    if total < steps_per_update:
+        raise ConfigError(
+            f"total_steps={total} is smaller than one update (allowed: >= num_envs x "
+            f"algo.num_steps = {cfg.num_envs} x {cfg.algo.num_steps} = {steps_per_update})"
+        )
+    num_updates = math.ceil(total / steps_per_update)
+    updates_per_log = min(num_updates, math.ceil(int(cfg.log_interval) / steps_per_update))
+    steps_per_chunk = updates_per_log * steps_per_update
+    eval_every = None
+    if cfg.eval_interval is not None:
+        eval_every = _chunks(int(cfg.eval_interval), steps_per_chunk)
+    return Sizes(
+        steps_per_update=steps_per_update,
+        num_updates=num_updates,
+        total_steps=num_updates * steps_per_update,
+        updates_per_log=updates_per_log,
+        num_chunks=math.ceil(num_updates / updates_per_log),
+        eval_every_chunks=eval_every,
+        checkpoint_every_chunks=_chunks(int(cfg.checkpoint_interval), steps_per_chunk),
+    )
+
+
+def rounding_notes(cfg: DictConfig, sizes: Sizes) -> list[str]:
+    """Human-readable notes where the config's step counts were rounded to whole updates."""
+    notes = []
+    if sizes.total_steps != int(cfg.total_steps):
+        notes.append(
+            f"total_steps={int(cfg.total_steps)} rounded up to {sizes.total_steps} "
+            f"({sizes.num_updates} updates x {sizes.steps_per_update} steps)"
+        )
+    per_log = sizes.updates_per_log * sizes.steps_per_update
+    if per_log != int(cfg.log_interval):
+        notes.append(f"log_interval={int(cfg.log_interval)} rounded to {per_log} env steps")
+    return notes

@@ -1,0 +1,86 @@
+"""Environments behind one protocol with two backends.
+
+* ``jax``: pure-JAX environments (gymnax's ports of the classic-control tasks) with
+  ``reset(key) -> (obs, state)`` and ``step(key, state, action) -> Step`` for ONE env;
+  ``jax.vmap`` them for a batch. They run inside ``jit``/``scan``, so collection and updates
+  compile into one program.
+* ``gymnasium``: any registered gymnasium id, vectorised on the host with gymnasium's vector
+  API; ``reset() -> obs`` and ``step(action) -> Step`` over numpy arrays of N envs.
+
+Both give the same transition semantics (`Step`): ``obs`` is what the agent acts on next
+(already reset where an episode ended), ``next_obs`` is the true next observation of the
+transition (the final observation where an episode ended), and ``terminated`` (a terminal
+state: no bootstrap) is kept apart from ``truncated`` (a time limit: bootstrap from
+V(next_obs)). Both flags can be true at once; termination wins. Continuous actions are clipped
+to the action bounds inside ``step``; the agent keeps the unclipped sample for its log-prob.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, NamedTuple
+
+
+class EnvSpec(NamedTuple):
+    id: str
+    backend: str  # "jax" | "gymnasium"
+    obs_shape: tuple[int, ...]
+    discrete: bool
+    num_actions: int  # Discrete: number of actions; Box: action dimension
+    action_low: tuple[float, ...] | None  # Box bounds (None for Discrete)
+    action_high: tuple[float, ...] | None
+    max_episode_steps: int | None
+
+
+class Step(NamedTuple):
+    obs: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    next_obs: Any
+
+
+class EnvConfigError(ValueError):
+    """A bad env choice; the message is one line naming the key, the value and what is allowed."""
+
+
+def jax_ports() -> tuple[str, ...]:
+    from rlcli.envs.jax_backend import PORTS
+
+    return tuple(PORTS)
+
+
+def resolve_backend(env_id: str, backend: str) -> str:
+    """`auto` picks `jax` where a pure-JAX port exists, else `gymnasium`."""
+    ports = jax_ports()
+    if backend == "auto":
+        return "jax" if env_id in ports else "gymnasium"
+    if backend == "jax" and env_id not in ports:
+        raise EnvConfigError(
+            f"env.backend=jax: no JAX port of env.id={env_id!r}; JAX ports: {', '.join(ports)} "
+            "(use env.backend=gymnasium or auto)"
+        )
+    return backend
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise EnvConfigError with close matches when env_id is not a registered gymnasium id
+    nor a JAX port."""
+    import gymnasium
+
+    if env_id in jax_ports() or env_id in gymnasium.registry:
+        return
+    known = sorted(set(gymnasium.registry) | set(jax_ports()))
+    close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `gymnasium.pprint_registry()`"
+    raise EnvConfigError(f"env.id={env_id!r} is not a registered environment; {hint}")
+
+
+def make_spec(env_id: str, backend: str) -> EnvSpec:
+    if backend == "jax":
+        from rlcli.envs.jax_backend import spec
+
+        return spec(env_id)
+    from rlcli.envs.gymnasium_backend import spec
+
+    return spec(env_id)

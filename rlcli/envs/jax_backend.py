@@ -1,0 +1,83 @@
+"""The `jax` backend: gymnax's pure-JAX ports of the classic-control tasks.
+
+gymnax (>= 1.0) already keeps termination and time-limit truncation apart and returns the
+final observation of an ended episode beside the reset one; this module fixes the default
+parameters, clips continuous actions and presents the `Step` protocol of `rlcli.envs`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rlcli.envs import EnvSpec, Step
+
+PORTS = (
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "MountainCarContinuous-v0",
+    "Pendulum-v1",
+)
+
+
+class JaxEnv(NamedTuple):
+    """One environment as pure functions; vmap them over a batch of envs."""
+
+    spec: EnvSpec
+    reset: Callable[[jax.Array], tuple[jax.Array, Any]]  # key -> (obs, state)
+    step: Callable[[jax.Array, Any, jax.Array], tuple[Any, Step]]  # (key, state, a) -> (state, Step)
+    gymnax_env: Any
+    params: Any
+
+
+@lru_cache(maxsize=None)
+def make(env_id: str) -> JaxEnv:
+    import gymnax
+
+    env, params = gymnax.make(env_id)
+    env_spec = spec(env_id)
+
+    def reset(key):
+        obs, state = env.reset(key, params)
+        return obs.astype(jnp.float32), state
+
+    def step(key, state, action):
+        if env_spec.discrete:
+            env_action = action
+        else:
+            low = jnp.asarray(env_spec.action_low, jnp.float32)
+            high = jnp.asarray(env_spec.action_high, jnp.float32)
+            env_action = jnp.clip(action, low, high)
+        obs, state, reward, terminated, truncated, info = env.step(key, state, env_action, params)
+        return state, Step(
+            obs=obs.astype(jnp.float32),
+            reward=jnp.asarray(reward, jnp.float32).reshape(()),
+            terminated=jnp.asarray(terminated, bool).reshape(()),
+            truncated=jnp.asarray(truncated, bool).reshape(()),
+            next_obs=info["final_observation"].astype(jnp.float32),
+        )
+
+    return JaxEnv(env_spec, reset, step, env, params)
+
+
+@lru_cache(maxsize=None)
+def spec(env_id: str) -> EnvSpec:
+    import gymnax
+    from gymnax.environments import spaces
+
+    env, params = gymnax.make(env_id)
+    obs_shape = tuple(env.observation_space(params).shape)
+    space = env.action_space(params)
+    if isinstance(space, spaces.Discrete):
+        return EnvSpec(env_id, "jax", obs_shape, True, int(space.n), None, None,
+                       int(params.max_steps_in_episode))
+    shape = tuple(space.shape) or (1,)
+    dim = int(jnp.prod(jnp.array(shape)))
+    low = tuple(float(x) for x in jnp.broadcast_to(jnp.asarray(space.low), (dim,)))
+    high = tuple(float(x) for x in jnp.broadcast_to(jnp.asarray(space.high), (dim,)))
+    return EnvSpec(env_id, "jax", obs_shape, False, dim, low, high,
+                   int(params.max_steps_in_episode))

@@ -1,0 +1,119 @@
+"""Metrics sinks: metrics.jsonl (always), metrics.csv and TensorBoard (optional), and the
+console progress display. One record per seed per logged update; keys are namespaced
+(`loss/...`, `train/...`, `eval/...`) and `env_steps` (per seed) is the x axis."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+log = logging.getLogger("rlcli")
+
+
+def _clean(value):
+    """JSON-safe scalar: non-finite floats become None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, logger_cfg, num_seeds: int):
+        self.run_dir = Path(run_dir)
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._csv_file = None
+        self._csv_writer = None
+        if logger_cfg.csv:
+            self._csv_file = open(self.run_dir / "metrics.csv", "a", newline="", encoding="utf-8")
+        self._tb = []
+        if logger_cfg.tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = [SummaryWriter(str(self.run_dir / "tb" / f"seed_{i}"), flush_secs=10)
+                        for i in range(num_seeds)]
+
+    def write(self, records: list[dict]) -> None:
+        """Append one record per seed; `seed_index` picks the TensorBoard writer."""
+        for record in records:
+            record = {k: _clean(v) for k, v in record.items()}
+            self._jsonl.write(json.dumps(record) + "\n")
+            if self._csv_file is not None:
+                self._write_csv(record)
+            if self._tb:
+                writer = self._tb[record["seed_index"]]
+                for key, value in record.items():
+                    if key not in ("seed_index", "seed", "env_steps", "update") and isinstance(value, (int, float)):
+                        writer.add_scalar(key, value, record["env_steps"])
+        self._jsonl.flush()
+
+    def _write_csv(self, record: dict) -> None:
+        if self._csv_writer is None:
+            fields = ["seed_index", "seed", "update", "env_steps", "wall_time", "episodes",
+                      "episode_return", "episode_length", "eval/return_mean", "eval/return_std",
+                      "eval/length_mean"]
+            fields += sorted(k for k in record if k not in fields)
+            self._csv_writer = csv.DictWriter(self._csv_file, fieldnames=fields, extrasaction="ignore")
+            if self._csv_file.tell() == 0:
+                self._csv_writer.writeheader()
+        self._csv_writer.writerow(record)
+        self._csv_file.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
+        for writer in self._tb:
+            writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All complete records of a run's metrics.jsonl (a torn last line is ignored)."""
+    records = []
+    with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+class Progress:
+    """Env steps, steps/s and the latest mean episode return: a live bar on a terminal
+    (`progress: auto|bar`), one line per record otherwise (`lines`), or nothing (`none`)."""
+
+    def __init__(self, mode: str, total_steps: int):
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "lines"
+        self.mode, self.total = mode, total_steps
+        self._bar = None
+        if mode == "bar":
+            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.completed:,.0f}[/]/{task.total:,.0f} env steps"),
+                BarColumn(),
+                TextColumn("{task.fields[rate]:,.0f} steps/s"),
+                TextColumn("return {task.fields[ret]}"),
+                TimeRemainingColumn(),
+            )
+            self._task = self._bar.add_task("train", total=total_steps, rate=0.0, ret="-")
+            self._bar.start()
+
+    def update(self, env_steps: int, steps_per_second: float, mean_return: float | None) -> None:
+        ret = "-" if mean_return is None else f"{mean_return:.1f}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=env_steps, rate=steps_per_second, ret=ret)
+        elif self.mode == "lines":
+            log.info("env steps %d/%d | %.0f steps/s | episode return %s",
+                     env_steps, self.total, steps_per_second, ret)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
