@@ -44,7 +44,7 @@ def td(rewards, values, next_values, terminated, truncated, *, gamma):
         delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t),  y_t = delta_t + V(s_t).
     """
     del truncated  # a truncated step bootstraps from V(s'_t) exactly like a normal step
-    targets = rewards + gamma * _not(terminated) * next_values
+    targets = jnp.asarray(rewards, jnp.float32) + gamma * _not(terminated) * next_values
     return targets - values, targets
 
 
@@ -53,9 +53,14 @@ def nstep(rewards, values, next_values, terminated, truncated, *, gamma, n=None)
 
         A_t = sum_{k=0}^{m-1} gamma^k r_{t+k} + gamma^m (1 - terminated) V(s'_{t+m-1}) - V(s_t),
 
-    with m = n, or fewer where the episode or the segment ends first. `n=None` sums to the
+    with m = n, or fewer where the episode or the segment ends first. (As printed, 4.2.8 sums
+    t..t+n, n+1 rewards, beside gamma^n; this uses the usual reading, n rewards then gamma^n V,
+    which is also rlax's `n_step_bootstrapped_returns`.) `n=None` sums to the
     end of the segment, as in A3C (001, "N-Step Returns for A3C updates").
     """
+    if n is not None and int(n) < 1:
+        raise ValueError(f"nstep: n={n} is not allowed (allowed: null or an integer >= 1)")
+    rewards = jnp.asarray(rewards, jnp.float32)
     horizon = rewards.shape[0]
     n = horizon if n is None else min(int(n), horizon)
     done = jnp.logical_or(terminated, truncated)
@@ -94,7 +99,7 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
         return advantage, advantage
 
     _, advantages = jax.lax.scan(
-        backward, jnp.zeros((), rewards.dtype), (deltas, cont), reverse=True
+        backward, jnp.zeros((), deltas.dtype), (deltas, cont), reverse=True
     )
     return advantages, advantages + values
 

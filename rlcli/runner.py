@@ -226,10 +226,10 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
                                for s in empty_stats(num_envs, np)))
         return HostState(learner, keys[:, 2], obs, stats)
 
-    def update_keys(key):
-        return jax.vmap(lambda k: jax.random.split(k))(key)
-
-    update_keys = jax.jit(update_keys)
+    @jax.jit
+    def split_keys(key):
+        keys = jax.vmap(jax.random.split)(key)
+        return keys[:, 0], keys[:, 1]
     obs_shape = spec.obs_shape
     act_shape = () if spec.discrete else (spec.num_actions,)
     act_dtype = np.int32 if spec.discrete else np.float32
@@ -239,7 +239,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         jax.block_until_ready(policy_fn(state.learner, state.obs, state.key))
         compiled["update"] = update_jit.lower(state.learner, Batch(*_buffers(num_seeds)), state.key).compile()
         jax.block_until_ready(act_det(state.learner, state.obs[:, :1].repeat(num_eval, 1), state.key))
-        jax.block_until_ready(update_keys(state.key))
+        jax.block_until_ready(split_keys(state.key))
         return time.perf_counter() - start
 
     def _buffers(s):
@@ -260,9 +260,8 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
             b_obs, b_act, b_rew, b_term, b_trunc, b_logp, b_val, b_next = _buffers(num_seeds)
             for t in range(num_steps):
                 action, log_prob, value, key = policy_fn(learner, obs, key)
-                action = np.asarray(action)
+                action, b_logp[t], b_val[t] = jax.device_get((action, log_prob, value))
                 b_obs[t], b_act[t] = obs, action
-                b_logp[t], b_val[t] = np.asarray(log_prob), np.asarray(value)
                 steps = [env.step(action[i]) for i, env in enumerate(train_envs)]
                 obs = np.stack([s.obs for s in steps])
                 b_rew[t] = np.stack([s.reward for s in steps])
@@ -270,8 +269,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
                 b_trunc[t] = np.stack([s.truncated for s in steps])
                 b_next[t] = np.stack([s.next_obs for s in steps])
                 stats = track_episodes(stats, b_rew[t], b_term[t], b_trunc[t])
-            keys = update_keys(key)
-            key, k_update = keys[:, 0], keys[:, 1]
+            key, k_update = split_keys(key)
             batch = Batch(b_obs, b_act, b_rew, b_term, b_trunc, b_logp, b_val, b_next)
             learner, metrics = compiled["update"](learner, batch, k_update)
             for name, value in metrics.items():
@@ -289,8 +287,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         length = np.zeros((num_seeds, num_eval), np.int64)
         alive = np.ones((num_seeds, num_eval), bool)
         for _ in range(max_eval_steps):
-            keys = update_keys(key)
-            key, k_act = keys[:, 0], keys[:, 1]
+            key, k_act = split_keys(key)
             action = np.asarray(act_det(state.learner, obs, k_act))
             steps = [env.step(action[i]) for i, env in enumerate(eval_envs)]
             obs = np.stack([s.obs for s in steps])

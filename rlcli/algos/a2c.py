@@ -67,7 +67,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch)
         updates, opt_state = tx.update(grads, learner.opt_state, learner.params)
         params = optax.apply_updates(learner.params, updates)
-        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
         return LearnerState(params, opt_state, learner.update_step + 1), metrics
 
     return Algorithm(init, act, update)

@@ -53,6 +53,8 @@ def jax_ports() -> tuple[str, ...]:
 def resolve_backend(env_id: str, backend: str) -> str:
     """`auto` picks `jax` where a pure-JAX port exists, else `gymnasium`."""
     ports = jax_ports()
+    if backend not in ("auto", "jax", "gymnasium"):
+        raise EnvConfigError(f"env.backend={backend!r} is not allowed (allowed: auto, jax, gymnasium)")
     if backend == "auto":
         return "jax" if env_id in ports else "gymnasium"
     if backend == "jax" and env_id not in ports:

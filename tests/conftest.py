@@ -1,0 +1,48 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides=()):
+    """The train config as `rlcli train <overrides>` composes it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from rlcli.cli import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def train(tmp_path, overrides=(), name="run"):
+    """Run rlcli.runner.train in-process into tmp_path/name; returns (summary, records)."""
+    from rlcli import runner
+    from rlcli.logger import read_metrics
+
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    summary = runner.train(compose(["logger=quiet", *overrides]), run_dir)
+    return summary, read_metrics(run_dir)
+
+
+def rlcli_executable():
+    found = shutil.which("rlcli", path=os.path.dirname(sys.executable)) or shutil.which("rlcli")
+    assert found, "the rlcli console script is not installed (pip install -e .)"
+    return found
+
+
+def run_cli(args, cwd, timeout=600):
+    return subprocess.run([rlcli_executable(), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,146 @@
+"""The real command line: run directories, bad input, help."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import compose
+
+SHORT = ["total_steps=2000", "log_interval=400", "checkpoint_interval=800", "eval_episodes=2",
+         "num_seeds=2", "logger.csv=true"]
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = [p for p in (cwd / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("backend", ["jax", "gymnasium"])
+def test_short_run_writes_every_file(tmp_path, cli, backend):
+    result = cli(["train", "algo=a2c", "env=CartPole-v1", f"env.backend={backend}", *SHORT], tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path)
+    assert run.name.endswith("-a2c-CartPole-v1")
+
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        assert (run / ".hydra" / name).is_file()
+    saved = (run / ".hydra" / "config.yaml").read_text()
+    assert f"backend: {backend}" in saved and "total_steps: 2000" in saved
+
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 2000 steps / (8 envs x 5 steps) = 50 updates; a record every 10 updates, per seed
+    assert [r["env_steps"] for r in records if r["seed_index"] == 0] == [400, 800, 1200, 1600, 2000]
+    assert {r["seed"] for r in records} == {0, 1}
+    assert all(np.isfinite(r["loss/total"]) for r in records)
+    assert "eval/return_mean" in records[-1]
+    assert (run / "metrics.csv").read_text().count("\n") == len(records) + 1
+
+    for seed_index in (0, 1):
+        assert list((run / "tb" / f"seed_{seed_index}").glob("events.out.tfevents.*"))
+    assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "train.log").is_file()
+
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [800, 1600, 2000][-3:]
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backend"] == backend and summary["seeds"] == [0, 1]
+    assert len(summary["final_eval"]["return_mean"]) == 2
+    assert summary["total_steps"] == 2000 and summary["num_updates"] == 50
+    for key in ("wall_time_s", "compile_time_s", "steps_per_second"):
+        assert summary[key] > 0
+    assert summary["versions"]["jax"] and summary["versions"]["gymnasium"]
+
+
+def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
+    """The latest checkpoint restores params, optimizer state, RNG key and update counter, and
+    the restored params act like the run's final policy."""
+    import jax
+
+    from rlcli import algos, checkpoint, config, envs, runner
+
+    result = cli(["train", "total_steps=2000", "log_interval=400", "checkpoint_interval=800"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path)
+    cfg = compose(["total_steps=2000", "log_interval=400", "checkpoint_interval=800"])
+    sizes = config.validate(cfg)
+    spec = envs.make_spec("CartPole-v1", "jax")
+    backend = runner.make_jax_backend(cfg, spec, algos.make("a2c", spec, cfg, sizes.num_updates), sizes)
+    fresh = backend.init()
+    state, meta = checkpoint.restore(run / "checkpoints", backend.checkpoint_state(fresh))
+    assert meta["env_steps"] == 2000 and meta["update"] == 50
+    assert int(state["learner"].update_step[0]) == 50
+    assert set(state) == {"learner", "env_state", "obs", "key", "episodes"}
+    # the parameters moved away from their initial values, and the optimizer state has counts
+    moved = jax.tree.map(lambda a, b: float(abs(a - b).max()), state["learner"].params, fresh.learner.params)
+    assert max(jax.tree.leaves(moved)) > 0
+    assert not np.array_equal(np.asarray(state["key"]), np.asarray(fresh.key))
+
+
+def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli):
+    result = cli(["train", "env=Pendulum-v1", "total_steps=3200", "log_interval=400",
+                  "eval_episodes=1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # a diagonal Gaussian in 1-D has entropy log(sigma) + log(2 pi e)/2 = 1.4189 at log-std 0
+    assert abs(records[0]["loss/entropy"] - 1.4189) < 0.05
+    # Pendulum episodes are cut at exactly 200 steps; 8 envs x 200 = 1600 env steps, so all 8
+    # envs finish an episode in the records at 1600 and 3200 and none elsewhere, where no
+    # return may be logged at all
+    by_steps = {r["env_steps"]: r for r in records}
+    assert sorted(by_steps) == list(range(400, 3201, 400))
+    for steps, record in by_steps.items():
+        if steps % 1600 == 0:
+            assert record["episodes"] == 8 and record["episode_length"] == 200
+            assert record["episode_return"] < 0
+        else:
+            assert record["episodes"] == 0
+            assert "episode_return" not in record and "episode_length" not in record
+
+
+BAD_VALUES = [
+    (["algo.gamma=1.5"], "algo.gamma=1.5", "[0, 1]"),
+    (["estimator=gae", "estimator.lambda=-0.1"], "estimator.lambda=-0.1", "[0, 1]"),
+    (["algo.learning_rate=0"], "algo.learning_rate=0", "> 0"),
+    (["num_envs=0"], "num_envs=0", ">= 1"),
+    (["total_steps=39"], "total_steps=39", "one update"),
+    (["estimator.n=0"], "estimator.n=0", ">= 1"),
+    (["env.id=CartPol-v1"], "env.id='CartPol-v1'", "CartPole-v1"),
+    (["env.backend=jax", "env.id=LunarLander-v3"], "env.backend=jax", "CartPole-v1"),
+    (["algo.optimizer=adagrad"], "algo.optimizer='adagrad'", "adam"),
+    (["network.hidden_sizes=[64,0]"], "network.hidden_sizes=[64,0]", "integers >= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides,names,allowed", BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+def test_bad_value_one_line_exit_2_nothing_written(tmp_path, cli, overrides, names, allowed):
+    result = cli(["train", *overrides], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert names in lines[0] and allowed in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing at all
+
+
+def test_unknown_group_option_lists_the_allowed_ones(tmp_path, cli):
+    result = cli(["train", "algo=nope"], tmp_path)
+    assert result.returncode == 2
+    assert "Could not find 'algo/nope'" in result.stderr and "a2c" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_groups_and_keys(tmp_path, cli):
+    result = cli(["train", "--help"], tmp_path)
+    assert result.returncode == 0
+    for text in ("algo: a2c", "estimator: gae, nstep, td", "network: mlp", "logger:",
+                 "env: Acrobot-v1, CartPole-v1", "num_seeds:", "checkpoint_interval:"):
+        assert text in result.stdout, text
+    top = cli(["--help"], tmp_path)
+    assert top.returncode == 0 and "train" in top.stdout
+    unknown = cli(["bogus"], tmp_path)
+    assert unknown.returncode == 2 and "unknown command 'bogus'" in unknown.stderr
