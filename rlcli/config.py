@@ -165,9 +165,12 @@ def validate(cfg: DictConfig) -> Sizes:
                           "environment id, e.g. env.id=CartPole-v1)")
     try:
         envs.check_env_id(env_id)
-        envs.resolve_backend(env_id, cfg.env.backend)
+        envs.make_spec(env_id, envs.resolve_backend(env_id, cfg.env.backend))
     except envs.EnvConfigError as err:
         raise ConfigError(str(err)) from None
+    except Exception as err:  # e.g. gymnasium's DependencyNotInstalled for Box2D/MuJoCo ids
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"env.id={env_id!r} cannot be created: {first}") from None
 
     steps_per_update = int(cfg.num_envs) * int(cfg.algo.num_steps)
     total = int(cfg.total_steps)

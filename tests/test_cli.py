@@ -144,3 +144,29 @@ def test_help_lists_groups_and_keys(tmp_path, cli):
     assert top.returncode == 0 and "train" in top.stdout
     unknown = cli(["bogus"], tmp_path)
     assert unknown.returncode == 2 and "unknown command 'bogus'" in unknown.stderr
+
+
+def test_tuned_values_beat_defaults_and_lose_to_the_command_line(tmp_path):
+    """conf/tuned/<algo>_<env>.yaml overrides train.yaml and the algo defaults for that pair
+    only; command-line overrides win over it (checked on a copy of conf/ with an extra file)."""
+    import shutil
+
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from rlcli.cli import config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config_dir(), conf)
+    (conf / "tuned" / "a2c_Acrobot-v1.yaml").write_text(
+        "# @package _global_\nnum_envs: 3\ntotal_steps: 1234\nalgo:\n  ent_coef: 0.25\n")
+
+    def composed(*overrides):
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            return hydra_compose("train", overrides=list(overrides))
+
+    tuned = composed("env=Acrobot-v1")
+    assert (tuned.num_envs, tuned.total_steps, tuned.algo.ent_coef) == (3, 1234, 0.25)
+    cli = composed("env=Acrobot-v1", "num_envs=5", "algo.ent_coef=0.5")
+    assert (cli.num_envs, cli.algo.ent_coef) == (5, 0.5)
+    other = composed("env=MountainCar-v0")
+    assert (other.num_envs, other.total_steps, other.algo.ent_coef) == (8, 1000000, 0.0)
