@@ -216,10 +216,10 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     update_jit = jax.jit(jax.vmap(algo.update, in_axes=(0, 1, 0)), donate_argnums=0)
     compiled: dict[str, Any] = {}
     act_det = jax.jit(jax.vmap(lambda learner, obs, key: algo.act(learner, obs, key, deterministic=deterministic)[0]))
-    init_learner = jax.jit(jax.vmap(lambda key: jax.random.split(key, 3)))
 
     def init():
-        keys = init_learner(seed_keys(cfg))  # same split as the jax backend: params, env, run
+        # the same key split as the jax backend (params, env, run): same seed, same initial params
+        keys = jax.vmap(lambda key: jax.random.split(key, 3))(seed_keys(cfg))
         learner = jax.vmap(algo.init)(keys[:, 0])
         obs = np.stack([env.reset() for env in train_envs])
         stats = EpisodeStats(*(np.zeros((num_seeds,) + s.shape, np.float32)
@@ -230,6 +230,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     def split_keys(key):
         keys = jax.vmap(jax.random.split)(key)
         return keys[:, 0], keys[:, 1]
+
     obs_shape = spec.obs_shape
     act_shape = () if spec.discrete else (spec.num_actions,)
     act_dtype = np.int32 if spec.discrete else np.float32
@@ -237,40 +238,39 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     def compile_programs(state) -> float:
         start = time.perf_counter()
         jax.block_until_ready(policy_fn(state.learner, state.obs, state.key))
-        compiled["update"] = update_jit.lower(state.learner, Batch(*_buffers(num_seeds)), state.key).compile()
+        compiled["update"] = update_jit.lower(state.learner, empty_batch(), state.key).compile()
         jax.block_until_ready(act_det(state.learner, state.obs[:, :1].repeat(num_eval, 1), state.key))
         jax.block_until_ready(split_keys(state.key))
         return time.perf_counter() - start
 
-    def _buffers(s):
-        return (np.zeros((num_steps, s, num_envs) + obs_shape, np.float32),
-                np.zeros((num_steps, s, num_envs) + act_shape, act_dtype),
-                np.zeros((num_steps, s, num_envs), np.float32),
-                np.zeros((num_steps, s, num_envs), bool),
-                np.zeros((num_steps, s, num_envs), bool),
-                np.zeros((num_steps, s, num_envs), np.float32),
-                np.zeros((num_steps, s, num_envs), np.float32),
-                np.zeros((num_steps, s, num_envs) + obs_shape, np.float32))
+    def empty_batch() -> Batch:
+        lead = (num_steps, num_seeds, num_envs)
+        return Batch(np.zeros(lead + obs_shape, np.float32), np.zeros(lead + act_shape, act_dtype),
+                     np.zeros(lead, np.float32), np.zeros(lead, bool), np.zeros(lead, bool),
+                     np.zeros(lead, np.float32), np.zeros(lead, np.float32),
+                     np.zeros(lead + obs_shape, np.float32))
+
+    def step_all(vec_envs, action) -> envs.Step:
+        """Step seed i's vector env with action[i]; fields stacked to [S, N, ...]."""
+        steps = [env.step(action[i]) for i, env in enumerate(vec_envs)]
+        return envs.Step(*(np.stack(field) for field in zip(*steps)))
 
     def chunk(state: HostState, num_updates: int):
         learner, key, obs = state.learner, state.key, state.obs
         stats = EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes)))
         sums: dict[str, np.ndarray] = {}
         for _ in range(num_updates):
-            b_obs, b_act, b_rew, b_term, b_trunc, b_logp, b_val, b_next = _buffers(num_seeds)
+            batch = empty_batch()
             for t in range(num_steps):
                 action, log_prob, value, key = policy_fn(learner, obs, key)
-                action, b_logp[t], b_val[t] = jax.device_get((action, log_prob, value))
-                b_obs[t], b_act[t] = obs, action
-                steps = [env.step(action[i]) for i, env in enumerate(train_envs)]
-                obs = np.stack([s.obs for s in steps])
-                b_rew[t] = np.stack([s.reward for s in steps])
-                b_term[t] = np.stack([s.terminated for s in steps])
-                b_trunc[t] = np.stack([s.truncated for s in steps])
-                b_next[t] = np.stack([s.next_obs for s in steps])
-                stats = track_episodes(stats, b_rew[t], b_term[t], b_trunc[t])
+                action, batch.log_prob[t], batch.value[t] = jax.device_get((action, log_prob, value))
+                batch.obs[t], batch.action[t] = obs, action
+                step = step_all(train_envs, action)
+                batch.reward[t], batch.next_obs[t] = step.reward, step.next_obs
+                batch.terminated[t], batch.truncated[t] = step.terminated, step.truncated
+                stats = track_episodes(stats, step.reward, step.terminated, step.truncated)
+                obs = step.obs
             key, k_update = split_keys(key)
-            batch = Batch(b_obs, b_act, b_rew, b_term, b_trunc, b_logp, b_val, b_next)
             learner, metrics = compiled["update"](learner, batch, k_update)
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + np.asarray(value)
@@ -288,12 +288,11 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         alive = np.ones((num_seeds, num_eval), bool)
         for _ in range(max_eval_steps):
             key, k_act = split_keys(key)
-            action = np.asarray(act_det(state.learner, obs, k_act))
-            steps = [env.step(action[i]) for i, env in enumerate(eval_envs)]
-            obs = np.stack([s.obs for s in steps])
-            ret += np.stack([s.reward for s in steps]) * alive
+            step = step_all(eval_envs, np.asarray(act_det(state.learner, obs, k_act)))
+            obs = step.obs
+            ret += step.reward * alive
             length += alive
-            alive &= ~np.stack([s.terminated | s.truncated for s in steps])
+            alive &= ~(step.terminated | step.truncated)
             if not alive.any():
                 break
         return ret.astype(np.float32), length.astype(np.float32)
@@ -348,7 +347,7 @@ def train(cfg, run_dir: str | Path) -> dict:
     """Train as configured, writing metrics, checkpoints, curve.png and summary.json into
     run_dir. Returns the summary."""
     from rlcli import plot
-    from rlcli.logger import MetricsLogger, Progress
+    from rlcli.logger import MetricsLogger, Progress, read_metrics
 
     run_dir = Path(run_dir)
     sizes = config.validate(cfg)
@@ -419,8 +418,6 @@ def train(cfg, run_dir: str | Path) -> dict:
         backend.close()
     run_time = time.perf_counter() - run_start
     wall_time = time.perf_counter() - start
-
-    from rlcli.logger import read_metrics
 
     plot.learning_curve(read_metrics(run_dir), run_dir / "curve.png",
                         f"{cfg.algo.name} on {spec.id} ({backend_name})")
