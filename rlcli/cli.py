@@ -76,8 +76,12 @@ def _train_task(cfg) -> float:
 
 
 def train(args: list[str]) -> int:
+    import logging
+
     import hydra
 
+    # JAX logs a warning when it probes for a TPU runtime that a CPU/GPU machine lacks
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     main = hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv

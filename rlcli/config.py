@@ -168,7 +168,12 @@ def validate(cfg: DictConfig) -> Sizes:
         envs.make_spec(env_id, envs.resolve_backend(env_id, cfg.env.backend))
     except envs.EnvConfigError as err:
         raise ConfigError(str(err)) from None
-    except Exception as err:  # e.g. gymnasium's DependencyNotInstalled for Box2D/MuJoCo ids
+    except Exception as err:
+        import gymnasium
+
+        if not isinstance(err, gymnasium.error.Error):  # a broken install is not bad input
+            raise
+        # e.g. DependencyNotInstalled for a Box2D or MuJoCo id without its extra
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"env.id={env_id!r} cannot be created: {first}") from None
 
