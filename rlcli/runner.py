@@ -171,6 +171,8 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     def compile_programs(state) -> float:
         start = time.perf_counter()
         chunk_program(state, sizes.updates_per_log)
+        if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
+            chunk_program(state, sizes.num_updates % sizes.updates_per_log)
         compiled_eval.append(eval_fn.lower(state.learner, _eval_keys(cfg, 0)).compile())
         return time.perf_counter() - start
 
