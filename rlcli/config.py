@@ -153,7 +153,7 @@ def validate(cfg: DictConfig) -> Sizes:
     from rlcli import envs
 
     try:
-        OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
+        OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
     _check(cfg, COMMON_RULES)

@@ -160,7 +160,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     init_fn = jax.jit(jax.vmap(init_one))
     chunk_fns: dict[int, Any] = {}
     eval_fn = jax.jit(jax.vmap(evaluate_one))
-    compiled_eval: list = []
+    compiled: dict[str, Any] = {}
 
     def chunk_program(state, num_updates):
         if num_updates not in chunk_fns:
@@ -173,14 +173,14 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         chunk_program(state, sizes.updates_per_log)
         if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
             chunk_program(state, sizes.num_updates % sizes.updates_per_log)
-        compiled_eval.append(eval_fn.lower(state.learner, _eval_keys(cfg, 0)).compile())
+        compiled["eval"] = eval_fn.lower(state.learner, _eval_keys(cfg, 0)).compile()
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
         return chunk_program(state, num_updates)(state)
 
     def evaluate(state, index):
-        ret, length = compiled_eval[0](state.learner, _eval_keys(cfg, index))
+        ret, length = compiled["eval"](state.learner, _eval_keys(cfg, index))
         return np.asarray(ret), np.asarray(length)
 
     return Backend(lambda: init_fn(seed_keys(cfg)), compile_programs, chunk, evaluate,
