@@ -1,12 +1,17 @@
-"""`rlcli <command> [hydra overrides]`.
+"""`rlcli <command> [options] [overrides]`.
 
-Commands: `train`. The config is validated in Hydra's `on_run_start` callback, before Hydra
-creates the run directory, so a bad value costs one line on stderr, exit code 2, and nothing
-on disk.
+Commands: `train` and `resume`. Before Hydra runs a single `train`, the overrides are parsed,
+the config is composed and validated and the run directory's parent is checked, so bad
+input costs one line on stderr, exit code 2, and nothing on disk.
+
+Exit codes: 0 done; 1 a failure while running (e.g. a write error); 2 bad input; 3 training
+diverged (non-finite loss or parameters); 128 + signal number after SIGINT/SIGTERM, once a
+checkpoint is written.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -15,9 +20,18 @@ USAGE = """usage: rlcli <command> [options] [overrides]
 
 commands:
   train    train a policy: rlcli train algo=a2c env=CartPole-v1 [key=value ...]
-           (rlcli train --help lists the config groups and every key)
+           (rlcli train --help lists the config groups and every key; -m sweeps)
+  resume   continue a run from its latest checkpoint: rlcli resume run=<run dir> [total_steps=N]
 
 Runs are written to outputs/<date>/<time>-<algo>-<env>/. See README.md."""
+
+RESUME_USAGE = """usage: rlcli resume run=<run dir> [key=value ...]
+
+Continues the run in <run dir> from its latest checkpoint with the run's saved config
+(.hydra/config.yaml), appending to its metrics. key=value overrides change the saved config,
+e.g. total_steps=1000000 to train longer; the network and algorithm must stay the same.
+On the jax backend a resumed run gives the same metrics as one never interrupted; on the
+gymnasium backend the episodes in flight restart."""
 
 EXIT_BAD_INPUT = 2
 
@@ -31,9 +45,160 @@ def config_dir() -> Path:
     raise FileNotFoundError("rlcli: cannot find the config directory (rlcli/conf or conf/)")
 
 
-def fail(command: str, message: str) -> None:
+def _error(command: str, message: str) -> None:
     print(f"rlcli {command}: error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def report(command: str, err: BaseException) -> int:
+    """Print the one-line message of an rlcli error and return its exit code (None: not ours)."""
+    from rlcli.checkpoint import CheckpointError
+    from rlcli.config import ConfigError
+    from rlcli.runner import Interrupted, RunError
+
+    if isinstance(err, (ConfigError, CheckpointError)):
+        _error(command, str(err))
+        return EXIT_BAD_INPUT
+    if isinstance(err, RunError):
+        _error(command, str(err))
+        return err.exit_code
+    if isinstance(err, Interrupted):
+        print(f"rlcli {command}: {err}", file=sys.stderr)
+        return err.exit_code
+    return None
+
+
+# ---- checks before Hydra runs -----------------------------------------------------------------
+
+
+def _flat_keys(cfg, prefix: str = "") -> list[str]:
+    """Dotted names of the config's leaf keys."""
+    from omegaconf import DictConfig
+
+    keys = []
+    for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
+        name = f"{prefix}{key}"
+        keys += _flat_keys(value, name + ".") if isinstance(value, DictConfig) else [name]
+    return keys
+
+
+def _composition_error(err: Exception, args: list[str]) -> str:
+    """One line for a Hydra parse or composition error."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if isinstance(err, OverrideParseException):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        bad = next((a for a in args if not _parses(OverridesParser.create(), a)), None)
+        reason = "; ".join(line for line in lines if not line.startswith(("See https", "Error parsing")))
+        return (f"malformed override {bad!r}: {reason} (allowed: key=value, group=option, "
+                "+key=value, key=a,b,c with -m)")
+    if isinstance(err, MissingConfigException) and getattr(err, "options", None):
+        group, _, option = (err.missing_cfg_file or "").partition("/")
+        close = difflib.get_close_matches(option, err.options, n=1)
+        hint = f"; did you mean {group}={close[0]}?" if close else ""
+        return f"{group}={option} is not an option of {group} (allowed: one of {', '.join(err.options)}){hint}"
+    if lines and lines[0].startswith("Could not override '"):
+        key = lines[0].split("'")[1]
+        from rlcli.config import compose_default
+
+        close = difflib.get_close_matches(key, _flat_keys(compose_default()), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"{key} is not a config key ({hint}allowed: the keys listed by rlcli train --help; +{key}=... adds a new key)"
+    return " ".join(lines[:2]) or type(err).__name__
+
+
+def _parses(parser, arg: str) -> bool:
+    try:
+        parser.parse_overrides([arg])
+        return True
+    except Exception:
+        return False
+
+
+def _check_output_dir(key: str, path: str) -> None:
+    """Refuse a run directory that cannot be created, before anything is written."""
+    from rlcli.config import ConfigError
+
+    target = Path(path).absolute()
+    parent = target
+    while not parent.exists():
+        parent = parent.parent
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{key}={path} cannot be used: it is a file (allowed: a writable directory)")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} cannot be created: {parent} is not a writable directory "
+                          "(allowed: a path under a writable directory)")
+
+
+def preflight(args: list[str]) -> int | None:
+    """Parse, compose and validate `rlcli train` overrides as Hydra will; on bad input print one
+    line and return the exit code. Sweeps (-m) are parsed only; their jobs are validated one
+    by one and a bad one is listed in the sweep summary."""
+    from rlcli.config import ConfigError, validate
+
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    if any(f not in ("-m", "--multirun") for f in flags):
+        return None  # --help, --cfg, --info ...: Hydra's own
+    try:
+        if flags:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            OverridesParser.create().parse_overrides(overrides)
+            return None
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        _check_output_dir("hydra.run.dir", str(cfg.hydra.run.dir))
+    except ConfigError as err:
+        _error("train", str(err))
+        return EXIT_BAD_INPUT
+    except Exception as err:  # Hydra's parse and composition errors
+        _error("train", _composition_error(err, overrides))
+        return EXIT_BAD_INPUT
+    return None
+
+
+# ---- train ------------------------------------------------------------------------------------
+
+_task_started = False
+_failed_jobs: list[str] = []
+
+
+def _train_task(cfg) -> float:
+    """The Hydra task. A single run turns an rlcli error into its exit code; a sweep job
+    records it (error.txt in the job directory, the sweep summary) and the sweep goes on."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from rlcli import runner
+
+    global _task_started
+    _task_started = True
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return runner.train(cfg, run_dir)["final_eval_return_mean"]
+    except runner.Interrupted as err:  # a sweep stops as well
+        raise SystemExit(report("train", err)) from None
+    except Exception as err:
+        code = report("train", err)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            if code is None:
+                raise
+            raise SystemExit(code) from None
+        if code is None:  # not an rlcli error: one line here, the traceback in train.log
+            logging.getLogger("rlcli").exception("job failed")
+            _error("train", f"{type(err).__name__}: {err}".splitlines()[0])
+        (run_dir / "error.txt").write_text((str(err).splitlines() or [type(err).__name__])[0] + "\n")
+        _failed_jobs.append(str(run_dir))
+        return float("nan")
 
 
 try:
@@ -42,47 +207,25 @@ except ImportError:  # pragma: no cover - hydra < 1.1
     Callback = object
 
 
-class ValidateBeforeRun(Callback):
-    """Validates the composed config before Hydra writes anything for a single run."""
+class SweepSummary(Callback):
+    """At the end of a sweep: sweep_summary.csv in the sweep directory and a printed table, one
+    row per job (overrides, status, final evaluation return, wall time, error)."""
 
-    def on_run_start(self, config, **kwargs) -> None:
-        from omegaconf import OmegaConf
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from rlcli import sweep
 
-        from rlcli.config import ConfigError, validate
-
-        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        try:
-            validate(cfg)
-        except ConfigError as err:
-            fail("train", str(err))
-
-
-_task_started = False
-
-
-def _train_task(cfg) -> float:
-    global _task_started
-    _task_started = True
-    from hydra.core.hydra_config import HydraConfig
-
-    from rlcli import runner
-    from rlcli.config import ConfigError
-
-    try:
-        summary = runner.train(cfg, HydraConfig.get().runtime.output_dir)
-    except ConfigError as err:  # multirun jobs are validated here
-        raise SystemExit(f"rlcli train: error: {err}") from None
-    return summary["final_eval_return_mean"]
+        rows = sweep.summarize(Path(config.hydra.sweep.dir))
+        print(sweep.table(rows))
 
 
 def train(args: list[str]) -> int:
-    import logging
-
     import hydra
 
-    # JAX logs a warning when it probes for a TPU runtime that a CPU/GPU machine lacks
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+    _quiet_logging()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    code = preflight(args)
+    if code is not None:
+        return code
     main = hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv
     sys.argv = ["rlcli train", *args]
@@ -94,14 +237,134 @@ def train(args: list[str]) -> int:
         if exit_.code == 1 and not _task_started:
             return EXIT_BAD_INPUT
         if exit_.code in (0, None):
-            return 0
+            return 1 if _failed_jobs else 0
+        if isinstance(exit_.code, int):
+            return exit_.code
         raise
     finally:
         sys.argv = saved_argv
+    return 1 if _failed_jobs else 0
+
+
+# ---- resume -----------------------------------------------------------------------------------
+
+
+def _quiet_logging() -> None:
+    import logging
+
+    # JAX logs a warning when it probes for a TPU runtime that a CPU/GPU machine lacks
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+    # a failed checkpoint write is reported once, as one line; orbax's asyncio tasks would
+    # also log it, with tracebacks, and a full disk would make every log write complain
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.raiseExceptions = False
+
+
+def _configure_logging(run_dir: Path) -> None:
+    """The same console and train.log handlers as a Hydra run (conf/hydra/job_logging)."""
+    import logging.config
+
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.load(config_dir() / "hydra" / "job_logging" / "rlcli.yaml")
+    spec.handlers.file.filename = str(run_dir / "train.log")
+    logging.config.dictConfig(OmegaConf.to_container(spec, resolve=False))
+    _quiet_logging()
+
+
+def load_run(args: list[str]):
+    """(run_dir, saved config with the overrides applied) from `run=<dir> [key=value ...]`;
+    raises ConfigError (one line) for a missing run, a malformed or unknown override."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlcli import checkpoint
+    from rlcli.config import ConfigError
+
+    pairs = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"malformed argument {arg!r} (allowed: run=<run dir> and key=value overrides)")
+        pairs.append((key, value))
+    runs = [value for key, value in pairs if key == "run"]
+    if len(runs) != 1 or not runs[0]:
+        raise ConfigError(f"run= is required once (allowed: run=<run dir written by rlcli train>)")
+    run_dir = Path(runs[0])
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise ConfigError(f"run={runs[0]} does not exist (allowed: a run directory written by rlcli train)")
+    if not saved.is_file():
+        raise ConfigError(f"run={runs[0]} is not a run directory: it has no .hydra/config.yaml "
+                          "(allowed: a run directory written by rlcli train)")
+    if not checkpoint.steps(run_dir / "checkpoints"):
+        raise ConfigError(f"run={runs[0]} has no checkpoint (allowed: a run directory with "
+                          "checkpoints/; the run stopped before its first checkpoint)")
+    try:
+        cfg = OmegaConf.load(saved)
+    except (OmegaConfBaseException, ValueError, OSError) as err:
+        raise ConfigError(f"run={runs[0]}: .hydra/config.yaml cannot be read: {str(err).splitlines()[0]}") from None
+    OmegaConf.set_struct(cfg, True)
+    for key, value in pairs:
+        if key == "run":
+            continue
+        try:
+            cfg.merge_with(OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException:
+            close = difflib.get_close_matches(key, _flat_keys(cfg), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{key} is not a config key of this run ({hint}allowed: a key of "
+                              f"{saved})") from None
+    return run_dir, cfg
+
+
+def _config_difference(run_dir: Path, cfg) -> str:
+    """`key=new (the run has old)` for the keys the overrides changed."""
+    from omegaconf import OmegaConf
+
+    from rlcli.config import format_value
+
+    old = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    changed = []
+    for key in _flat_keys(cfg):
+        a, b = OmegaConf.select(old, key), OmegaConf.select(cfg, key)
+        if a != b:
+            changed.append(f"{key}={format_value(b)} (the run has {format_value(a)})")
+    return ", ".join(changed)
+
+
+def resume(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(RESUME_USAGE)
+        return 0
+    from rlcli import runner
+    from rlcli.checkpoint import CheckpointError
+    from rlcli.config import ConfigError, validate
+
+    try:
+        run_dir, cfg = load_run(args)
+        validate(cfg)
+    except ConfigError as err:
+        return report("resume", err)
+    _configure_logging(run_dir)
+    try:
+        runner.train(cfg, run_dir, resume=True)
+    except CheckpointError as err:
+        changed = _config_difference(run_dir, cfg) if "does not fit" in str(err) else ""
+        if changed:
+            err = CheckpointError(f"{changed} does not fit the checkpoint of run={run_dir} "
+                                  "(allowed: the run's own network and algorithm settings)")
+        return report("resume", err)
+    except (Exception, runner.Interrupted) as err:
+        code = report("resume", err)
+        if code is None:
+            raise
+        return code
     return 0
 
 
-COMMANDS = {"train": train}
+COMMANDS = {"train": train, "resume": resume}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,7 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "log_interval": int_at_least(1),
     "checkpoint_interval": int_at_least(1),
     "checkpoint_keep": int_at_least(1),
+    "debug.nan_check": boolean(),
     "env.backend": one_of("auto", "jax", "gymnasium"),
     "env.vectorization": one_of("sync", "async"),
     "network.hidden_sizes": int_list(),
@@ -129,7 +130,17 @@ ESTIMATOR_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 
 
-def _fmt(value: Any) -> str:
+def compose_default() -> DictConfig:
+    """The train config with no overrides (for key suggestions)."""
+    from hydra import compose, initialize_config_dir
+
+    from rlcli.cli import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train")
+
+
+def format_value(value: Any) -> str:
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
     return repr(value) if isinstance(value, str) else str(value).replace(" ", "")
@@ -141,7 +152,7 @@ def _check(cfg: DictConfig, rules: dict) -> None:
         if value is _MISSING:
             raise ConfigError(f"{key} is missing (allowed: {allowed})")
         if not ok(value):
-            raise ConfigError(f"{key}={_fmt(value)} is not allowed (allowed: {allowed})")
+            raise ConfigError(f"{key}={format_value(value)} is not allowed (allowed: {allowed})")
 
 
 def _chunks(interval_steps: int, steps_per_chunk: int) -> int:
@@ -161,7 +172,7 @@ def validate(cfg: DictConfig) -> Sizes:
 
     env_id = cfg.env.id
     if not isinstance(env_id, str) or not env_id:
-        raise ConfigError(f"env.id={_fmt(env_id)} is not allowed (allowed: a registered "
+        raise ConfigError(f"env.id={format_value(env_id)} is not allowed (allowed: a registered "
                           "environment id, e.g. env.id=CartPole-v1)")
     try:
         envs.check_env_id(env_id)

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def _clean(value):
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, logger_cfg, num_seeds: int):
+    def __init__(self, run_dir: Path, logger_cfg, num_seeds: int, purge_step: int | None = None):
+        """`purge_step` (on resume): TensorBoard hides this run's earlier events from that
+        env step on, so the steps that are written again do not appear twice."""
         self.run_dir = Path(run_dir)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._csv_file = None
@@ -35,7 +38,8 @@ class MetricsLogger:
         if logger_cfg.tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = [SummaryWriter(str(self.run_dir / "tb" / f"seed_{i}"), flush_secs=10)
+            self._tb = [SummaryWriter(str(self.run_dir / "tb" / f"seed_{i}"), flush_secs=10,
+                                      purge_step=purge_step)
                         for i in range(num_seeds)]
 
     def write(self, records: list[dict]) -> None:
@@ -82,6 +86,34 @@ def read_metrics(run_dir: Path) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return records
+
+
+def truncate_metrics(run_dir: Path, update: int) -> None:
+    """Keep the records up to and including `update` in metrics.jsonl (and metrics.csv), drop
+    the rest and any torn last line; each file is replaced atomically."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        kept = [json.dumps(r) + "\n" for r in read_metrics(run_dir) if r["update"] <= update]
+        write_atomic(path, "".join(kept))
+    path = run_dir / "metrics.csv"
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
+        rows = list(csv.reader(lines))
+        if rows:
+            column = rows[0].index("update")
+            kept = [lines[0]] + [line for line, row in zip(lines[1:], rows[1:])
+                                 if len(row) == len(rows[0]) and line.endswith("\n")
+                                 and int(row[column]) <= update]
+            write_atomic(path, "".join(kept))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class Progress:

@@ -11,11 +11,15 @@ checkpoints and writes the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import platform
+import signal
 import subprocess
+import sys
+import threading
 import time
 from functools import partial
 from importlib import metadata
@@ -71,6 +75,22 @@ def reset_totals(stats: EpisodeStats) -> EpisodeStats:
 class ChunkOut(NamedTuple):
     metrics: dict  # name -> [S], mean over the chunk's updates
     episodes: EpisodeStats  # totals -> [S]
+    first_nonfinite: dict  # name -> [S]: index in the chunk of the first update where it is not finite, or -1
+    params_finite: Any  # [S] bool: every parameter finite after the chunk
+
+
+def first_nonfinite(stacked: dict, xp=jnp) -> dict:
+    """For metrics stacked over updates (axis 0), the index of the first non-finite value, or
+    -1 (numpy on the host loop, jax inside the compiled chunk)."""
+    out = {}
+    for name, values in stacked.items():
+        bad = ~xp.isfinite(values)
+        out[name] = xp.where(bad.any(axis=0), xp.argmax(bad, axis=0), -1)
+    return out
+
+
+def all_finite(tree, xp=jnp):
+    return xp.all(xp.stack([xp.all(xp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 class Backend(NamedTuple):
@@ -81,6 +101,7 @@ class Backend(NamedTuple):
     chunk: Callable[[Any, int], tuple[Any, ChunkOut]]  # (state, num_updates)
     evaluate: Callable[[Any, int], tuple[np.ndarray, np.ndarray]]  # (state, eval index) -> [S, E] returns, lengths
     checkpoint_state: Callable[[Any], Any]  # the pytree that is saved
+    restore: Callable[[Any, Any, dict], Any]  # (fresh state, restored pytree, meta) -> state
     close: Callable[[], None]
 
 
@@ -111,6 +132,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     num_envs, num_steps = int(cfg.num_envs), int(cfg.algo.num_steps)
     num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
     max_eval_steps = int(spec.max_episode_steps)
+    nan_check = bool(cfg.debug.nan_check)
 
     def init_one(key):
         k_params, k_env, k_run = jax.random.split(key, 3)
@@ -135,8 +157,8 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     def chunk_one(runner: RunnerState, num_updates: int):
         runner = runner._replace(episodes=reset_totals(runner.episodes))
         runner, metrics = jax.lax.scan(update_step, runner, None, num_updates)
-        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-        return runner, ChunkOut(metrics, runner.episodes)
+        return runner, ChunkOut(jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics), runner.episodes,
+                                first_nonfinite(metrics), all_finite(runner.learner.params))
 
     def evaluate_one(learner, key):
         k_reset, k_run = jax.random.split(key)
@@ -164,7 +186,10 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
 
     def chunk_program(state, num_updates):
         if num_updates not in chunk_fns:
-            fn = jax.jit(jax.vmap(partial(chunk_one, num_updates=num_updates)), donate_argnums=0)
+            fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
+            if nan_check:
+                fn = checked(fn)
+            fn = jax.jit(fn, donate_argnums=0)
             chunk_fns[num_updates] = fn.lower(state).compile()
         return chunk_fns[num_updates]
 
@@ -177,14 +202,17 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
-        return chunk_program(state, num_updates)(state)
+        return raise_checked(chunk_program(state, num_updates)(state))
 
     def evaluate(state, index):
         ret, length = compiled["eval"](state.learner, _eval_keys(cfg, index))
         return np.asarray(ret), np.asarray(length)
 
+    def restore(state, saved, meta):
+        return RunnerState(**saved)
+
     return Backend(lambda: init_fn(seed_keys(cfg)), compile_programs, chunk, evaluate,
-                   lambda state: state._asdict(), lambda: None)
+                   lambda state: state._asdict(), restore, lambda: None)
 
 
 # ---- gymnasium backend -----------------------------------------------------------------------
@@ -214,8 +242,13 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         action, info = algo.act(learner, obs, k_act)
         return action, info.log_prob, info.value, key
 
-    policy_fn = jax.jit(jax.vmap(policy_one))
-    update_jit = jax.jit(jax.vmap(algo.update, in_axes=(0, 1, 0)), donate_argnums=0)
+    nan_check = bool(cfg.debug.nan_check)
+    policy_fn = jax.vmap(policy_one)
+    update_fn = jax.vmap(algo.update, in_axes=(0, 1, 0))
+    if nan_check:
+        policy_fn, update_fn = checked(policy_fn), checked(update_fn)
+    policy_fn = jax.jit(policy_fn)
+    update_jit = jax.jit(update_fn, donate_argnums=0)
     compiled: dict[str, Any] = {}
     act_det = jax.jit(jax.vmap(lambda learner, obs, key: algo.act(learner, obs, key, deterministic=deterministic)[0]))
 
@@ -260,11 +293,11 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     def chunk(state: HostState, num_updates: int):
         learner, key, obs = state.learner, state.key, state.obs
         stats = EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes)))
-        sums: dict[str, np.ndarray] = {}
+        per_update: list[dict] = []
         for _ in range(num_updates):
             batch = empty_batch()
             for t in range(num_steps):
-                action, log_prob, value, key = policy_fn(learner, obs, key)
+                action, log_prob, value, key = raise_checked(policy_fn(learner, obs, key))
                 action, batch.log_prob[t], batch.value[t] = jax.device_get((action, log_prob, value))
                 batch.obs[t], batch.action[t] = obs, action
                 step = step_all(train_envs, action)
@@ -273,11 +306,15 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
                 stats = track_episodes(stats, step.reward, step.terminated, step.truncated)
                 obs = step.obs
             key, k_update = split_keys(key)
-            learner, metrics = compiled["update"](learner, batch, k_update)
-            for name, value in metrics.items():
-                sums[name] = sums.get(name, 0.0) + np.asarray(value)
-        metrics = {name: total / num_updates for name, total in sums.items()}
-        return HostState(learner, key, obs, stats), ChunkOut(metrics, stats)
+            learner, metrics = raise_checked(compiled["update"](learner, batch, k_update))
+            per_update.append(jax.device_get(metrics))
+            if not all(np.isfinite(v).all() for v in per_update[-1].values()):
+                break  # diverged: train() reports the first bad update
+        stacked = {name: np.stack([m[name] for m in per_update]) for name in per_update[0]}
+        params_finite = np.asarray(jax.vmap(all_finite)(learner.params))
+        return HostState(learner, key, obs, stats), ChunkOut(
+            {name: v.mean(axis=0) for name, v in stacked.items()}, stats,
+            first_nonfinite(stacked, np), params_finite)
 
     def evaluate(state: HostState, index: int):
         if not eval_envs:
@@ -302,11 +339,124 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     def checkpoint_state(state: HostState):
         return {"learner": state.learner, "key": state.key}
 
+    def restore(state: HostState, saved, meta) -> HostState:
+        """Learner and RNG key come back; the episodes in flight restart, from env seeds
+        shifted by the update count so that they are not the run's first episodes again."""
+        obs = np.stack([env.reset(seed=env.seed + 7919 * int(meta["update"])) for env in train_envs])
+        return HostState(saved["learner"], saved["key"], obs, state.episodes)
+
     def close():
         for env in train_envs + eval_envs:
             env.close()
 
-    return Backend(init, compile_programs, chunk, evaluate, checkpoint_state, close)
+    return Backend(init, compile_programs, chunk, evaluate, checkpoint_state, restore, close)
+
+
+# ---- faults --------------------------------------------------------------------------------
+
+EXIT_FAILED, EXIT_DIVERGED = 1, 3
+
+
+class RunError(Exception):
+    """A run that cannot go on: a one-line message and the process exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM: a checkpoint was written and the run stopped (a BaseException, so a
+    sweep stops too rather than going on to its next job)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def checked(fn):
+    """`debug.nan_check`: checkify `fn` so that the first primitive producing a NaN is reported
+    with its source line (slower; only for debugging)."""
+    from jax.experimental import checkify
+
+    return checkify.checkify(fn, errors=checkify.nan_checks)
+
+
+def raise_checked(result):
+    """Unwrap the result of a `checked` function, raising RunError at a NaN; plain results pass."""
+    from jax.experimental import checkify
+
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], checkify.Error):
+        error, result = result
+        if error.get():
+            raise RunError(f"debug.nan_check: {_describe_nan(error.get_exception())}", EXIT_DIVERGED)
+    return result
+
+
+def _describe_nan(exc) -> str:
+    """'<primitive> at <file:line> (<function>)' for the innermost frame outside jax, plus the
+    innermost rlcli frame when that is another one."""
+    frames = [f for f in getattr(getattr(exc, "traceback_info", None), "frames", [])
+              if "/jax/" not in f.file_name and "/jaxlib/" not in f.file_name]
+
+    def where(frame) -> str:
+        parts = Path(frame.file_name).parts
+        short = "/".join(parts[-3:]) if "site-packages" in parts else str(Path(frame.file_name).name)
+        if "rlcli" in parts:
+            short = "/".join(parts[parts.index("rlcli"):])
+        return f"{short}:{frame.line_num} ({frame.function_name})"
+
+    text = f"the first NaN was produced by the primitive '{getattr(exc, 'prim', '?')}'"
+    if frames:
+        text += f" at {where(frames[0])}"
+        ours = next((f for f in frames if "rlcli" in Path(f.file_name).parts), None)
+        if ours is not None and ours is not frames[0]:
+            text += f", called from {where(ours)}"
+    return text
+
+
+class StopSignals:
+    """While training, the first SIGINT or SIGTERM asks the loop to stop after the current
+    chunk and write a checkpoint; a second one interrupts at once. Only the main thread can
+    own signal handlers, elsewhere this does nothing."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        sys.stderr.write(f"rlcli: {signal.Signals(signum).name} received: stopping after the "
+                         "current chunk and writing a checkpoint (send it again to stop at once)\n")
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def _divergence(out: ChunkOut, seeds, updates_before: int, num_updates: int) -> tuple[int, str, int] | None:
+    """(update, metrics, seed) of the first update in the chunk with a non-finite metric (all
+    such metrics of that update, comma-separated), or None."""
+    found: dict[tuple[int, int], list[str]] = {}
+    for name, index in out.first_nonfinite.items():
+        index = np.asarray(index)
+        for i in np.flatnonzero(index >= 0):
+            found.setdefault((updates_before + int(index[i]) + 1, seeds[i]), []).append(name)
+    for i in np.flatnonzero(~np.asarray(out.params_finite)):
+        found.setdefault((updates_before + num_updates, seeds[i]), []).append("params")
+    if not found:
+        return None
+    update, seed = min(found)
+    return update, ", ".join(sorted(found[update, seed])), seed
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -345,11 +495,14 @@ def _seed_records(base: dict, num_seeds: int, per_seed: dict[str, np.ndarray], s
     return records
 
 
-def train(cfg, run_dir: str | Path) -> dict:
+def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     """Train as configured, writing metrics, checkpoints, curve.png and summary.json into
-    run_dir. Returns the summary."""
+    run_dir. With `resume`, continue from run_dir's latest checkpoint: metrics recorded after
+    it are dropped and written again, so the file has no duplicate or missing steps.
+    Returns the summary. Raises config.ConfigError / checkpoint.CheckpointError for bad input,
+    RunError for a failure while running and Interrupted after SIGINT/SIGTERM."""
     from rlcli import plot
-    from rlcli.logger import MetricsLogger, Progress, read_metrics
+    from rlcli.logger import read_metrics, truncate_metrics, write_atomic
 
     run_dir = Path(run_dir)
     sizes = config.validate(cfg)
@@ -359,71 +512,49 @@ def train(cfg, run_dir: str | Path) -> dict:
     make_backend = make_jax_backend if backend_name == "jax" else make_gymnasium_backend
     num_seeds = int(cfg.num_seeds)
     seeds = [int(cfg.seed) + i for i in range(num_seeds)]
-
-    log.info("rlcli train: %s on %s (%s backend), %s estimator, %d seed(s), %d env steps each -> %s",
-             cfg.algo.name, spec.id, backend_name, cfg.estimator.name, num_seeds,
-             sizes.total_steps, run_dir)
-    for note in config.rounding_notes(cfg, sizes):
-        log.info("note: %s", note)
+    ckpt_dir = run_dir / "checkpoints"
 
     start = time.perf_counter()
     backend = make_backend(cfg, spec, algo, sizes)
-    state = backend.init()
-    compile_time = backend.compile(state)
-    log.info("compiled in %.1f s", compile_time)
+    # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
+    with StopSignals() as signals, contextlib.closing(backend):
+        state = backend.init()
+        updates_done, eval_index, wall_before = 0, 0, 0.0
+        if resume:
+            saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state))
+            updates_done, eval_index = int(meta["update"]), int(meta.get("eval_index", 0))
+            wall_before = float(meta.get("wall_time", 0.0))
+            if updates_done > sizes.num_updates:
+                raise config.ConfigError(
+                    f"total_steps={int(cfg.total_steps)} is less than the {int(meta['env_steps'])} env "
+                    f"steps already trained (allowed: total_steps >= {int(meta['env_steps'])})")
+            if updates_done == sizes.num_updates and (run_dir / "summary.json").is_file():
+                log.info("the run is already complete at %d env steps (pass total_steps= to "
+                         "extend it)", sizes.total_steps)
+                return json.loads((run_dir / "summary.json").read_text())
+            state = backend.restore(state, saved, meta)
+            truncate_metrics(run_dir, updates_done)
+            from omegaconf import OmegaConf
 
-    metrics_log = MetricsLogger(run_dir, cfg.logger, num_seeds)
-    ckpt = checkpoint.manager(run_dir / "checkpoints", int(cfg.checkpoint_keep))
-    progress = Progress(cfg.logger.progress, sizes.total_steps)
-    run_start = time.perf_counter()
-    eval_index = 0
-    last_eval: tuple[np.ndarray, np.ndarray] | None = None
-    updates_done = 0
-    try:
-        for chunk_index in range(sizes.num_chunks):
-            n = min(sizes.updates_per_log, sizes.num_updates - updates_done)
-            state, out = backend.chunk(state, n)
-            updates_done += n
-            env_steps = updates_done * sizes.steps_per_update
-            count = np.asarray(out.episodes.count)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                per_seed = {
-                    "episodes": count,
-                    "episode_return": np.where(count > 0, np.asarray(out.episodes.return_sum) / count, np.nan),
-                    "episode_length": np.where(count > 0, np.asarray(out.episodes.length_sum) / count, np.nan),
-                    **{k: np.asarray(v) for k, v in out.metrics.items()},
-                }
-            wall = time.perf_counter() - start
-            last = chunk_index == sizes.num_chunks - 1
-            if last or (sizes.eval_every_chunks and (chunk_index + 1) % sizes.eval_every_chunks == 0):
-                ret, length = backend.evaluate(state, eval_index)
-                eval_index += 1
-                last_eval = (ret, length)
-                per_seed["eval/return_mean"] = ret.mean(axis=1)
-                per_seed["eval/return_std"] = ret.std(axis=1)
-                per_seed["eval/length_mean"] = length.mean(axis=1)
-            metrics_log.write(_seed_records(
-                {"update": updates_done, "env_steps": env_steps, "wall_time": round(wall, 4)},
-                num_seeds, per_seed, seeds))
-            if last or (chunk_index + 1) % sizes.checkpoint_every_chunks == 0:
-                checkpoint.save(ckpt, env_steps, backend.checkpoint_state(state),
-                                {"env_steps": env_steps, "update": updates_done,
-                                 "wall_time": wall, "seeds": seeds})
-            rate = env_steps * num_seeds / max(time.perf_counter() - run_start, 1e-9)
-            finite = per_seed["episode_return"][np.isfinite(per_seed["episode_return"])]
-            progress.update(env_steps, rate, float(finite.mean()) if finite.size else None)
-        ckpt.wait_until_finished()
-    finally:
-        progress.close()
-        ckpt.close()
-        metrics_log.close()
-        backend.close()
-    run_time = time.perf_counter() - run_start
-    wall_time = time.perf_counter() - start
-
+            write_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        log.info("rlcli %s: %s on %s (%s backend), %s estimator, %d seed(s), %d env steps each -> %s",
+                 "resume" if resume else "train", cfg.algo.name, spec.id, backend_name,
+                 cfg.estimator.name, num_seeds, sizes.total_steps, run_dir)
+        if resume:
+            log.info("resuming from the checkpoint at env step %d (update %d)",
+                     updates_done * sizes.steps_per_update, updates_done)
+        for note in config.rounding_notes(cfg, sizes):
+            log.info("note: %s", note)
+        compile_time = backend.compile(state)
+        log.info("compiled in %.1f s", compile_time)
+        last_eval = _loop(cfg, run_dir, backend, state, sizes, seeds, updates_done, eval_index,
+                          wall_before - start, signals)
+    run_time = time.perf_counter() - start - compile_time
+    wall_time = wall_before + time.perf_counter() - start
     plot.learning_curve(read_metrics(run_dir), run_dir / "curve.png",
                         f"{cfg.algo.name} on {spec.id} ({backend_name})")
     ret, length = last_eval
+    trained_steps = (sizes.num_updates - updates_done) * sizes.steps_per_update
     summary = {
         "algo": cfg.algo.name,
         "env": spec.id,
@@ -432,6 +563,7 @@ def train(cfg, run_dir: str | Path) -> dict:
         "seeds": seeds,
         "total_steps": sizes.total_steps,
         "num_updates": sizes.num_updates,
+        "resumed_from_update": updates_done if resume else None,
         "final_eval": {
             "episodes": int(cfg.eval_episodes),
             "deterministic": bool(cfg.eval_deterministic),
@@ -443,13 +575,120 @@ def train(cfg, run_dir: str | Path) -> dict:
         "wall_time_s": round(wall_time, 3),
         "compile_time_s": round(compile_time, 3),
         "run_time_s": round(run_time, 3),
-        "steps_per_second": round(sizes.total_steps * num_seeds / max(run_time, 1e-9), 1),
+        "steps_per_second": round(trained_steps * num_seeds / max(run_time, 1e-9), 1),
         "device": jax.devices()[0].platform,
         "versions": versions(),
         "git_commit": git_commit(),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("final evaluation return %s (mean over %d episodes per seed); %.1f s wall, %.0f steps/s",
              ", ".join(f"{x:.1f}" for x in summary["final_eval"]["return_mean"]),
              int(cfg.eval_episodes), wall_time, summary["steps_per_second"])
     return summary
+
+
+def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seeds, updates_done: int,
+          eval_index: int, wall_offset: float, signals: StopSignals):
+    """Chunks from update `updates_done` to the end: log, evaluate, checkpoint. Returns the last
+    evaluation's (returns, lengths)."""
+    from rlcli.logger import MetricsLogger, Progress
+
+    num_seeds = len(seeds)
+    ckpt_dir = run_dir / "checkpoints"
+    metrics_log = MetricsLogger(run_dir, cfg.logger, num_seeds,
+                                purge_step=updates_done * sizes.steps_per_update + 1 if updates_done else None)
+    ckpt = checkpoint.manager(ckpt_dir, int(cfg.checkpoint_keep))
+    progress = Progress(cfg.logger.progress, sizes.total_steps)
+    saved_steps = set(checkpoint.steps(ckpt_dir))
+    last_saved = max(saved_steps, default=None)
+    last_eval = None
+    loop_start = time.perf_counter()
+    start_updates = updates_done
+
+    def save(env_steps: int) -> None:
+        nonlocal last_saved
+        if env_steps in saved_steps:
+            return
+        meta = {"env_steps": env_steps, "update": updates_done, "eval_index": eval_index,
+                "wall_time": wall_offset + time.perf_counter(), "seeds": seeds}
+        try:
+            checkpoint.save(ckpt, env_steps, backend.checkpoint_state(state), meta)
+        except Exception as err:
+            raise RunError(f"cannot write the checkpoint at env step {env_steps} to {ckpt_dir}: {_os_error(err)}; "
+                           f"{_resume_hint(run_dir, last_saved)}") from None
+        saved_steps.add(env_steps)
+        last_saved = env_steps
+
+    try:
+        while updates_done < sizes.num_updates:
+            n = min(sizes.updates_per_log, sizes.num_updates - updates_done)
+            state, out = backend.chunk(state, n)
+            bad = _divergence(out, seeds, updates_done, n)
+            updates_done += n
+            chunk_number = math.ceil(updates_done / sizes.updates_per_log)
+            env_steps = updates_done * sizes.steps_per_update
+            last = updates_done == sizes.num_updates
+            count = np.asarray(out.episodes.count)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_seed = {
+                    "episodes": count,
+                    "episode_return": np.where(count > 0, np.asarray(out.episodes.return_sum) / count, np.nan),
+                    "episode_length": np.where(count > 0, np.asarray(out.episodes.length_sum) / count, np.nan),
+                    **{k: np.asarray(v) for k, v in out.metrics.items()},
+                }
+            if bad is None and (last or (sizes.eval_every_chunks and chunk_number % sizes.eval_every_chunks == 0)):
+                ret, length = backend.evaluate(state, eval_index)
+                eval_index += 1
+                last_eval = (ret, length)
+                per_seed["eval/return_mean"] = ret.mean(axis=1)
+                per_seed["eval/return_std"] = ret.std(axis=1)
+                per_seed["eval/length_mean"] = length.mean(axis=1)
+            wall = wall_offset + time.perf_counter()
+            try:
+                metrics_log.write(_seed_records(
+                    {"update": updates_done, "env_steps": env_steps, "wall_time": round(wall, 4)},
+                    num_seeds, per_seed, seeds))
+            except OSError as err:
+                raise RunError(f"cannot write metrics to {run_dir}: {err}; "
+                               f"{_resume_hint(run_dir, last_saved)}") from None
+            if bad is not None:
+                update, metric, seed = bad
+                raise RunError(
+                    f"training diverged: {metric} not finite at update {update} (env step "
+                    f"{update * sizes.steps_per_update}, seed {seed}); {_resume_hint(run_dir, last_saved)}; "
+                    "try a smaller algo.learning_rate, or debug.nan_check=true to find the "
+                    "operation that first produced a NaN", EXIT_DIVERGED)
+            if last or chunk_number % sizes.checkpoint_every_chunks == 0 or signals.received:
+                save(env_steps)
+            rate = (updates_done - start_updates) * sizes.steps_per_update * num_seeds / max(
+                time.perf_counter() - loop_start, 1e-9)
+            finite = per_seed["episode_return"][np.isfinite(per_seed["episode_return"])]
+            progress.update(env_steps, rate, float(finite.mean()) if finite.size else None)
+            if signals.received and not last:
+                raise Interrupted(
+                    f"stopped by {signal.Signals(signals.received).name} at env step {env_steps} "
+                    f"(update {updates_done}); checkpoint written; continue with: "
+                    f"rlcli resume run={run_dir}", signals.received)
+    finally:
+        progress.close()
+        ckpt.close()
+        metrics_log.close()
+    return last_eval
+
+
+def _os_error(err: Exception) -> str:
+    """'[Errno N] reason' from an OSError or from the text of tensorstore's wrapped one."""
+    import re
+
+    if isinstance(err, OSError):
+        return f"[Errno {err.errno}] {err.strerror}" if err.errno else str(err)
+    match = re.search(r":\s*([^:\[\]]+?)\s*\[os_error_code='?(\d+)'?\]", str(err))
+    if match:
+        return f"[Errno {match.group(2)}] {match.group(1)}"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _resume_hint(run_dir: Path, last_saved: int | None) -> str:
+    if last_saved is None:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is at env step {last_saved} (continue with: rlcli resume run={run_dir})"
