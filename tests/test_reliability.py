@@ -199,6 +199,7 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
     command = [rlcli_executable(), "train", *config, f"hydra.run.dir={run}"]
     while kills < 10:
         start_records = len(records(run)) if (run / "metrics.jsonl").exists() else 0
+        launched = time.time()
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills == 0 or rng.random() < 0.7:
             # wait until it trains (and, the first time, has a checkpoint), then a random moment
@@ -216,8 +217,9 @@ def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_p
         proc.kill()
         proc.wait()
         kills += 1
-        during_write += any(".orbax-checkpoint-tmp" in p.name for p in (run / "checkpoints").iterdir()) \
-            if (run / "checkpoints").is_dir() else 0
+        if (run / "checkpoints").is_dir():  # a temporary directory this process left: killed mid-write
+            during_write += any(".orbax-checkpoint-tmp" in p.name and p.stat().st_mtime >= launched
+                                for p in (run / "checkpoints").iterdir())
         logged = max((r["update"] for r in records(run)), default=0) if (run / "metrics.jsonl").exists() else 0
         restored = max(checkpoint_steps(run)) // 40
         lost.append(logged - restored)
