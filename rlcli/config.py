@@ -87,7 +87,8 @@ def int_list() -> tuple[Callable[[Any], bool], str]:
     )
 
 
-# key -> (check, what is allowed); estimator keys apply when that estimator is chosen.
+# key -> (check, what is allowed); estimator keys apply when that estimator is chosen, and
+# each algorithm's own keys are its module's RULES (rlcli.algos).
 COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": int_at_least(0),
     "num_seeds": int_at_least(1),
@@ -100,6 +101,10 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": int_at_least(1),
     "checkpoint_keep": int_at_least(1),
     "debug.nan_check": boolean(),
+    "normalize.obs": boolean(),
+    "normalize.reward": boolean(),
+    "normalize.clip_obs": positive(),
+    "normalize.clip_reward": positive(),
     "env.backend": one_of("auto", "jax", "gymnasium"),
     "env.vectorization": one_of("sync", "async"),
     "network.hidden_sizes": int_list(),
@@ -109,24 +114,13 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "logger.csv": boolean(),
     "logger.tensorboard": boolean(),
     "logger.progress": one_of("auto", "bar", "lines", "none"),
-    "algo.name": one_of("a2c"),
-    "algo.gamma": in_unit_interval(),
-    "algo.learning_rate": positive(),
-    "algo.num_steps": int_at_least(1),
-    "algo.anneal_lr": boolean(),
-    "algo.optimizer": one_of("adam", "rmsprop", "sgd"),
-    "algo.eps": positive(),
-    "algo.rmsprop_decay": ((lambda v: _is_num(v) and 0.0 <= v < 1.0), "a number in [0, 1)"),
-    "algo.max_grad_norm": positive(),
-    "algo.vf_coef": non_negative(),
-    "algo.ent_coef": non_negative(),
-    "algo.normalize_advantages": boolean(),
-    "estimator.name": one_of("td", "nstep", "gae"),
+    "estimator.name": one_of("td", "nstep", "gae", "none"),
 }
 ESTIMATOR_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "td": {},
     "nstep": {"estimator.n": optional_int_at_least(1)},
     "gae": {"estimator.lambda": in_unit_interval()},
+    "none": {},
 }
 
 
@@ -167,8 +161,19 @@ def validate(cfg: DictConfig) -> Sizes:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
+    from rlcli import algos
+
+    _check(cfg, {"algo.name": one_of(*algos.names())})
     _check(cfg, COMMON_RULES)
     _check(cfg, ESTIMATOR_RULES[cfg.estimator.name])
+    algo = algos.module(cfg.algo.name)
+    _check(cfg, algo.RULES)
+    if cfg.estimator.name not in algo.ESTIMATORS:
+        raise ConfigError(
+            f"estimator={cfg.estimator.name} does not fit algo={cfg.algo.name} (allowed with "
+            f"algo={cfg.algo.name}: estimator={', '.join(algo.ESTIMATORS)})")
+    if hasattr(algo, "check"):
+        algo.check(cfg)
 
     env_id = cfg.env.id
     if not isinstance(env_id, str) or not env_id:
@@ -176,7 +181,7 @@ def validate(cfg: DictConfig) -> Sizes:
                           "environment id, e.g. env.id=CartPole-v1)")
     try:
         envs.check_env_id(env_id)
-        envs.make_spec(env_id, envs.resolve_backend(env_id, cfg.env.backend))
+        spec = envs.make_spec(env_id, envs.resolve_backend(env_id, cfg.env.backend))
     except envs.EnvConfigError as err:
         raise ConfigError(str(err)) from None
     except Exception as err:
@@ -187,6 +192,13 @@ def validate(cfg: DictConfig) -> Sizes:
         # e.g. DependencyNotInstalled for a Box2D or MuJoCo id without its extra
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"env.id={env_id!r} cannot be created: {first}") from None
+
+    space = "discrete" if spec.discrete else "continuous"
+    if space not in algo.ACTION_SPACES:
+        raise ConfigError(
+            f"algo={cfg.algo.name} needs a {' or '.join(algo.ACTION_SPACES)} action space but "
+            f"env.id={env_id!r} has a {space} one (allowed with algo={cfg.algo.name}: "
+            f"environments with {' or '.join(algo.ACTION_SPACES)} actions)")
 
     steps_per_update = int(cfg.num_envs) * int(cfg.algo.num_steps)
     total = int(cfg.total_steps)

@@ -32,3 +32,34 @@ def normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
 def explained_variance(values: jax.Array, targets: jax.Array) -> jax.Array:
     """1 - Var[y - V] / Var[y]: 1 is a perfect critic, 0 no better than a constant."""
     return 1.0 - jnp.var(targets - values) / (jnp.var(targets) + 1e-8)
+
+
+def clipped_surrogate_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
+                           clip: float) -> tuple[jax.Array, jax.Array]:
+    """PPO's clipped surrogate on the importance-sampled surrogate objective (000 eq. 3.3.2):
+
+        L = -mean min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t),  rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+
+    (Schulman et al. 2017, eq. 7). Returns (loss, fraction of samples where the clip is active)."""
+    ratio = jnp.exp(log_prob - old_log_prob)
+    advantages = jax.lax.stop_gradient(advantages)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantages
+    clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > clip).astype(jnp.float32))
+    return -jnp.mean(jnp.minimum(unclipped, clipped)), clip_fraction
+
+
+def clipped_value_loss(values: jax.Array, old_values: jax.Array, targets: jax.Array,
+                       clip: float) -> jax.Array:
+    """Value loss with the update of V clipped to +-clip around the rollout's values, as in
+    PPO's reference implementation: 1/2 mean max((V - y)^2, (V_old + clip(V - V_old) - y)^2)."""
+    targets = jax.lax.stop_gradient(targets)
+    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+    return 0.5 * jnp.mean(jnp.maximum(jnp.square(values - targets), jnp.square(clipped - targets)))
+
+
+def approx_kl(log_prob: jax.Array, old_log_prob: jax.Array) -> jax.Array:
+    """Estimate of KL(pi_old || pi) from samples of pi_old: mean((rho - 1) - log rho), unbiased
+    and never negative (Schulman, "Approximating KL divergence", 2020)."""
+    log_ratio = log_prob - old_log_prob
+    return jnp.mean(jnp.expm1(log_ratio) - log_ratio)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlcli import algos, checkpoint, config, envs
+from rlcli import algos, checkpoint, config, envs, normalize
 from rlcli.algos import Batch
 
 log = logging.getLogger("rlcli")
@@ -123,6 +123,7 @@ class RunnerState(NamedTuple):
     obs: jax.Array
     key: jax.Array
     episodes: EpisodeStats
+    norm: normalize.NormState
 
 
 def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> Backend:
@@ -133,26 +134,29 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
     max_eval_steps = int(spec.max_episode_steps)
     nan_check = bool(cfg.debug.nan_check)
+    normalizer = normalize.make(cfg)
 
     def init_one(key):
         k_params, k_env, k_run = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
-        return RunnerState(algo.init(k_params), env_state, obs, k_run, empty_stats(num_envs))
+        return RunnerState(algo.init(k_params), env_state, obs, k_run, empty_stats(num_envs),
+                           normalize.init(spec.obs_shape, num_envs))
 
     def env_step(runner: RunnerState, _):
         key, k_act, k_env = jax.random.split(runner.key, 3)
-        action, info = algo.act(runner.learner, runner.obs, k_act)
+        action, info = algo.act(runner.learner, normalizer.obs(runner.norm, runner.obs), k_act)
         env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_envs), runner.env_state, action)
         transition = Batch(runner.obs, action, step.reward, step.terminated, step.truncated,
                            info.log_prob, info.value, step.next_obs)
         episodes = track_episodes(runner.episodes, step.reward, step.terminated, step.truncated)
-        return RunnerState(runner.learner, env_state, step.obs, key, episodes), transition
+        return runner._replace(env_state=env_state, obs=step.obs, key=key, episodes=episodes), transition
 
     def update_step(runner: RunnerState, _):
         runner, batch = jax.lax.scan(env_step, runner, None, num_steps)
         key, k_update = jax.random.split(runner.key)
+        norm, batch = normalizer.prepare(runner.norm, batch)
         learner, metrics = algo.update(runner.learner, batch, k_update)
-        return runner._replace(learner=learner, key=key), metrics
+        return runner._replace(learner=learner, key=key, norm=norm), metrics
 
     def chunk_one(runner: RunnerState, num_updates: int):
         runner = runner._replace(episodes=reset_totals(runner.episodes))
@@ -160,14 +164,14 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         return runner, ChunkOut(jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics), runner.episodes,
                                 first_nonfinite(metrics), all_finite(runner.learner.params))
 
-    def evaluate_one(learner, key):
+    def evaluate_one(learner, norm, key):
         k_reset, k_run = jax.random.split(key)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num_eval))
 
         def body(carry, _):
             obs, env_state, key, ret, length, alive = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            action, _ = algo.act(learner, obs, k_act, deterministic=deterministic)
+            action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
             env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_eval), env_state, action)
             ret = ret + step.reward * alive
             length = length + alive
@@ -198,14 +202,14 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         chunk_program(state, sizes.updates_per_log)
         if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
             chunk_program(state, sizes.num_updates % sizes.updates_per_log)
-        compiled["eval"] = eval_fn.lower(state.learner, _eval_keys(cfg, 0)).compile()
+        compiled["eval"] = eval_fn.lower(state.learner, state.norm, _eval_keys(cfg, 0)).compile()
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
         return raise_checked(chunk_program(state, num_updates)(state))
 
     def evaluate(state, index):
-        ret, length = compiled["eval"](state.learner, _eval_keys(cfg, index))
+        ret, length = compiled["eval"](state.learner, state.norm, _eval_keys(cfg, index))
         return np.asarray(ret), np.asarray(length)
 
     def restore(state, saved, meta):
@@ -223,6 +227,7 @@ class HostState(NamedTuple):
     key: jax.Array  # [S, 2]
     obs: np.ndarray  # [S, N, ...]
     episodes: EpisodeStats  # numpy, [S, N] / [S]
+    norm: normalize.NormState  # [S]
 
 
 def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> Backend:
@@ -237,20 +242,28 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     eval_envs: list = []
     max_eval_steps = spec.max_episode_steps or 100_000
 
-    def policy_one(learner, obs, key):
+    normalizer = normalize.make(cfg)
+
+    def policy_one(learner, norm, obs, key):
         key, k_act = jax.random.split(key)
-        action, info = algo.act(learner, obs, k_act)
+        action, info = algo.act(learner, normalizer.obs(norm, obs), k_act)
         return action, info.log_prob, info.value, key
+
+    def update_one(learner, norm, batch, key):
+        norm, batch = normalizer.prepare(norm, batch)
+        learner, metrics = algo.update(learner, batch, key)
+        return learner, norm, metrics
 
     nan_check = bool(cfg.debug.nan_check)
     policy_fn = jax.vmap(policy_one)
-    update_fn = jax.vmap(algo.update, in_axes=(0, 1, 0))
+    update_fn = jax.vmap(update_one, in_axes=(0, 0, 1, 0))
     if nan_check:
         policy_fn, update_fn = checked(policy_fn), checked(update_fn)
     policy_fn = jax.jit(policy_fn)
     update_jit = jax.jit(update_fn, donate_argnums=0)
     compiled: dict[str, Any] = {}
-    act_det = jax.jit(jax.vmap(lambda learner, obs, key: algo.act(learner, obs, key, deterministic=deterministic)[0]))
+    act_det = jax.jit(jax.vmap(lambda learner, norm, obs, key: algo.act(
+        learner, normalizer.obs(norm, obs), key, deterministic=deterministic)[0]))
 
     def init():
         # the same key split as the jax backend (params, env, run): same seed, same initial params
@@ -259,7 +272,8 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         obs = np.stack([env.reset() for env in train_envs])
         stats = EpisodeStats(*(np.zeros((num_seeds,) + s.shape, np.float32)
                                for s in empty_stats(num_envs, np)))
-        return HostState(learner, keys[:, 2], obs, stats)
+        norm = jax.vmap(lambda _: normalize.init(spec.obs_shape, num_envs))(keys[:, 0])
+        return HostState(learner, keys[:, 2], obs, stats, norm)
 
     @jax.jit
     def split_keys(key):
@@ -272,9 +286,9 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
     def compile_programs(state) -> float:
         start = time.perf_counter()
-        jax.block_until_ready(policy_fn(state.learner, state.obs, state.key))
-        compiled["update"] = update_jit.lower(state.learner, empty_batch(), state.key).compile()
-        jax.block_until_ready(act_det(state.learner, state.obs[:, :1].repeat(num_eval, 1), state.key))
+        jax.block_until_ready(policy_fn(state.learner, state.norm, state.obs, state.key))
+        compiled["update"] = update_jit.lower(state.learner, state.norm, empty_batch(), state.key).compile()
+        jax.block_until_ready(act_det(state.learner, state.norm, state.obs[:, :1].repeat(num_eval, 1), state.key))
         jax.block_until_ready(split_keys(state.key))
         return time.perf_counter() - start
 
@@ -291,13 +305,13 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         return envs.Step(*(np.stack(field) for field in zip(*steps)))
 
     def chunk(state: HostState, num_updates: int):
-        learner, key, obs = state.learner, state.key, state.obs
+        learner, key, obs, norm = state.learner, state.key, state.obs, state.norm
         stats = EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes)))
         per_update: list[dict] = []
         for _ in range(num_updates):
             batch = empty_batch()
             for t in range(num_steps):
-                action, log_prob, value, key = raise_checked(policy_fn(learner, obs, key))
+                action, log_prob, value, key = raise_checked(policy_fn(learner, norm, obs, key))
                 action, batch.log_prob[t], batch.value[t] = jax.device_get((action, log_prob, value))
                 batch.obs[t], batch.action[t] = obs, action
                 step = step_all(train_envs, action)
@@ -306,13 +320,13 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
                 stats = track_episodes(stats, step.reward, step.terminated, step.truncated)
                 obs = step.obs
             key, k_update = split_keys(key)
-            learner, metrics = raise_checked(compiled["update"](learner, batch, k_update))
+            learner, norm, metrics = raise_checked(compiled["update"](learner, norm, batch, k_update))
             per_update.append(jax.device_get(metrics))
             if not all(np.isfinite(v).all() for v in per_update[-1].values()):
                 break  # diverged: train() reports the first bad update
         stacked = {name: np.stack([m[name] for m in per_update]) for name in per_update[0]}
         params_finite = np.asarray(jax.vmap(all_finite)(learner.params))
-        return HostState(learner, key, obs, stats), ChunkOut(
+        return HostState(learner, key, obs, stats, norm), ChunkOut(
             {name: v.mean(axis=0) for name, v in stacked.items()}, stats,
             first_nonfinite(stacked, np), params_finite)
 
@@ -327,7 +341,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         alive = np.ones((num_seeds, num_eval), bool)
         for _ in range(max_eval_steps):
             key, k_act = split_keys(key)
-            step = step_all(eval_envs, np.asarray(act_det(state.learner, obs, k_act)))
+            step = step_all(eval_envs, np.asarray(act_det(state.learner, state.norm, obs, k_act)))
             obs = step.obs
             ret += step.reward * alive
             length += alive
@@ -337,13 +351,13 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         return ret.astype(np.float32), length.astype(np.float32)
 
     def checkpoint_state(state: HostState):
-        return {"learner": state.learner, "key": state.key}
+        return {"learner": state.learner, "key": state.key, "norm": state.norm}
 
     def restore(state: HostState, saved, meta) -> HostState:
         """Learner and RNG key come back; the episodes in flight restart, from env seeds
         shifted by the update count so that they are not the run's first episodes again."""
         obs = np.stack([env.reset(seed=env.seed + 7919 * int(meta["update"])) for env in train_envs])
-        return HostState(saved["learner"], saved["key"], obs, state.episodes)
+        return HostState(saved["learner"], saved["key"], obs, state.episodes, saved["norm"])
 
     def close():
         for env in train_envs + eval_envs:

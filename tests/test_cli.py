@@ -73,7 +73,7 @@ def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
     state, meta = checkpoint.restore(run / "checkpoints", backend.checkpoint_state(fresh))
     assert meta["env_steps"] == 2000 and meta["update"] == 50
     assert int(state["learner"].update_step[0]) == 50
-    assert set(state) == {"learner", "env_state", "obs", "key", "episodes"}
+    assert set(state) == {"learner", "env_state", "obs", "key", "episodes", "norm"}
     # the parameters moved away from their initial values, and the optimizer state has counts
     moved = jax.tree.map(lambda a, b: float(abs(a - b).max()), state["learner"].params, fresh.learner.params)
     assert max(jax.tree.leaves(moved)) > 0
@@ -105,7 +105,7 @@ def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli):
 def test_help_lists_groups_and_keys(tmp_path, cli):
     result = cli(["train", "--help"], tmp_path)
     assert result.returncode == 0
-    for text in ("algo: a2c", "estimator: gae, nstep, td", "network: mlp", "logger:",
+    for text in ("algo: a2c", "estimator: gae, none, nstep, td", "network: mlp", "logger:",
                  "env: Acrobot-v1, CartPole-v1", "num_seeds:", "checkpoint_interval:"):
         assert text in result.stdout, text
     top = cli(["--help"], tmp_path)

@@ -96,12 +96,19 @@ TRAIN_CASES = [
     (["env.id=CartPol-v1"], ["env.id='CartPol-v1'", "CartPole-v1"]),
     (["env=gymnasium", "env.id=Acrobot-v2"], ["env.id='Acrobot-v2'", "Acrobot-v1"]),
     (["env.backend=jax", "env.id=LunarLander-v3"], ["env.backend=jax", "CartPole-v1"]),
-    (["env=CartPol-v1"], ["env=CartPol-v1", "CartPole-v1, MountainCar-v0", "did you mean env=CartPole-v1"]),
+    (["env=CartPol-v1"], ["env=CartPol-v1", "CartPole-v1, HalfCheetah-v5", "did you mean env=CartPole-v1"]),
     (["algo=nope"], ["algo=nope", "one of a2c"]),
     (["algo.learning_rat=0.1"], ["algo.learning_rat", "not a config key", "algo.learning_rate"]),
     (["algo.gamma"], ["malformed override 'algo.gamma'", "key=value"]),
     (["algo.learning_rate=[1,"], ["malformed override 'algo.learning_rate=[1,'", "key=value"]),
     (["hydra.run.dir=/dev/null/run"], ["hydra.run.dir=/dev/null/run", "writable directory"]),
+    (["algo=ppo", "algo.num_minibatches=3"], ["algo.num_minibatches=3", "does not divide", "8 x 32 = 256"]),
+    (["algo=ppo", "algo.clip_coef=0"], ["algo.clip_coef=0", "> 0"]),
+    (["algo=ppo", "algo.target_kl=-1"], ["algo.target_kl=-1", "null or a number > 0"]),
+    (["algo=ppo", "algo.update_epochs=0"], ["algo.update_epochs=0", ">= 1"]),
+    (["estimator=none"], ["estimator=none does not fit algo=a2c", "td, nstep, gae"]),
+    (["normalize.obs=maybe"], ["normalize.obs='maybe'", "true or false"]),
+    (["normalize.clip_obs=0"], ["normalize.clip_obs=0", "> 0"]),
 ]
 
 RESUME_CASES = [

@@ -1,19 +1,28 @@
-"""Algorithms: each `algos/<name>.py` has `make(spec, cfg, num_updates) -> Algorithm`.
+"""Algorithms: one module `algos/<name>.py` per `algo=` choice, which defines
+
+* ``make(spec, cfg, num_updates) -> Algorithm``;
+* ``RULES``: the `algo.*` keys it reads -> (check, what is allowed), checked before compiling;
+* ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none);
+* ``ACTION_SPACES``: ``"discrete"`` and/or ``"continuous"``;
+* optionally ``check(cfg)``: cross-key checks raising `rlcli.config.ConfigError`.
 
 An `Algorithm` is a NamedTuple of pure functions:
 
-* ``init(key) -> LearnerState``
+* ``init(key) -> learner``: a NamedTuple pytree with at least a ``params`` field (checked for
+  finiteness by the runner); `LearnerState` for the on-policy algorithms;
 * ``act(learner, obs, key, deterministic=False) -> (action, ActInfo)`` over a batch of obs;
 * ``update(learner, batch, key) -> (learner, metrics)``, jit-compiled by the runner and
-  vmappable over a leading seed axis.
+  vmappable over a leading seed axis; metrics are scalars named ``group/name``.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -47,12 +56,68 @@ class Algorithm(NamedTuple):
     update: Callable[[LearnerState, Batch, jax.Array], tuple[LearnerState, dict]]
 
 
-NAMES = ("a2c",)
+def names() -> tuple[str, ...]:
+    """Every `algo=` choice: the modules of this package."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+
+
+def module(name: str):
+    return importlib.import_module(f"rlcli.algos.{name}")
 
 
 def make(name: str, spec, cfg, num_updates: int) -> Algorithm:
-    module = importlib.import_module(f"rlcli.algos.{name}")
-    return module.make(spec, cfg, num_updates)
+    return module(name).make(spec, cfg, num_updates)
+
+
+class ActorCriticPolicy(NamedTuple):
+    """The `network=` actor-critic with the action distribution of the env's action space, as
+    shared by the on-policy algorithms: `init` and `act` are theirs as they stand."""
+
+    network: Any
+    dist: Any
+    init: Callable[[jax.Array], LearnerState]
+    act: Callable[..., tuple[jax.Array, ActInfo]]
+
+
+def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation) -> ActorCriticPolicy:
+    from rlcli import distributions, networks
+
+    network = networks.make(cfg.network, spec)
+    dist = distributions.for_action_space(spec.discrete)
+
+    def init(key):
+        params = network.init(key, jnp.zeros((1,) + spec.obs_shape, jnp.float32))
+        return LearnerState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+    def act(learner, obs, key, deterministic=False):
+        dist_params, value = network.apply(learner.params, obs)
+        action = dist.mode(dist_params) if deterministic else dist.sample(key, dist_params)
+        return action, ActInfo(dist.log_prob(dist_params, action), value)
+
+    return ActorCriticPolicy(network, dist, init, act)
+
+
+def _rules():
+    from rlcli.config import _is_num, boolean, in_unit_interval, int_at_least, non_negative, one_of, positive
+
+    base = {"algo.gamma": in_unit_interval(), "algo.num_steps": int_at_least(1)}
+    optimizer = {
+        "algo.learning_rate": positive(),
+        "algo.anneal_lr": boolean(),
+        "algo.optimizer": one_of("adam", "rmsprop", "sgd"),
+        "algo.eps": positive(),
+        "algo.rmsprop_decay": ((lambda v: _is_num(v) and 0.0 <= v < 1.0), "a number in [0, 1)"),
+        "algo.max_grad_norm": positive(),
+    }
+    actor_critic = {"algo.vf_coef": non_negative(), "algo.ent_coef": non_negative(),
+                    "algo.normalize_advantages": boolean()}
+    return base, optimizer, actor_critic
+
+
+# rule sets shared by the algorithms' RULES: every algorithm; make_optimizer's keys; the
+# on-policy actor-critic loss coefficients
+BASE_RULES, OPTIMIZER_RULES, ACTOR_CRITIC_RULES = _rules()
+ON_POLICY_ESTIMATORS = ("td", "nstep", "gae")
 
 
 def make_optimizer(algo_cfg, num_updates: int) -> optax.GradientTransformation:

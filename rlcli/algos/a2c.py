@@ -17,27 +17,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlcli import distributions, estimators, losses, networks
-from rlcli.algos import ActInfo, Algorithm, Batch, LearnerState, make_optimizer
+from rlcli import estimators, losses
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm,
+                         Batch, LearnerState, actor_critic_policy, make_optimizer)
+
+RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
+ESTIMATORS = ON_POLICY_ESTIMATORS
+ACTION_SPACES = ("discrete", "continuous")
 
 
 def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
-    network = networks.make(cfg.network, spec)
-    dist = distributions.for_action_space(spec.discrete)
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     tx = make_optimizer(algo, num_updates)
+    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
     vf_coef, ent_coef = float(algo.vf_coef), float(algo.ent_coef)
     normalize_advantages = bool(algo.normalize_advantages)
-
-    def init(key):
-        params = network.init(key, jnp.zeros((1,) + spec.obs_shape, jnp.float32))
-        return LearnerState(params, tx.init(params), jnp.zeros((), jnp.int32))
-
-    def act(learner, obs, key, deterministic=False):
-        dist_params, value = network.apply(learner.params, obs)
-        action = dist.mode(dist_params) if deterministic else dist.sample(key, dist_params)
-        return action, ActInfo(dist.log_prob(dist_params, action), value)
 
     def loss_fn(params, batch: Batch):
         dist_params, values = network.apply(params, batch.obs)

@@ -1,0 +1,19 @@
+"""NPG: the natural policy gradient (Kakade 2001), TRPO's step without the line search.
+
+The policy moves along the natural gradient F^-1 grad L of the importance-sampled surrogate
+(000 eq. 3.3.2), scaled to sqrt(2 delta / s^T F s) so that the quadratic model of the mean KL
+equals delta = `algo.max_kl`; the critic is fitted as in TRPO. See `rlcli.algos.trpo`.
+"""
+
+from __future__ import annotations
+
+from rlcli.algos import trpo
+
+RULES = {k: v for k, v in trpo.RULES.items() if k not in trpo.LINE_SEARCH_RULES}
+ESTIMATORS = trpo.ESTIMATORS
+ACTION_SPACES = trpo.ACTION_SPACES
+check = trpo.check
+
+
+def make(spec, cfg, num_updates: int):
+    return trpo.make(spec, cfg, num_updates, line_search=False)

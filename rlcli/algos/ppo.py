@@ -1,0 +1,111 @@
+"""PPO: proximal policy optimisation with the clipped surrogate (Schulman et al. 2017).
+
+The seeds leave "Add PPO" as a placeholder (000 §3.5) after the importance-sampled surrogate
+(000 eq. 3.3.2): the batch collected by pi_old is reused for `update_epochs` passes of
+`num_minibatches` minibatches, and the ratio rho = pi / pi_old is clipped to [1-eps, 1+eps] so
+that the new policy stays close to the one that collected the data. Per minibatch,
+
+    L = -mean min(rho A, clip(rho, 1-eps, 1+eps) A) + vf_coef * L_V - ent_coef * mean H(pi),
+
+with advantages and value targets from the chosen estimator (GAE by default, 000 eq. 4.2.10),
+computed once per batch with the rollout's parameters and normalised per minibatch; L_V is the
+critic regression (000 eq. 4.1.5), optionally clipped around the rollout's values. Gradients
+are clipped by global norm; the learning rate may be annealed linearly. With `target_kl`, the
+epochs stop early once a minibatch's approximate KL(pi_old || pi) exceeds 1.5 x target_kl (as
+Stable-Baselines3); that minibatch's step is not applied.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlcli import config, estimators, losses
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm,
+                         Batch, LearnerState, actor_critic_policy, make_optimizer)
+
+RULES = {
+    **BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES,
+    "algo.update_epochs": config.int_at_least(1),
+    "algo.num_minibatches": config.int_at_least(1),
+    "algo.clip_coef": config.positive(),
+    "algo.clip_value_loss": config.boolean(),
+    "algo.target_kl": ((lambda v: v is None or config.positive()[0](v)), "null or a number > 0"),
+}
+ESTIMATORS = ON_POLICY_ESTIMATORS
+ACTION_SPACES = ("discrete", "continuous")
+
+
+def check(cfg) -> None:
+    batch = int(cfg.num_envs) * int(cfg.algo.num_steps)
+    minibatches = int(cfg.algo.num_minibatches)
+    if batch % minibatches:
+        raise config.ConfigError(
+            f"algo.num_minibatches={minibatches} does not divide the batch of num_envs x algo.num_steps = "
+            f"{cfg.num_envs} x {cfg.algo.num_steps} = {batch} (allowed: a divisor of {batch})")
+
+
+def make(spec, cfg, num_updates: int) -> Algorithm:
+    algo = cfg.algo
+    epochs, minibatches = int(algo.update_epochs), int(algo.num_minibatches)
+    estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
+    tx = make_optimizer(algo, num_updates * epochs * minibatches)  # one optimizer step per minibatch
+    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
+    vf_coef, ent_coef, clip = float(algo.vf_coef), float(algo.ent_coef), float(algo.clip_coef)
+    clip_value, normalize_advantages = bool(algo.clip_value_loss), bool(algo.normalize_advantages)
+    max_kl = None if algo.target_kl is None else 1.5 * float(algo.target_kl)
+
+    def loss_fn(params, mb):
+        dist_params, values = network.apply(params, mb["obs"])
+        log_prob = dist.log_prob(dist_params, mb["action"])
+        advantages = losses.normalize(mb["advantage"]) if normalize_advantages else mb["advantage"]
+        policy_loss, clip_fraction = losses.clipped_surrogate_loss(log_prob, mb["log_prob"], advantages, clip)
+        if clip_value:
+            value_loss = losses.clipped_value_loss(values, mb["value"], mb["target"], clip)
+        else:
+            value_loss = losses.value_loss(values, mb["target"])
+        entropy = losses.entropy_bonus(dist.entropy(dist_params))
+        loss = policy_loss + vf_coef * value_loss - ent_coef * entropy
+        return loss, {
+            "loss/policy": policy_loss,
+            "loss/value": value_loss,
+            "loss/entropy": entropy,
+            "loss/total": loss,
+            "policy/approx_kl": losses.approx_kl(log_prob, mb["log_prob"]),
+            "policy/clip_fraction": clip_fraction,
+        }
+
+    def minibatch_step(carry, mb):
+        learner, stopped = carry
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, mb)
+        updates, opt_state = tx.update(grads, learner.opt_state, learner.params)
+        params = optax.apply_updates(learner.params, updates)
+        apply = ~stopped if max_kl is None else ~stopped & (metrics["policy/approx_kl"] <= max_kl)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
+        learner = learner._replace(params=keep(params, learner.params), opt_state=keep(opt_state, learner.opt_state))
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
+        metrics["train/minibatches_applied"] = apply.astype(jnp.float32)
+        return (learner, ~apply), metrics
+
+    def update(learner, batch: Batch, key):
+        _, values = network.apply(learner.params, batch.obs)
+        _, next_values = network.apply(learner.params, batch.next_obs)
+        advantages, targets = estimator(batch.reward, values, next_values, batch.terminated, batch.truncated)
+        flat = {"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob, "value": values,
+                "advantage": advantages, "target": targets}
+        size = batch.reward.size
+        flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), flat)
+
+        def epoch(carry, k):
+            order = jax.random.permutation(k, size).reshape(minibatches, size // minibatches)
+            return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[order], flat))
+
+        (learner, _), metrics = jax.lax.scan(epoch, (learner, jnp.bool_(False)), jax.random.split(key, epochs))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["train/advantage_mean"] = jnp.mean(advantages)
+        metrics["train/value_mean"] = jnp.mean(values)
+        metrics["train/explained_variance"] = losses.explained_variance(values, targets)
+        return LearnerState(learner.params, learner.opt_state, learner.update_step + 1), metrics
+
+    return Algorithm(init, act, update)

@@ -1,0 +1,167 @@
+"""TRPO: trust region policy optimization (000 §3.5.1; Schulman et al. 2015).
+
+Each update maximises the importance-sampled surrogate of the policy-iteration view of the
+policy gradient (000 eq. 3.3.2, without the gamma^t weight, as usual),
+
+    L(theta') = mean_i [pi_theta'(a_i|s_i) / pi_theta(a_i|s_i) A_i],
+
+within the trust region mean_i KL(pi_theta || pi_theta') <= delta = `algo.max_kl`, which keeps
+the state distributions of the two policies close enough for L to be trusted (000 §3.3). The
+step is the natural gradient s = F^-1 grad L (conjugate gradient on Fisher-vector products,
+`algo.cg_iters`, `algo.damping`) scaled to sqrt(2 delta / s^T F s), then shrunk by
+`algo.backtrack_coef` up to `algo.backtrack_iters` times until the exact KL is within delta and
+L improves (TRPO §6, Appendix C; `rlcli.natural_gradient`). With `line_search=False` the
+scaled step is taken as is: the natural policy gradient (`algo=npg`).
+
+A_i and the critic targets y_i come from the chosen estimator (GAE by default, 000 eq.
+4.2.10), computed with the critic before the update. The critic is a separate network (the
+two-network design of 000 §4.4.1, required: `network.shared=false`) fitted afterwards by
+regression on y (000 eq. 4.1.5) for `algo.vf_epochs` epochs of `algo.vf_minibatches`
+minibatches with `make_optimizer` (Adam by default) applied to the critic parameters only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlcli import estimators, losses, natural_gradient
+from rlcli.algos import (BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch, LearnerState,
+                         actor_critic_policy, make_optimizer)
+from rlcli.config import ConfigError, _is_num, boolean, int_at_least, positive
+
+NATURAL_STEP_RULES = {
+    "algo.normalize_advantages": boolean(),
+    "algo.max_kl": positive(),
+    "algo.damping": positive(),
+    "algo.cg_iters": int_at_least(1),
+    "algo.vf_epochs": int_at_least(1),
+    "algo.vf_minibatches": int_at_least(1),
+}
+LINE_SEARCH_RULES = {
+    "algo.backtrack_iters": int_at_least(1),
+    "algo.backtrack_coef": ((lambda v: _is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
+}
+RULES = {**BASE_RULES, **OPTIMIZER_RULES, **NATURAL_STEP_RULES, **LINE_SEARCH_RULES}
+ESTIMATORS = ON_POLICY_ESTIMATORS
+ACTION_SPACES = ("discrete", "continuous")
+
+# With network.shared=false, ActorCritic's critic is `critic_torso` plus the value head, the
+# first Dense it builds (`Dense_0`); everything else (`actor_torso`, the policy head, log_std)
+# is the policy.
+CRITIC_KEYS = ("critic_torso", "Dense_0")
+
+
+def split(params):
+    """Full network params -> (policy params, critic params), two disjoint subtrees."""
+    inner = params["params"]
+    return ({"params": {k: v for k, v in inner.items() if k not in CRITIC_KEYS}},
+            {"params": {k: v for k, v in inner.items() if k in CRITIC_KEYS}})
+
+
+def merge(policy_params, critic_params):
+    return {"params": {**policy_params["params"], **critic_params["params"]}}
+
+
+def check(cfg) -> None:
+    """The policy and critic must be separate networks; the critic's minibatches must split
+    the batch evenly."""
+    name = cfg.algo.name
+    if cfg.network.shared:
+        raise ConfigError(f"network.shared=true is not allowed with algo={name} "
+                          f"(allowed with algo={name}: network.shared=false; the critic is fitted "
+                          "separately from the natural-gradient policy step)")
+    batch = int(cfg.num_envs) * int(cfg.algo.num_steps)
+    if batch % int(cfg.algo.vf_minibatches):
+        raise ConfigError(
+            f"algo.vf_minibatches={cfg.algo.vf_minibatches} does not divide the batch of num_envs x "
+            f"algo.num_steps = {cfg.num_envs} x {cfg.algo.num_steps} = {batch} (allowed: a divisor of {batch})")
+
+
+def make(spec, cfg, num_updates: int, line_search: bool = True) -> Algorithm:
+    algo = cfg.algo
+    vf_epochs, vf_minibatches = int(algo.vf_epochs), int(algo.vf_minibatches)
+    tx = make_optimizer(algo, num_updates * vf_epochs * vf_minibatches)  # one step per minibatch
+    # the critic optimizer's state covers the critic subtree only
+    critic_tx = optax.GradientTransformation(lambda params: tx.init(split(params)[1]), tx.update)
+    network, dist, init, act = actor_critic_policy(spec, cfg, critic_tx)
+    estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
+    max_kl, damping, cg_iters = float(algo.max_kl), float(algo.damping), int(algo.cg_iters)
+    normalize_advantages = bool(algo.normalize_advantages)
+    if line_search:
+        backtrack_iters, backtrack_coef = int(algo.backtrack_iters), float(algo.backtrack_coef)
+
+    def policy_step(policy_params, critic_params, batch: Batch, advantages):
+        """The natural-gradient (and, for TRPO, line-searched) step of the policy params."""
+        def policy(p):
+            return network.apply(merge(p, critic_params), batch.obs)[0]
+
+        old_dist = jax.lax.stop_gradient(policy(policy_params))
+        old_log_prob = dist.log_prob(old_dist, batch.action)
+
+        def surrogate(dist_params):  # 000 eq. 3.3.2: mean of the likelihood ratio times A
+            ratio = jnp.exp(dist.log_prob(dist_params, batch.action) - old_log_prob)
+            return jnp.mean(ratio * advantages)
+
+        kl_fn = natural_gradient.mean_kl(dist.kl, policy, old_dist)
+        surrogate_old, grad = jax.value_and_grad(lambda p: surrogate(policy(p)))(policy_params)
+        fvp = natural_gradient.fisher_vector_product(kl_fn, policy_params, damping)
+        step = natural_gradient.natural_step(grad, fvp, max_kl, cg_iters)
+        metrics = {"train/step_size": step.scale, "train/grad_norm": optax.tree.norm(grad),
+                   "train/expected_improvement": step.expected_improvement}
+        if line_search:
+            def evaluate(p):
+                dist_params = policy(p)
+                return surrogate(dist_params) - surrogate_old, jnp.mean(dist.kl(old_dist, dist_params))
+
+            search = natural_gradient.backtracking_line_search(
+                evaluate, policy_params, step.step, max_kl, backtrack_iters, backtrack_coef)
+            new_params = search.params
+            metrics |= {"train/accepted": search.accepted.astype(jnp.float32),
+                        "train/backtracks": search.backtracks.astype(jnp.float32),
+                        "train/step_fraction": search.fraction}
+        else:
+            new_params = jax.tree.map(jnp.add, policy_params, step.step)
+        new_dist = policy(new_params)
+        metrics |= {"loss/policy": -surrogate(new_dist),
+                    "policy/kl": jnp.mean(dist.kl(old_dist, new_dist)),
+                    "policy/entropy": jnp.mean(dist.entropy(new_dist))}
+        return new_params, metrics
+
+    def fit_critic(critic_params, opt_state, policy_params, obs, targets, key):
+        """`vf_epochs` passes over the batch in `vf_minibatches` shuffled minibatches, one
+        optimizer step on 1/2 mean (V(s) - y)^2 (000 eq. 4.1.5) per minibatch; the gradient
+        is taken with respect to the critic params only."""
+        def minibatch(carry, idx):
+            params, opt_state = carry
+            grads = jax.grad(lambda c: losses.value_loss(
+                network.apply(merge(policy_params, c), obs[idx])[1], targets[idx]))(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, targets.shape[0]).reshape(vf_minibatches, -1)
+            return jax.lax.scan(minibatch, carry, perm)[0], None
+
+        return jax.lax.scan(epoch, (critic_params, opt_state), jax.random.split(key, vf_epochs))[0]
+
+    def update(learner, batch, key):
+        policy_params, critic_params = split(learner.params)
+        _, values = network.apply(learner.params, batch.obs)
+        _, next_values = network.apply(learner.params, batch.next_obs)
+        advantages, targets = estimator(batch.reward, values, next_values, batch.terminated, batch.truncated)
+        metrics = {"loss/value": losses.value_loss(values, targets),
+                   "train/advantage_mean": jnp.mean(advantages),
+                   "train/value_mean": jnp.mean(values),
+                   "train/explained_variance": losses.explained_variance(values, targets)}
+        if normalize_advantages:
+            advantages = losses.normalize(advantages)
+        policy_params, policy_metrics = policy_step(policy_params, critic_params, batch, advantages)
+        flat_obs = batch.obs.reshape((-1,) + batch.obs.shape[2:])
+        critic_params, opt_state = fit_critic(critic_params, learner.opt_state, policy_params, flat_obs,
+                                              targets.reshape(-1), key)
+        learner = LearnerState(merge(policy_params, critic_params), opt_state, learner.update_step + 1)
+        return learner, metrics | policy_metrics
+
+    return Algorithm(init, act, update)
