@@ -8,6 +8,9 @@ Two policies from the seeds (001, "How should we parameterize our policy?"):
   state-independent learned log-std, and
   log pi(a|s) = -1/2 sum_k [log(2 pi sigma_k^2) + (a_k - mu_k)^2 / sigma_k^2].
 
+SAC's tanh-squashed Gaussian (a = tanh(u), u Gaussian, with the change-of-variables
+correction) is a set of functions at the end of this file, over the pre-squash sample u.
+
 A distribution is a `Distribution` of functions; its parameters ("dist params") are the raw
 network outputs: `logits` (shape [..., A]) for the categorical, `(mean, log_std)` (each
 [..., D]) for the Gaussian. All functions broadcast over leading batch axes.
@@ -105,3 +108,34 @@ GAUSSIAN = Distribution(gaussian_sample, gaussian_log_prob, gaussian_entropy, ga
 def for_action_space(discrete: bool) -> Distribution:
     """Categorical for Discrete action spaces, diagonal Gaussian for Box ones."""
     return CATEGORICAL if discrete else GAUSSIAN
+
+
+# ---- tanh-squashed diagonal Gaussian (SAC) ----------------------------------------------------
+# a = tanh(u), u ~ N(mu, sigma^2): bounded actions in (-1, 1)^D. By the change of variables
+# (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications", appendix C, eq. 26)
+#     log pi(a|s) = log N(u; mu, sigma) - sum_k log(1 - tanh(u_k)^2).
+# The functions take the pre-squash sample u rather than a, whose atanh is unstable near +-1.
+
+
+def tanh_log_det_jacobian(u: jax.Array) -> jax.Array:
+    """sum_k log(1 - tanh(u_k)^2) in the stable form sum_k 2 (log 2 - u_k - softplus(-2 u_k))
+    (finite for every u, where the direct form gives log(0) = -inf once tanh rounds to +-1)."""
+    return jnp.sum(2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u)), axis=-1)
+
+
+def squashed_gaussian_log_prob(params: tuple[jax.Array, jax.Array], u: jax.Array) -> jax.Array:
+    """log pi(tanh(u)|s) for the pre-squash sample u (eq. 26 of Haarnoja et al. 2018)."""
+    return gaussian_log_prob(params, u) - tanh_log_det_jacobian(u)
+
+
+def squashed_gaussian_sample(key: jax.Array,
+                             params: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(a, log pi(a|s), u): a reparameterised sample a = tanh(mu + sigma * z), z ~ N(0, I), so
+    gradients flow to mu and sigma through a and through the log-probability."""
+    u = gaussian_sample(key, params)
+    return jnp.tanh(u), squashed_gaussian_log_prob(params, u), u
+
+
+def squashed_gaussian_mode(params: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """The deterministic action tanh(mu) (SAC's evaluation policy)."""
+    return jnp.tanh(params[0])

@@ -6,6 +6,10 @@ the raw distribution parameters of `rlcli.distributions`: logits for a Discrete 
 (mean, log_std) with a state-independent learned log-std for a Box one (001, "diagonal
 Gaussian"). Orthogonal initialisation as in the A2C/PPO reference implementations: sqrt(2)
 for hidden layers, 0.01 for the policy head, 1 for the value head.
+
+The off-policy algorithms (sac, offpolicy_ac) use separate modules, appended below: Q networks
+(an ensemble for SAC's twin critics), a tanh-squashed Gaussian actor with a state-dependent
+log-std (or gSDE) and a categorical actor, built from the same `network.*` keys.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -70,3 +75,106 @@ def make(cfg, spec) -> ActorCritic:
         shared=bool(cfg.shared),
         log_std_init=float(cfg.log_std_init),
     )
+
+
+# ---- off-policy actors and critics (algo=sac, algo=offpolicy_ac) ------------------------------
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # state-dependent log-std range of SAC's reference code
+
+
+def _flat(obs):
+    return obs.reshape(obs.shape[: obs.ndim - 1] + (-1,)).astype(jnp.float32)
+
+
+class QNetwork(nn.Module):
+    """Q_phi(s, a) -> [...] for a Box action space (the action, scaled to [-1, 1], is
+    concatenated to the observation), or Q_phi(s, .) -> [..., A] over every action of a
+    Discrete one (000 eq. 4.4.1-4.4.2; Christodoulou 2019 for the discrete form)."""
+
+    num_actions: int
+    discrete: bool
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs, action=None):
+        x = _flat(obs)
+        if not self.discrete:
+            x = jnp.concatenate([x, action.astype(jnp.float32)], axis=-1)
+        q = _dense(self.num_actions if self.discrete else 1, 1.0)(MLP(self.hidden_sizes, self.activation)(x))
+        return q if self.discrete else q[..., 0]
+
+
+class QEnsemble(nn.Module):
+    """`num_critics` independent Q networks evaluated together -> [num_critics, ...]: SAC's
+    twin critics (clipped double-Q, Haarnoja et al. 2018 §5 / Fujimoto et al. 2018), or one."""
+
+    num_actions: int
+    discrete: bool
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+    num_critics: int = 2
+
+    @nn.compact
+    def __call__(self, obs, action=None):
+        ensemble = nn.vmap(QNetwork, variable_axes={"params": 0}, split_rngs={"params": True},
+                           in_axes=None, out_axes=0, axis_size=self.num_critics)
+        return ensemble(self.num_actions, self.discrete, self.hidden_sizes, self.activation, name="q")(obs, action)
+
+
+class SquashedGaussianActor(nn.Module):
+    """obs -> (mean, log_std, features) of the Gaussian over the pre-tanh action u
+    (`rlcli.distributions.squashed_gaussian_*`); `features` is the last hidden layer.
+
+    * `sde: false`: a state-dependent log-std head, clipped to [LOG_STD_MIN, LOG_STD_MAX]; its bias
+      starts at `log_std_init` (Haarnoja et al. 2018).
+    * `sde: true`: generalized state-dependent exploration (gSDE, Raffin et al. 2022): the
+      exploration noise is eps(s) = features(s) @ theta with a matrix theta ~ N(0, sigma^2) that is
+      held fixed for a while, sigma = exp(sde_log_std) a learned [features, D] matrix starting at
+      `log_std_init`. The per-step distribution of u is then N(mean, sum_i features_i^2 sigma_i^2),
+      computed on features without gradient, and the mean is clipped to [-2, 2], as in
+      Stable-Baselines3.
+    """
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+    log_std_init: float = 0.0
+    sde: bool = False
+
+    @nn.compact
+    def __call__(self, obs):
+        features = MLP(self.hidden_sizes, self.activation)(_flat(obs))
+        mean = _dense(self.num_actions, 0.01)(features)
+        if not self.sde:
+            log_std = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01),
+                               bias_init=nn.initializers.constant(self.log_std_init))(features)
+            return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX), features
+        features = jax.lax.stop_gradient(features)
+        sde_log_std = self.param("sde_log_std", nn.initializers.constant(self.log_std_init),
+                                 (features.shape[-1], self.num_actions))
+        variance = jnp.square(features) @ jnp.exp(2.0 * sde_log_std)
+        return jnp.clip(mean, -2.0, 2.0), 0.5 * jnp.log(variance + 1e-6), features
+
+
+class DiscreteActor(nn.Module):
+    """obs -> logits of a categorical policy over a Discrete action space."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs):
+        return _dense(self.num_actions, 0.01)(MLP(self.hidden_sizes, self.activation)(_flat(obs)))
+
+
+def make_offpolicy(cfg, spec, num_critics: int, sde: bool = False):
+    """(actor, critic) of `network=mlp` for the off-policy algorithms: a squashed-Gaussian
+    (Box) or categorical (Discrete) actor and an ensemble of `num_critics` Q networks, each
+    with its own `network.hidden_sizes` torso (`network.shared` does not apply)."""
+    sizes, activation = tuple(cfg.hidden_sizes), cfg.activation
+    critic = QEnsemble(spec.num_actions, spec.discrete, sizes, activation, num_critics)
+    if spec.discrete:
+        return DiscreteActor(spec.num_actions, sizes, activation), critic
+    return SquashedGaussianActor(spec.num_actions, sizes, activation, float(cfg.log_std_init), sde), critic

@@ -109,6 +109,9 @@ TRAIN_CASES = [
     (["estimator=none"], ["estimator=none does not fit algo=a2c", "td, nstep, gae"]),
     (["normalize.obs=maybe"], ["normalize.obs='maybe'", "true or false"]),
     (["normalize.clip_obs=0"], ["normalize.clip_obs=0", "> 0"]),
+    (["algo=sac", "normalize.obs=true"], ["normalize.obs=true", "algo=sac", "normalize.obs=false"]),
+    (["algo=sac", "algo.use_sde=true"], ["algo.use_sde=true", "continuous action space", "algo.use_sde=false"]),
+    (["algo=sac", "estimator=gae"], ["estimator=gae does not fit algo=sac", "estimator=none"]),
 ]
 
 RESUME_CASES = [
