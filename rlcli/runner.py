@@ -105,6 +105,14 @@ class Backend(NamedTuple):
     close: Callable[[], None]
 
 
+def init_seeds(init_one, keys):
+    """`init_one` for each seed's key, stacked on a leading seed axis. A sequential `lax.map`,
+    not `vmap`: batched, the QR factorisations of the orthogonal initialisers run as jaxlib's
+    parallel LAPACK kernel, which can deadlock the 2-thread XLA pool of a 2-core machine (seen
+    as a run that hangs after compiling, every thread waiting)."""
+    return jax.lax.map(init_one, keys)
+
+
 def seed_keys(cfg) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(int(cfg.num_seeds))])
 
@@ -183,7 +191,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         (_, _, _, ret, length, _), _ = jax.lax.scan(body, carry, None, max_eval_steps)
         return ret, length
 
-    init_fn = jax.jit(jax.vmap(init_one))
+    init_fn = jax.jit(partial(init_seeds, init_one))
     chunk_fns: dict[int, Any] = {}
     eval_fn = jax.jit(jax.vmap(evaluate_one))
     compiled: dict[str, Any] = {}
@@ -268,7 +276,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     def init():
         # the same key split as the jax backend (params, env, run): same seed, same initial params
         keys = jax.vmap(lambda key: jax.random.split(key, 3))(seed_keys(cfg))
-        learner = jax.vmap(algo.init)(keys[:, 0])
+        learner = jax.jit(partial(init_seeds, algo.init))(keys[:, 0])
         obs = np.stack([env.reset() for env in train_envs])
         stats = EpisodeStats(*(np.zeros((num_seeds,) + s.shape, np.float32)
                                for s in empty_stats(num_envs, np)))
