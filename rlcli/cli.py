@@ -290,7 +290,7 @@ def load_run(args: list[str]):
         pairs.append((key, value))
     runs = [value for key, value in pairs if key == "run"]
     if len(runs) != 1 or not runs[0]:
-        raise ConfigError(f"run= is required once (allowed: run=<run dir written by rlcli train>)")
+        raise ConfigError("run= is required once (allowed: run=<run dir written by rlcli train>)")
     run_dir = Path(runs[0])
     saved = run_dir / ".hydra" / "config.yaml"
     if not run_dir.is_dir():

@@ -172,8 +172,6 @@ def validate(cfg: DictConfig) -> Sizes:
         raise ConfigError(
             f"estimator={cfg.estimator.name} does not fit algo={cfg.algo.name} (allowed with "
             f"algo={cfg.algo.name}: estimator={', '.join(algo.ESTIMATORS)})")
-    if hasattr(algo, "check"):
-        algo.check(cfg)
 
     env_id = cfg.env.id
     if not isinstance(env_id, str) or not env_id:
@@ -199,6 +197,8 @@ def validate(cfg: DictConfig) -> Sizes:
             f"algo={cfg.algo.name} needs a {' or '.join(algo.ACTION_SPACES)} action space but "
             f"env.id={env_id!r} has a {space} one (allowed with algo={cfg.algo.name}: "
             f"environments with {' or '.join(algo.ACTION_SPACES)} actions)")
+    if hasattr(algo, "check"):
+        algo.check(cfg, spec)
 
     steps_per_update = int(cfg.num_envs) * int(cfg.algo.num_steps)
     total = int(cfg.total_steps)

@@ -4,7 +4,8 @@
 * ``RULES``: the `algo.*` keys it reads -> (check, what is allowed), checked before compiling;
 * ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none);
 * ``ACTION_SPACES``: ``"discrete"`` and/or ``"continuous"``;
-* optionally ``check(cfg)``: cross-key checks raising `rlcli.config.ConfigError`.
+* optionally ``check(cfg, spec)``: cross-key checks (the env spec at hand) raising
+  `rlcli.config.ConfigError`.
 
 An `Algorithm` is a NamedTuple of pure functions:
 

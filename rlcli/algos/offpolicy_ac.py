@@ -36,8 +36,8 @@ import optax
 
 from rlcli import distributions, losses, networks
 from rlcli.algos import Algorithm, sac
-from rlcli.algos.sac import (REPLAY_RULES, bounds, discrete_soft_target, init_networks, initial_state, make_act,
-                             polyak, replay_update, soft_target, to_unit)
+from rlcli.algos.sac import (REPLAY_RULES, discrete_soft_target, init_networks, initial_state, make_act, make_q,
+                             polyak, replay_update, soft_target)
 from rlcli.config import ConfigError, boolean, int_at_least, non_negative
 
 RULES = {
@@ -50,7 +50,7 @@ ESTIMATORS = ("none",)
 ACTION_SPACES = ("discrete", "continuous")
 
 
-def check(cfg) -> None:
+def check(cfg, spec) -> None:
     sac.replay_check(cfg)
     if cfg.algo.baseline and cfg.algo.num_action_samples < 2:
         raise ConfigError("algo.baseline=true needs two or more action samples per state (allowed: "
@@ -87,8 +87,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     gamma, tau, ent_coef = float(algo.gamma), float(algo.tau), float(algo.ent_coef)
     num_samples, baseline = int(algo.num_action_samples), bool(algo.baseline)
     tx = optax.adam(float(algo.learning_rate))
-    if not discrete:
-        low, high = bounds(spec)
 
     def init(key):
         k_actor, k_critic = jax.random.split(key)
@@ -102,9 +100,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         next_action, _, _ = distributions.squashed_gaussian_sample(key, (mean, log_std))
         next_q = critic.apply(params.target_critic, mb.next_obs, next_action)
         return soft_target(mb.reward, mb.terminated, next_q, 0.0, 0.0, gamma)  # eq. 4.4.2: alpha = 0, one Q
-
-    def continuous_q(critic_params, mb):
-        return critic.apply(critic_params, mb.obs, to_unit(mb.action, low, high))
 
     def continuous_actor_loss(actor_params, critic_params, mb, key):
         mean, log_std, _ = actor.apply(actor_params, mb.obs)
@@ -121,10 +116,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return discrete_soft_target(mb.reward, mb.terminated, next_q, actor.apply(params.actor, mb.next_obs),
                                     0.0, gamma)  # eq. 4.4.2 with 4.4.3 exact: alpha = 0, one Q
 
-    def discrete_q(critic_params, mb):
-        q = critic.apply(critic_params, mb.obs)  # [1, B, A]
-        return jnp.take_along_axis(q, mb.action[None, :, None].astype(jnp.int32), axis=-1)[..., 0]
-
     def discrete_actor_loss(actor_params, critic_params, mb, key):
         log_p = jax.nn.log_softmax(actor.apply(actor_params, mb.obs), axis=-1)
         q = jax.lax.stop_gradient(critic.apply(critic_params, mb.obs)[0])
@@ -132,8 +123,9 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return -jnp.mean(jnp.sum(jnp.exp(log_p) * q, axis=-1) - ent_coef * expected_log_prob), \
             jnp.mean(expected_log_prob)
 
-    target_fn, q_fn, actor_loss_fn = ((discrete_target, discrete_q, discrete_actor_loss) if discrete
-                                      else (continuous_target, continuous_q, continuous_actor_loss))
+    target_fn, actor_loss_fn = ((discrete_target, discrete_actor_loss) if discrete
+                                else (continuous_target, continuous_actor_loss))
+    q_fn = make_q(spec, critic)
 
     def train_step(params: ACParams, opt_state: ACOptState, mb, key):
         k_target, k_actor = jax.random.split(key)

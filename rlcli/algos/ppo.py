@@ -37,7 +37,7 @@ ESTIMATORS = ON_POLICY_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
 
 
-def check(cfg) -> None:
+def check(cfg, spec) -> None:
     batch = int(cfg.num_envs) * int(cfg.algo.num_steps)
     minibatches = int(cfg.algo.num_minibatches)
     if batch % minibatches:

@@ -67,23 +67,12 @@ RULES = {
 }
 
 
-def check(cfg) -> None:
+def check(cfg, spec) -> None:
     """Cross-key checks of the replay keys (after RULES)."""
     replay_check(cfg)
-    if cfg.algo.use_sde and _discrete(cfg):
+    if cfg.algo.use_sde and spec.discrete:
         raise ConfigError(f"algo.use_sde=true needs a continuous action space but env.id={cfg.env.id!r} has "
                           "a discrete one (allowed with discrete actions: algo.use_sde=false)")
-
-
-def _discrete(cfg) -> bool:
-    """Whether the env has a Discrete action space (False when env.id is bad: `config.validate`
-    reports that after the algorithm's checks)."""
-    from rlcli import envs
-
-    try:
-        return envs.make_spec(cfg.env.id, envs.resolve_backend(cfg.env.id, cfg.env.backend)).discrete
-    except Exception:
-        return False
 
 
 def replay_check(cfg) -> None:
@@ -166,6 +155,21 @@ def initial_state(spec, algo_cfg, params, opt_state, noise=None) -> OffPolicySta
     params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
     return OffPolicyState(params, opt_state, replay.init(int(algo_cfg.buffer_size), example),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), noise)
+
+
+def make_q(spec, critic):
+    """Q_i(s, a) of the replayed actions, [num_critics, B]: Box actions mapped back to [-1, 1]
+    (the actor's units); for a Discrete space the critic's output at the taken action."""
+    if spec.discrete:
+        def q(critic_params, mb):
+            out = critic.apply(critic_params, mb.obs)  # [num_critics, B, A]
+            return jnp.take_along_axis(out, mb.action[None, :, None].astype(jnp.int32), axis=-1)[..., 0]
+    else:
+        low, high = bounds(spec)
+
+        def q(critic_params, mb):
+            return critic.apply(critic_params, mb.obs, to_unit(mb.action, low, high))
+    return q
 
 
 def make_act(spec, actor, learning_starts: int, use_sde: bool = False):
@@ -296,8 +300,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     else:
         target_entropy = -float(spec.num_actions)
     tx = optax.adam(float(algo.learning_rate))
-    if not discrete:
-        low, high = bounds(spec)
 
     def init(key):
         k_actor, k_critic, k_noise = jax.random.split(key, 3)
@@ -313,9 +315,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         next_q = critic.apply(params.target_critic, mb.next_obs, next_action)
         return soft_target(mb.reward, mb.terminated, next_q, next_log_prob, alpha, gamma)
 
-    def continuous_q(critic_params, mb):
-        return critic.apply(critic_params, mb.obs, to_unit(mb.action, low, high))
-
     def continuous_actor_loss(actor_params, critic_params, mb, key, alpha):
         mean, log_std, _ = actor.apply(actor_params, mb.obs)
         action, log_prob, _ = distributions.squashed_gaussian_sample(key, (mean, log_std))
@@ -327,18 +326,15 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return discrete_soft_target(mb.reward, mb.terminated, next_q, actor.apply(params.actor, mb.next_obs),
                                     alpha, gamma)
 
-    def discrete_q(critic_params, mb):
-        q = critic.apply(critic_params, mb.obs)  # [2, B, A]
-        return jnp.take_along_axis(q, mb.action[None, :, None].astype(jnp.int32), axis=-1)[..., 0]
-
     def discrete_actor_loss(actor_params, critic_params, mb, key, alpha):
         log_p = jax.nn.log_softmax(actor.apply(actor_params, mb.obs), axis=-1)
         q = jax.lax.stop_gradient(jnp.min(critic.apply(critic_params, mb.obs), axis=0))
         expected_log_prob = jnp.sum(jnp.exp(log_p) * log_p, axis=-1)  # -H(pi(.|s))
         return jnp.mean(jnp.sum(jnp.exp(log_p) * (alpha * log_p - q), axis=-1)), jnp.mean(expected_log_prob)
 
-    target_fn, q_fn, actor_loss_fn = ((discrete_target, discrete_q, discrete_actor_loss) if discrete
-                                      else (continuous_target, continuous_q, continuous_actor_loss))
+    target_fn, actor_loss_fn = ((discrete_target, discrete_actor_loss) if discrete
+                                else (continuous_target, continuous_actor_loss))
+    q_fn = make_q(spec, critic)
 
     def train_step(params: SACParams, opt_state: SACOptState, mb, key):
         k_target, k_actor = jax.random.split(key)

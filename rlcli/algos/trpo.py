@@ -64,7 +64,7 @@ def merge(policy_params, critic_params):
     return {"params": {**policy_params["params"], **critic_params["params"]}}
 
 
-def check(cfg) -> None:
+def check(cfg, spec) -> None:
     """The policy and critic must be separate networks; the critic's minibatches must split
     the batch evenly."""
     name = cfg.algo.name
