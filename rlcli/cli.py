@@ -1,6 +1,7 @@
 """`rlcli <command> [options] [overrides]`.
 
-Commands: `train` and `resume`. Before Hydra runs a single `train`, the overrides are parsed,
+Commands: `train`, `resume` (here), `eval` (rlcli.evaluate), `reproduce` (rlcli.reproduce),
+`plot` (rlcli.plot) and `list` (rlcli.catalog). Before Hydra runs a single `train`, the overrides are parsed,
 the config is composed and validated and the run directory's parent is checked, so bad
 input costs one line on stderr, exit code 2, and nothing on disk.
 
@@ -22,6 +23,12 @@ commands:
   train    train a policy: rlcli train algo=a2c env=CartPole-v1 [key=value ...]
            (rlcli train --help lists the config groups and every key; -m sweeps)
   resume   continue a run from its latest checkpoint: rlcli resume run=<run dir> [total_steps=N]
+  eval     evaluate a run's checkpoint, optionally recording videos: rlcli eval run=<run dir>
+  reproduce  train a run's saved config again and compare the metrics: rlcli reproduce run=<run dir>
+  plot     learning curves with 95% bootstrap bands across seeds: rlcli plot <run or multirun dirs>
+  list     the algorithms, estimators and environments, with their seed equations
+
+Every command takes --help.
 
 Runs are written to outputs/<date>/<time>-<algo>-<env>/. See README.md."""
 
@@ -131,34 +138,55 @@ def _check_output_dir(key: str, path: str) -> None:
                           "(allowed: a path under a writable directory)")
 
 
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+    """The override list of every job of a basic-sweeper multirun (the cartesian product of
+    the `key=a,b,c` lists, as Hydra's BasicSweeper forms it), or None when another sweeper
+    (e.g. `hydra/sweeper=optuna`) or a range/interval sweep chooses the jobs itself."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if any(o.get_key_element().startswith(("hydra/sweeper", "+sweep", "sweep")) for o in parsed):
+        return None
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
+        return None
+    return BasicSweeper.split_arguments(parsed, None)[0]
+
+
 def preflight(args: list[str]) -> int | None:
     """Parse, compose and validate `rlcli train` overrides as Hydra will; on bad input print one
-    line and return the exit code. Sweeps (-m) are parsed only; their jobs are validated one
-    by one and a bad one is listed in the sweep summary."""
+    line and return the exit code. For a sweep (-m) every job of the basic sweeper is composed
+    and validated before the first one starts; a bad job refuses the whole sweep."""
     from rlcli.config import ConfigError, validate
+    from rlcli.sweep import limit_threads
 
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     if any(f not in ("-m", "--multirun") for f in flags):
         return None  # --help, --cfg, --info ...: Hydra's own
+    job = ""
     try:
-        if flags:
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-
-            OverridesParser.create().parse_overrides(overrides)
+        jobs = sweep_jobs(overrides) if flags else [overrides]
+        if jobs is None:
             return None
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
 
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-        _check_output_dir("hydra.run.dir", str(cfg.hydra.run.dir))
+            for number, job_overrides in enumerate(jobs):
+                if flags:
+                    job = f"job {number} of {len(jobs)} ({' '.join(job_overrides)}): "
+                cfg = compose("train", overrides=job_overrides, return_hydra_config=True)
+                if number == 0:  # this process runs the job (a sweep's basic launcher: all jobs)
+                    limit_threads(cfg)
+                validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+        _check_output_dir(key, str(OmegaConf.select(cfg, key)))
     except ConfigError as err:
-        _error("train", str(err))
+        _error("train", job + str(err))
         return EXIT_BAD_INPUT
     except Exception as err:  # Hydra's parse and composition errors
-        _error("train", _composition_error(err, overrides))
+        _error("train", job + _composition_error(err, overrides))
         return EXIT_BAD_INPUT
     return None
 
@@ -167,6 +195,7 @@ def preflight(args: list[str]) -> int | None:
 
 _task_started = False
 _failed_jobs: list[str] = []
+_sweep_dir: Path | None = None  # a sweep's directory, once it starts
 
 
 def _train_task(cfg) -> float:
@@ -177,15 +206,20 @@ def _train_task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from rlcli import runner
+    from rlcli import runner, sweep
 
     global _task_started
     _task_started = True
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        sweep.limit_threads(cfg)
         return runner.train(cfg, run_dir)["final_eval_return_mean"]
-    except runner.Interrupted as err:  # a sweep stops as well
+    except runner.Interrupted as err:  # a sweep stops as well, and summarises the jobs so far
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            from rlcli import sweep
+
+            print(sweep.table(sweep.summarize(Path(hydra_cfg.sweep.dir))))
         raise SystemExit(report("train", err)) from None
     except Exception as err:
         code = report("train", err)
@@ -196,9 +230,10 @@ def _train_task(cfg) -> float:
         if code is None:  # not an rlcli error: one line here, the traceback in train.log
             logging.getLogger("rlcli").exception("job failed")
             _error("train", f"{type(err).__name__}: {err}".splitlines()[0])
-        (run_dir / "error.txt").write_text((str(err).splitlines() or [type(err).__name__])[0] + "\n")
+        message = (str(err).splitlines() or [type(err).__name__])[0]
+        (run_dir / "error.txt").write_text(message + "\n")
         _failed_jobs.append(str(run_dir))
-        return float("nan")
+        return sweep.failed_job_return(hydra_cfg, message)
 
 
 try:
@@ -211,11 +246,17 @@ class SweepSummary(Callback):
     """At the end of a sweep: sweep_summary.csv in the sweep directory and a printed table, one
     row per job (overrides, status, final evaluation return, wall time, error)."""
 
+    def on_multirun_start(self, config, **kwargs) -> None:
+        global _sweep_dir
+        _sweep_dir = Path(config.hydra.sweep.dir)
+
     def on_multirun_end(self, config, **kwargs) -> None:
         from rlcli import sweep
 
         rows = sweep.summarize(Path(config.hydra.sweep.dir))
         print(sweep.table(rows))
+        # jobs may have run in other processes (joblib, submitit, Ray): count failures here
+        _failed_jobs.extend(row["job"] for row in rows if row["status"] != "ok")
 
 
 def train(args: list[str]) -> int:
@@ -228,13 +269,18 @@ def train(args: list[str]) -> int:
         return code
     main = hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv
-    sys.argv = ["rlcli train", *args]
+    # -m may stand anywhere among the overrides (Hydra's parser wants it before them)
+    multirun = [a for a in args if a in ("-m", "--multirun")]
+    sys.argv = ["rlcli train", *multirun, *[a for a in args if a not in multirun]]
     try:
         main()
     except SystemExit as exit_:
         # Hydra reports a bad override or an unknown group option, then exits 1, before the
-        # task starts: that is bad input, so exit 2.
-        if exit_.code == 1 and not _task_started:
+        # task starts: that is bad input, so exit 2. (Jobs in other processes leave
+        # _task_started unset here; their directories show that they started.)
+        from rlcli import sweep
+
+        if exit_.code == 1 and not _task_started and not (_sweep_dir and sweep.job_dirs(_sweep_dir)):
             return EXIT_BAD_INPUT
         if exit_.code in (0, None):
             return 1 if _failed_jobs else 0
@@ -251,6 +297,7 @@ def train(args: list[str]) -> int:
 
 def _quiet_logging() -> None:
     import logging
+    import warnings
 
     # JAX logs a warning when it probes for a TPU runtime that a CPU/GPU machine lacks
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
@@ -259,6 +306,11 @@ def _quiet_logging() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     logging.raiseExceptions = False
+    # importing optuna (hydra/sweeper=optuna) makes alembic log its plugin setup
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # JAX warns at every fork once it runs; subprocess (the Ray launcher starting its
+    # processes) forks and execs at once, which is safe
+    warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning, "subprocess")
 
 
 def _configure_logging(run_dir: Path) -> None:
@@ -341,9 +393,11 @@ def resume(args: list[str]) -> int:
     from rlcli import runner
     from rlcli.checkpoint import CheckpointError
     from rlcli.config import ConfigError, validate
+    from rlcli.sweep import limit_threads
 
     try:
         run_dir, cfg = load_run(args)
+        limit_threads(cfg)
         validate(cfg)
     except ConfigError as err:
         return report("resume", err)
@@ -364,7 +418,18 @@ def resume(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "resume": resume}
+def _lazy(module: str):
+    """A command whose module is imported only when it runs."""
+    def command(args: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args)
+    return command
+
+
+COMMANDS = {"train": train, "resume": resume, "eval": _lazy("rlcli.evaluate"),
+            "reproduce": _lazy("rlcli.reproduce"), "plot": _lazy("rlcli.plot"),
+            "list": _lazy("rlcli.catalog")}
 
 
 def main(argv: list[str] | None = None) -> int:

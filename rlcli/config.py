@@ -161,10 +161,14 @@ def validate(cfg: DictConfig) -> Sizes:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
-    from rlcli import algos
+    from rlcli import algos, sweep
 
     _check(cfg, {"algo.name": one_of(*algos.names())})
     _check(cfg, COMMON_RULES)
+    sweep.threads_of(cfg)  # null or an int >= 1; missing in runs saved before the key existed
+    from rlcli.logger import check_config as check_logger
+
+    check_logger(cfg)
     _check(cfg, ESTIMATOR_RULES[cfg.estimator.name])
     algo = algos.module(cfg.algo.name)
     _check(cfg, algo.RULES)

@@ -1,13 +1,453 @@
-"""Learning-curve plot of one run: episode return against env steps, one line per seed."""
+"""Plots: the learning curve of one run (curve.png, written by the runner) and `rlcli plot`,
+learning curves across seeds and runs with the mean and a 95% bootstrap confidence band.
+
+A *seed* is one `seed_index` of one run directory: the vmapped seeds of a run and the jobs of
+a multirun all count. Curves are aligned on a common x grid per group: for `x=env_steps` the
+union of the env steps that the group's seeds logged, for `x=wall_time` `max(100, records per
+seed)` evenly spaced points. Each seed is linearly interpolated onto the grid within its own
+logged range only (never extrapolated), so `n_seeds` in curves.csv can vary along x.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import os
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+USAGE = """usage: rlcli plot <run or multirun dir> [<dir> ...] [x=env_steps|wall_time]
+                  [group_by=algo,env,estimator] [metric=episode/return|eval/return_mean] [out=<dir>]
+
+Learning curves of the runs in the given directories: per group, the mean across seeds and a
+95% bootstrap confidence band (2000 resamples of the seeds, fixed seed, percentile interval).
+A seed is one seed_index of one run, so the vmapped seeds of a run (num_seeds=K) and the jobs
+of a multirun (rlcli train -m ...) both count. A group with one seed has no band (it collapses
+to the mean).
+
+  <dir>      a run directory (with .hydra/config.yaml) or a multirun directory whose job
+             directories are run directories, directly or one level down
+             (outputs/multirun/<date>/<time> or outputs/multirun/<date>)
+  x          env_steps (default; per seed) or wall_time (seconds since the run started,
+             compile included). Curves are interpolated linearly onto a common grid, each
+             within its own logged range: the union of the logged env steps, or 100+ evenly
+             spaced wall times
+  group_by   comma-separated config keys: algo (algo.name), env (env.id), estimator
+             (estimator.name) or any dotted key of .hydra/config.yaml (algo.learning_rate);
+             default algo,env,estimator; group_by= (empty) pools every run
+  metric     a numeric key of metrics.jsonl: episode/return (default; training episodes that
+             finished in the interval) or eval/return_mean (the evaluations: every
+             eval_interval= env steps and at the end)
+  out        where to write; default: the first directory if it is a multirun directory,
+             else <first run dir>/plots
+
+Writes curves.png, curves.csv (group, x, mean, ci_low, ci_high, n_seeds) and
+final_returns.csv (group, n_seeds, mean, ci_low, ci_high: the final evaluation return per seed
+from summary.json), and prints the final-return table."""
+
+SHORT_KEYS = {"algo": "algo.name", "env": "env.id", "estimator": "estimator.name"}
+X_AXES = {"env_steps": "env steps (per seed)", "wall_time": "wall time (s, compile included)"}
+METRIC_LABELS = {"episode/return": "episode return (training)",
+                 "eval/return_mean": "evaluation return (mean over episodes)"}
+DEFAULTS = {"x": "env_steps", "group_by": "algo,env,estimator", "metric": "episode/return", "out": None}
+RESAMPLES = 2000
+LEVEL = 0.95
+WALL_TIME_POINTS = 100
+DIRS_ALLOWED = ("allowed: a run directory with .hydra/config.yaml, or a multirun directory "
+                "holding run directories")
+
+
+class Options(NamedTuple):
+    dirs: list[str]
+    x: str
+    group_by: list[str]
+    metric: str
+    out: str | None
+
+
+class Run(NamedTuple):
+    """One run directory: its config, metric records and final evaluation return per seed
+    index (None without summary.json)."""
+
+    path: Path
+    config: object
+    records: list[dict]
+    final: list[float] | None
+
+
+class Band(NamedTuple):
+    """Mean and confidence band of one group on its x grid."""
+
+    group: str
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: np.ndarray
+
+
+class Final(NamedTuple):
+    group: str
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
+# ---- numbers ----------------------------------------------------------------------------------
+
+
+def bootstrap_ci(values, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean: resample the values with replacement
+    `resamples` times (numpy generator seeded with `seed`). One value: (value, value)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 1:
+        return float(values[0]), float(values[0])
+    idx = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values[idx].mean(axis=1), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def seed_curves(records: list[dict], metric: str, x: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per seed index: (x, metric) sorted by x, from the records that have the metric (the
+    last record wins where an x repeats)."""
+    points: dict[int, dict[float, float]] = {}
+    for r in records:
+        if r.get(metric) is not None and r.get(x) is not None:
+            points.setdefault(int(r["seed_index"]), {})[float(r[x])] = float(r[metric])
+    return {i: (np.array(sorted(p)), np.array([p[k] for k in sorted(p)])) for i, p in points.items()}
+
+
+def grid(curves: list[tuple[np.ndarray, np.ndarray]], x: str) -> np.ndarray:
+    """The common x grid: the union of the logged x (env_steps), or evenly spaced points
+    over the logged range (wall_time)."""
+    if x == "env_steps":
+        return np.unique(np.concatenate([c[0] for c in curves]))
+    lo, hi = min(c[0][0] for c in curves), max(c[0][-1] for c in curves)
+    return np.linspace(lo, hi, max(WALL_TIME_POINTS, *(len(c[0]) for c in curves)))
+
+
+def aligned(curves: list[tuple[np.ndarray, np.ndarray]], xs: np.ndarray) -> np.ndarray:
+    """[len(xs), seeds]: each curve linearly interpolated onto xs, NaN outside its x range."""
+    columns = [np.where((xs >= cx[0]) & (xs <= cx[-1]), np.interp(xs, cx, cy), np.nan) for cx, cy in curves]
+    return np.stack(columns, axis=1)
+
+
+def band(group: str, curves: list[tuple[np.ndarray, np.ndarray]], x: str) -> Band:
+    """Mean across seeds and bootstrap interval at each grid point (points no seed covers
+    are left out)."""
+    xs = grid(curves, x)
+    ys = aligned(curves, xs)
+    n = np.sum(~np.isnan(ys), axis=1)
+    xs, ys, n = xs[n > 0], ys[n > 0], n[n > 0]
+    rows = [row[~np.isnan(row)] for row in ys]
+    ci = np.array([bootstrap_ci(row) for row in rows]).reshape(-1, 2)
+    return Band(group, xs, np.array([row.mean() for row in rows]), ci[:, 0], ci[:, 1], n)
+
+
+def final(group: str, returns: list[float]) -> Final:
+    """Mean and bootstrap interval of the final evaluation returns of a group's seeds."""
+    if not returns:
+        return Final(group, 0, float("nan"), float("nan"), float("nan"))
+    return Final(group, len(returns), float(np.mean(returns)), *bootstrap_ci(returns))
+
+
+# ---- input ------------------------------------------------------------------------------------
+
+
+def parse_args(args: list[str]) -> Options:
+    """Directories and key=value options; raises ConfigError for an unknown option or x."""
+    from rlcli.config import ConfigError
+
+    values, dirs = dict(DEFAULTS), []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key in DEFAULTS:
+            values[key] = value
+        elif eq and "/" not in key and not Path(arg).exists():
+            raise ConfigError(f"{arg} is not an option (allowed: x=, group_by=, metric=, out= "
+                              "and run or multirun directories)")
+        elif arg.startswith("-"):
+            raise ConfigError(f"{arg} is not an option (allowed: --help)")
+        else:
+            dirs.append(arg)
+    if not dirs:
+        raise ConfigError(f"no directory given ({DIRS_ALLOWED}; rlcli plot --help)")
+    if values["x"] not in X_AXES:
+        raise ConfigError(f"x={values['x']} is not allowed (allowed: {', '.join(X_AXES)})")
+    if not values["metric"]:
+        raise ConfigError(f"metric= is empty (allowed: {', '.join(METRIC_LABELS)} or another key of metrics.jsonl)")
+    group_by = [k.strip() for k in values["group_by"].split(",") if k.strip()]
+    return Options(dirs, values["x"], group_by, values["metric"], values["out"])
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra" / "config.yaml").is_file()
+
+
+def _children(path: Path) -> list[Path]:
+    """Subdirectories, job numbers in numeric order."""
+    return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))
+
+
+def run_dirs(arg: str) -> list[Path]:
+    """The run directories of one argument: itself, or its job directories one or two levels
+    down. Raises ConfigError for a missing path or one that holds no run."""
+    from rlcli.config import ConfigError
+
+    path = Path(arg)
+    if not path.is_dir():
+        raise ConfigError(f"{arg} does not exist ({DIRS_ALLOWED})")
+    if is_run_dir(path):
+        return [path]
+    found = []
+    for child in _children(path):
+        found += [child] if is_run_dir(child) else [p for p in _children(child) if is_run_dir(p)]
+    if not found:
+        raise ConfigError(f"{arg} holds no run: no .hydra/config.yaml in it or in its "
+                          f"subdirectories ({DIRS_ALLOWED})")
+    return found
+
+
+def load(path: Path) -> Run | None:
+    """The run in `path`, or None when it has no metrics (a sweep job that failed early)."""
+    import json
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlcli.config import ConfigError
+    from rlcli.logger import read_metrics
+
+    try:
+        config = OmegaConf.load(path / ".hydra" / "config.yaml")
+    except (OmegaConfBaseException, ValueError, OSError) as err:
+        raise ConfigError(f"{path}: .hydra/config.yaml cannot be read: {str(err).splitlines()[0]} "
+                          f"({DIRS_ALLOWED})") from None
+    if not (path / "metrics.jsonl").is_file():
+        return None
+    summary = path / "summary.json"
+    final_returns = None
+    if summary.is_file():
+        try:
+            final_returns = [float(v) for v in json.loads(summary.read_text())["final_eval"]["return_mean"]]
+        except (ValueError, KeyError, TypeError):
+            final_returns = None
+    return Run(path, config, read_metrics(path), final_returns)
+
+
+_UNSET = object()
+
+
+def config_value(config, key: str):
+    """The value of a group_by key (short name or dotted key) in a run's config, or _UNSET."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    dotted = SHORT_KEYS.get(key, key)
+    try:
+        return OmegaConf.select(config, dotted, default=_UNSET)
+    except OmegaConfBaseException:  # an interpolation that does not resolve
+        return OmegaConf.select(config, dotted, default=_UNSET, throw_on_resolution_failure=False)
+
+
+def _text(value) -> str:
+    from rlcli.config import format_value
+
+    return "(unset)" if value is _UNSET else value if isinstance(value, str) else format_value(value)
+
+
+def group_of(run: Run, group_by: list[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((key, _text(config_value(run.config, key))) for key in group_by)
+
+
+def check_group_by(runs: list[Run], group_by: list[str]) -> None:
+    """Raise ConfigError for a key that no run's config has."""
+    import difflib
+
+    from rlcli.cli import _flat_keys
+    from rlcli.config import ConfigError
+
+    for key in group_by:
+        if all(config_value(r.config, key) is _UNSET for r in runs):
+            keys = sorted({k for r in runs for k in _flat_keys(r.config)})
+            close = difflib.get_close_matches(key, [*SHORT_KEYS, *keys], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"group_by={key} is not a config key of any run ({hint}allowed: "
+                              f"{', '.join(SHORT_KEYS)} or a dotted key of .hydra/config.yaml, "
+                              "e.g. algo.learning_rate)")
+
+
+def default_out(first: str) -> Path:
+    path = Path(first)
+    return path / "plots" if is_run_dir(path) else path
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+
+def _label(group: tuple[tuple[str, str], ...]) -> str:
+    return " ".join(f"{k}={v}" for k, v in group) or "all runs"
+
+
+def _number(value: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def curves_csv(bands: list[Band]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "x", "mean", "ci_low", "ci_high", "n_seeds"])
+    for b in bands:
+        for row in zip(b.x, b.mean, b.low, b.high, b.n):
+            writer.writerow([b.group, *map(_number, row[:4]), int(row[4])])
+    return out.getvalue()
+
+
+def finals_csv(finals: list[Final]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "n_seeds", "mean", "ci_low", "ci_high"])
+    for f in finals:
+        writer.writerow([f.group, f.n, _number(f.mean), _number(f.low), _number(f.high)])
+    return out.getvalue()
+
+
+def finals_table(finals: list[Final]) -> str:
+    """The final-return table as aligned text."""
+    header = ["group", "seeds", "final return", "95% CI"]
+    rows = [[f.group, str(f.n), f"{f.mean:.2f}" if f.n else "-",
+             (f"[{f.low:.2f}, {f.high:.2f}]" if f.n > 1 else "- (one seed)" if f.n else "- (no summary.json)")]
+            for f in finals]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a figure as PNG via a temporary file and a rename, then close it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_bands(bands: list[Band], groups: list[tuple[tuple[str, str], ...]], x: str, metric: str,
+               path: Path) -> None:
+    """One line per group (the mean) with its shaded 95% band; the legend names the group_by
+    values that differ between groups, the title those they share."""
+    from matplotlib.ticker import EngFormatter
+
+    varying = {k for k, _ in groups[0] if len({dict(g)[k] for g in groups}) > 1}
+    common = " ".join(f"{k}={v}" for k, v in groups[0] if k not in varying)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    handles, labels = [], []
+    for i, (b, g) in enumerate(zip(bands, groups)):
+        colour = f"C{i % 10}"
+        lo, hi = int(b.n.min()), int(b.n.max())
+        seeds = f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}-{hi} seeds"
+        name = " ".join(f"{k}={v}" for k, v in g if k in varying) or "mean"
+        line, = ax.plot(b.x, b.mean, color=colour, lw=1.8, marker="o" if len(b.x) <= 30 else None, ms=3)
+        shade = ax.fill_between(b.x, b.low, b.high, color=colour, alpha=0.2, lw=0)
+        handles.append((shade, line))
+        labels.append(f"{name} ({seeds}{', no band' if hi == 1 else ''})")
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_title(f"{common + ': ' if common else ''}mean and 95% bootstrap CI across seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(handles, labels, fontsize=8, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def collect(options: Options) -> tuple[list[Run], list[str]]:
+    """The runs of every directory (each once) and notes on the skipped ones."""
+    from rlcli.config import ConfigError
+
+    paths = {}
+    for arg in options.dirs:
+        for p in run_dirs(arg):
+            paths.setdefault(p.resolve(), p)
+    runs, notes = [], []
+    for p in paths.values():
+        run = load(p)
+        if run is None:
+            notes.append(f"skipped {p}: no metrics.jsonl")
+        else:
+            runs.append(run)
+    if not runs:
+        raise ConfigError(f"{options.dirs[0]} holds no run with metrics.jsonl ({DIRS_ALLOWED})")
+    return runs, notes
+
+
+def compute(options: Options, runs: list[Run]):
+    """Groups, bands and final-return rows; raises ConfigError for a metric no run has."""
+    from rlcli.config import ConfigError
+
+    check_group_by(runs, options.group_by)
+    by_group: dict[tuple, list[Run]] = {}
+    for run in runs:
+        by_group.setdefault(group_of(run, options.group_by), []).append(run)
+    groups = sorted(by_group, key=_label)
+    bands, finals, plotted = [], [], []
+    for g in groups:
+        curves = [c for run in by_group[g] for c in seed_curves(run.records, options.metric, options.x).values()]
+        if curves:
+            bands.append(band(_label(g), curves, options.x))
+            plotted.append(g)
+        finals.append(final(_label(g), [v for run in by_group[g] for v in run.final or []]))
+    if not bands:
+        raise ConfigError(f"metric={options.metric} has no values in the runs' metrics.jsonl (allowed: "
+                          f"{', '.join(METRIC_LABELS)} or another numeric key of metrics.jsonl)")
+    return plotted, bands, finals
+
+
+def main(args: list[str]) -> int:
+    """`rlcli plot`: see USAGE."""
+    from rlcli.cli import _check_output_dir, report
+    from rlcli.config import ConfigError
+    from rlcli.logger import write_atomic
+
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    try:
+        options = parse_args(args)
+        runs, notes = collect(options)
+        groups, bands, finals = compute(options, runs)
+        out = Path(options.out) if options.out else default_out(options.dirs[0])
+        _check_output_dir("out", str(out))
+    except ConfigError as err:
+        return report("plot", err)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        plot_bands(bands, groups, options.x, options.metric, out / "curves.png")
+        write_atomic(out / "curves.csv", curves_csv(bands))
+        write_atomic(out / "final_returns.csv", finals_csv(finals))
+    except OSError as err:
+        print(f"rlcli plot: error: cannot write to out={out}: {err}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}")
+    print(f"final evaluation return per group (mean over seeds, {LEVEL:.0%} bootstrap CI over seeds):")
+    print(finals_table(finals))
+    print(f"wrote {out / 'curves.png'}, curves.csv and final_returns.csv")
+    return 0
 
 
 def learning_curve(records: list[dict], path: Path, title: str) -> None:
@@ -18,7 +458,7 @@ def learning_curve(records: list[dict], path: Path, title: str) -> None:
     for i in seeds:
         colour = f"C{i % 10}"
         mine = [r for r in records if r["seed_index"] == i]
-        train = [(r["env_steps"], r["episode_return"]) for r in mine if r.get("episode_return") is not None]
+        train = [(r["env_steps"], r["episode/return"]) for r in mine if r.get("episode/return") is not None]
         evals = [(r["env_steps"], r["eval/return_mean"]) for r in mine if r.get("eval/return_mean") is not None]
         label = f"seed {mine[0]['seed']}" if mine else f"seed index {i}"
         if train:
@@ -33,5 +473,4 @@ def learning_curve(records: list[dict], path: Path, title: str) -> None:
     if seeds:
         ax.legend(fontsize=7, ncol=2 if len(seeds) > 4 else 1)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, Path(path))

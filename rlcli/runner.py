@@ -117,9 +117,21 @@ def seed_keys(cfg) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(int(cfg.seed) + i) for i in range(int(cfg.num_seeds))])
 
 
-def _eval_keys(cfg, index: int) -> jax.Array:
+def eval_keys(cfg, index: int) -> jax.Array:
+    """Per seed, the key of evaluation number `index` (0 = the first of the run)."""
     return jnp.stack([jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed) + i), 1_000_003 + index)
                       for i in range(int(cfg.num_seeds))])
+
+
+def eval_reset_keys(key: jax.Array, num_eval: int) -> jax.Array:
+    """jax backend: the reset key of each episode of an evaluation with `key` (one seed)."""
+    return jax.random.split(jax.random.split(key)[0], num_eval)
+
+
+def eval_env_seed(seed: int, index: int) -> int:
+    """gymnasium backend: the reset seed of the first eval env of seed `seed` at evaluation
+    number `index`; eval env k resets with this + k (gymnasium's vector seeding)."""
+    return seed * 10_007 + 1_000_003 + index
 
 
 # ---- jax backend -----------------------------------------------------------------------------
@@ -173,8 +185,8 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
                                 first_nonfinite(metrics), all_finite(runner.learner.params))
 
     def evaluate_one(learner, norm, key):
-        k_reset, k_run = jax.random.split(key)
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num_eval))
+        k_run = jax.random.split(key)[1]
+        obs, env_state = jax.vmap(env.reset)(eval_reset_keys(key, num_eval))
 
         def body(carry, _):
             obs, env_state, key, ret, length, alive = carry
@@ -210,14 +222,15 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         chunk_program(state, sizes.updates_per_log)
         if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
             chunk_program(state, sizes.num_updates % sizes.updates_per_log)
-        compiled["eval"] = eval_fn.lower(state.learner, state.norm, _eval_keys(cfg, 0)).compile()
+        compiled["eval"] = eval_fn.lower(state.learner, state.norm, eval_keys(cfg, 0)).compile()
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
         return raise_checked(chunk_program(state, num_updates)(state))
 
     def evaluate(state, index):
-        ret, length = compiled["eval"](state.learner, state.norm, _eval_keys(cfg, index))
+        # compiled with the chunk programs when training; jitted on first use otherwise (rlcli eval)
+        ret, length = compiled.get("eval", eval_fn)(state.learner, state.norm, eval_keys(cfg, index))
         return np.asarray(ret), np.asarray(length)
 
     def restore(state, saved, meta):
@@ -340,10 +353,10 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
     def evaluate(state: HostState, index: int):
         if not eval_envs:
-            eval_envs.extend(gymnasium_backend.make(spec.id, num_eval, seed * 10_007 + 1_000_003,
+            eval_envs.extend(gymnasium_backend.make(spec.id, num_eval, eval_env_seed(seed, 0),
                                                     cfg.env.vectorization) for seed in seeds)
-        key = _eval_keys(cfg, index)
-        obs = np.stack([env.reset(seed=env.seed + index) for env in eval_envs])
+        key = eval_keys(cfg, index)
+        obs = np.stack([env.reset(seed=eval_env_seed(seed, index)) for env, seed in zip(eval_envs, seeds)])
         ret = np.zeros((num_seeds, num_eval), np.float64)
         length = np.zeros((num_seeds, num_eval), np.int64)
         alive = np.ones((num_seeds, num_eval), bool)
@@ -517,6 +530,36 @@ def _seed_records(base: dict, num_seeds: int, per_seed: dict[str, np.ndarray], s
     return records
 
 
+class Setup(NamedTuple):
+    """What a run is made of, derived from its config."""
+
+    sizes: config.Sizes
+    backend_name: str  # "jax" | "gymnasium"
+    spec: envs.EnvSpec
+    algo: algos.Algorithm
+
+
+def setup(cfg) -> Setup:
+    """Validate the config (raises config.ConfigError) and make its env spec and algorithm."""
+    sizes = config.validate(cfg)
+    backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
+    spec = envs.make_spec(cfg.env.id, backend_name)
+    return Setup(sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))
+
+
+def make_backend(cfg, parts: Setup) -> Backend:
+    make = make_jax_backend if parts.backend_name == "jax" else make_gymnasium_backend
+    return make(cfg, parts.spec, parts.algo, parts.sizes)
+
+
+def restore_checkpoint(backend: Backend, ckpt_dir: str | Path, step: int | None = None) -> tuple[Any, dict]:
+    """(state, meta) of checkpoint `step` (default: the latest) in ckpt_dir, restored into a
+    fresh state of `backend`; raises checkpoint.CheckpointError."""
+    state = backend.init()
+    saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state), step=step)
+    return backend.restore(state, saved, meta), meta
+
+
 def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     """Train as configured, writing metrics, checkpoints, curve.png and summary.json into
     run_dir. With `resume`, continue from run_dir's latest checkpoint: metrics recorded after
@@ -527,17 +570,14 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     from rlcli.logger import read_metrics, truncate_metrics, write_atomic
 
     run_dir = Path(run_dir)
-    sizes = config.validate(cfg)
-    backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
-    spec = envs.make_spec(cfg.env.id, backend_name)
-    algo = algos.make(cfg.algo.name, spec, cfg, sizes.num_updates)
-    make_backend = make_jax_backend if backend_name == "jax" else make_gymnasium_backend
+    parts = setup(cfg)
+    sizes, backend_name, spec = parts.sizes, parts.backend_name, parts.spec
     num_seeds = int(cfg.num_seeds)
     seeds = [int(cfg.seed) + i for i in range(num_seeds)]
     ckpt_dir = run_dir / "checkpoints"
 
     start = time.perf_counter()
-    backend = make_backend(cfg, spec, algo, sizes)
+    backend = make_backend(cfg, parts)
     # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
     with StopSignals() as signals, contextlib.closing(backend):
         state = backend.init()
@@ -644,6 +684,7 @@ def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seed
     try:
         while updates_done < sizes.num_updates:
             n = min(sizes.updates_per_log, sizes.num_updates - updates_done)
+            chunk_start = time.perf_counter()
             state, out = backend.chunk(state, n)
             bad = _divergence(out, seeds, updates_done, n)
             updates_done += n
@@ -653,11 +694,13 @@ def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seed
             count = np.asarray(out.episodes.count)
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_seed = {
-                    "episodes": count,
-                    "episode_return": np.where(count > 0, np.asarray(out.episodes.return_sum) / count, np.nan),
-                    "episode_length": np.where(count > 0, np.asarray(out.episodes.length_sum) / count, np.nan),
+                    "episode/count": count,
+                    "episode/return": np.where(count > 0, np.asarray(out.episodes.return_sum) / count, np.nan),
+                    "episode/length": np.where(count > 0, np.asarray(out.episodes.length_sum) / count, np.nan),
                     **{k: np.asarray(v) for k, v in out.metrics.items()},
                 }
+            # env steps per second of this chunk, all seeds, evaluation excluded
+            chunk_rate = n * sizes.steps_per_update * num_seeds / max(time.perf_counter() - chunk_start, 1e-9)
             if bad is None and (last or (sizes.eval_every_chunks and chunk_number % sizes.eval_every_chunks == 0)):
                 ret, length = backend.evaluate(state, eval_index)
                 eval_index += 1
@@ -668,7 +711,8 @@ def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seed
             wall = wall_offset + time.perf_counter()
             try:
                 metrics_log.write(_seed_records(
-                    {"update": updates_done, "env_steps": env_steps, "wall_time": round(wall, 4)},
+                    {"update": updates_done, "env_steps": env_steps, "wall_time": round(wall, 4),
+                     "perf/steps_per_s": round(chunk_rate, 1)},
                     num_seeds, per_seed, seeds))
             except OSError as err:
                 raise RunError(f"cannot write metrics to {run_dir}: {err}; "
@@ -684,7 +728,7 @@ def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seed
                 save(env_steps)
             rate = (updates_done - start_updates) * sizes.steps_per_update * num_seeds / max(
                 time.perf_counter() - loop_start, 1e-9)
-            finite = per_seed["episode_return"][np.isfinite(per_seed["episode_return"])]
+            finite = per_seed["episode/return"][np.isfinite(per_seed["episode/return"])]
             progress.update(env_steps, rate, float(finite.mean()) if finite.size else None)
             if signals.received and not last:
                 raise Interrupted(

@@ -87,7 +87,7 @@ def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli):
     run = only_run_dir(tmp_path)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # a diagonal Gaussian in 1-D has entropy log(sigma) + log(2 pi e)/2 = 1.4189 at log-std 0
-    assert abs(records[0]["loss/entropy"] - 1.4189) < 0.05
+    assert abs(records[0]["policy/entropy"] - 1.4189) < 0.05
     # Pendulum episodes are cut at exactly 200 steps; 8 envs x 200 = 1600 env steps, so all 8
     # envs finish an episode in the records at 1600 and 3200 and none elsewhere, where no
     # return may be logged at all
@@ -95,11 +95,11 @@ def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli):
     assert sorted(by_steps) == list(range(400, 3201, 400))
     for steps, record in by_steps.items():
         if steps % 1600 == 0:
-            assert record["episodes"] == 8 and record["episode_length"] == 200
-            assert record["episode_return"] < 0
+            assert record["episode/count"] == 8 and record["episode/length"] == 200
+            assert record["episode/return"] < 0
         else:
-            assert record["episodes"] == 0
-            assert "episode_return" not in record and "episode_length" not in record
+            assert record["episode/count"] == 0
+            assert "episode/return" not in record and "episode/length" not in record
 
 
 def test_help_lists_groups_and_keys(tmp_path, cli):
@@ -138,3 +138,20 @@ def test_tuned_values_beat_defaults_and_lose_to_the_command_line(tmp_path):
     assert (cli.num_envs, cli.algo.ent_coef) == (5, 0.5)
     other = composed("env=MountainCar-v0")
     assert (other.num_envs, other.total_steps, other.algo.ent_coef) == (8, 1000000, 0.0)
+
+
+@pytest.mark.parametrize("spaces, env, space", [(("continuous",), "CartPole-v1", "discrete"),
+                                                (("discrete",), "Pendulum-v1", "continuous")])
+def test_an_algorithm_is_refused_on_an_action_space_it_cannot_handle(monkeypatch, spaces, env, space):
+    """Every shipped algorithm handles both spaces, so the rule is checked on a2c restricted
+    to one: a continuous-only algorithm on a discrete env and the reverse."""
+    from rlcli.algos import a2c
+    from rlcli.config import ConfigError, validate
+
+    monkeypatch.setattr(a2c, "ACTION_SPACES", spaces)
+    message = (f"algo=a2c needs a {spaces[0]} action space but env.id='{env}' has a {space} one "
+               f"(allowed with algo=a2c: environments with {spaces[0]} actions)")
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["algo=a2c", f"env={env}"]))
+    assert str(err.value) == message
+    validate(compose(["algo=a2c", "env=Pendulum-v1" if space == "discrete" else "env=CartPole-v1"]))

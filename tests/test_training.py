@@ -6,7 +6,7 @@ import pytest
 from conftest import train
 
 COMMON = ["total_steps=20000", "log_interval=2000", "eval_episodes=3"]
-VOLATILE = ("wall_time",)
+VOLATILE = ("wall_time", "perf/steps_per_s")
 
 
 def numbers(records, seed_index=None):

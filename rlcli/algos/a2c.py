@@ -1,4 +1,4 @@
-"""A2C: synchronous parallel advantage actor-critic.
+"""A2C: synchronous parallel advantage actor-critic (000 §4.4.2; 001 "A2C").
 
 N environments are stepped together with the same parameters (000 §4.4.2, synchronized
 parallel actor-critic); after T steps each the batch gives one gradient step on
@@ -50,7 +50,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return loss, {
             "loss/policy": policy_loss,
             "loss/value": critic_loss,
-            "loss/entropy": entropy,
+            "policy/entropy": entropy,
             "loss/total": loss,
             "train/advantage_mean": jnp.mean(advantages),
             "train/value_mean": jnp.mean(values),

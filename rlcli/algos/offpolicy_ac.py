@@ -148,7 +148,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return params, ACOptState(actor_opt, critic_opt), {
             "loss/critic": loss_critic,
             "loss/actor": loss_actor,
-            "train/entropy": -log_prob,
+            "policy/entropy": -log_prob,
             "train/q_mean": jnp.mean(q),
             "train/target_mean": jnp.mean(target),
         }

@@ -1,4 +1,4 @@
-"""PPO: proximal policy optimisation with the clipped surrogate (Schulman et al. 2017).
+"""PPO: proximal policy optimisation with the clipped surrogate (Schulman et al. 2017; 000 §3.5).
 
 The seeds leave "Add PPO" as a placeholder (000 §3.5) after the importance-sampled surrogate
 (000 eq. 3.3.2): the batch collected by pi_old is reused for `update_epochs` passes of
@@ -70,7 +70,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return loss, {
             "loss/policy": policy_loss,
             "loss/value": value_loss,
-            "loss/entropy": entropy,
+            "policy/entropy": entropy,
             "loss/total": loss,
             "policy/approx_kl": losses.approx_kl(log_prob, mb["log_prob"]),
             "policy/clip_fraction": clip_fraction,

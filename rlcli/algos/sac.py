@@ -366,7 +366,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
             "loss/actor": loss_actor,
             "loss/temperature": loss_alpha,
             "train/alpha": alpha,
-            "train/entropy": -log_prob,
+            "policy/entropy": -log_prob,
             "train/q_mean": jnp.mean(q),
             "train/target_mean": jnp.mean(target),
         }

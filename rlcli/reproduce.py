@@ -1,0 +1,164 @@
+"""`rlcli reproduce run=<run dir> [out=<dir>] [rtol=...]`: train the run's saved config again
+into a new run directory and compare the metrics record by record.
+
+Compared are every metric of every record of the original's metrics.jsonl (update, env steps,
+episode statistics, losses, evaluations), except the timings `wall_time` and
+`perf/steps_per_s`. On CPU, where rlcli's programs are deterministic, they must be equal bit for
+bit; where either run was not on CPU (GPU kernels may reorder reductions) they must agree
+within a relative tolerance `rtol` (default 1e-3, printed; values near zero within
+rtol/1000 absolute). `rtol=` also loosens a CPU comparison. The result, with both runs'
+package versions and git commits (so a mismatch can be explained), goes to reproduce.json in
+the new run directory; the exit code is 0 when the metrics match and 1 when they do not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+USAGE = """usage: rlcli reproduce run=<run dir> [out=<new run dir>] [rtol=<relative tolerance>]
+
+Re-runs the run's saved config (.hydra/config.yaml, seed included) into a new run directory
+(default: <run dir>-reproduced, or -reproduced-2, ...) and reports whether its metrics match
+the original's: bit for bit when both ran on CPU, within rtol (default 1e-3) otherwise.
+Writes reproduce.json (match, first difference, versions and git commits of both runs) into
+the new directory. Exit code 0: the metrics match; 1: they differ; 2: bad input."""
+
+VOLATILE = ("wall_time", "perf/steps_per_s")
+DEFAULT_RTOL = 1e-3
+
+
+def _new_dir(run_dir: Path) -> Path:
+    candidate = run_dir.with_name(run_dir.name + "-reproduced")
+    n = 2
+    while candidate.exists():
+        candidate = run_dir.with_name(f"{run_dir.name}-reproduced-{n}")
+        n += 1
+    return candidate
+
+
+def compare(original: list[dict], reproduced: list[dict], rtol: float | None) -> dict:
+    """Compare the records of two runs; rtol None means exact equality. Returns
+    {"match", "records", "values", "first_difference"} where first_difference names the
+    update, seed index and key of the first value that differs (or is missing)."""
+    values = 0
+    key_of = lambda r: (r["update"], r["seed_index"])  # noqa: E731
+    theirs = {key_of(r): r for r in reproduced}
+    for record in original:
+        other = theirs.get(key_of(record))
+        for key, value in record.items():
+            if key in VOLATILE:
+                continue
+            got = None if other is None else other.get(key)
+            same = got is not None and (value == got if rtol is None or not isinstance(value, float)
+                                        else math.isclose(value, got, rel_tol=rtol, abs_tol=rtol * 1e-3))
+            if not same:
+                return {"match": False, "records": len(original), "values": values,
+                        "first_difference": {"update": record["update"], "seed_index": record["seed_index"],
+                                             "key": key, "original": value, "reproduced": got}}
+            values += 1
+    extra = len(reproduced) - len(original)
+    if extra > 0:
+        return {"match": False, "records": len(original), "values": values,
+                "first_difference": {"key": "records", "original": len(original), "reproduced": len(reproduced)}}
+    return {"match": True, "records": len(original), "values": values, "first_difference": None}
+
+
+def _parse(args: list[str]):
+    """(run_dir, cfg, out_dir, rtol or None) from the arguments; ConfigError for bad input."""
+    from rlcli.cli import _check_output_dir, load_run
+    from rlcli.config import ConfigError, validate
+
+    keep, out, rtol = [], None, None
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "out":
+            out = Path(value)
+        elif key == "rtol":
+            try:
+                rtol = float(value)
+            except ValueError:
+                rtol = -1.0
+            if not rtol > 0:
+                raise ConfigError(f"rtol={value} is not allowed (allowed: a number > 0)")
+        else:
+            keep.append(arg)
+    if any(not a.startswith("run=") for a in keep):
+        bad = next(a for a in keep if not a.startswith("run="))
+        raise ConfigError(f"{bad} is not an argument of reproduce (allowed: run=<run dir>, out=<dir>, "
+                          "rtol=<number>; the config is the run's own)")
+    run_dir, cfg = load_run(keep)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ConfigError(f"run={run_dir} has no metrics.jsonl to compare with (allowed: a run directory "
+                          "written by rlcli train)")
+    validate(cfg)
+    out = out or _new_dir(run_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} already exists and is not empty (allowed: a new directory)")
+    _check_output_dir("out", str(out))
+    return run_dir, cfg, out, rtol
+
+
+def main(args: list[str]) -> int:
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from rlcli import runner
+    from rlcli.cli import _configure_logging, report
+    from rlcli.config import ConfigError
+    from rlcli.logger import read_metrics, write_atomic
+
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    try:
+        run_dir, cfg, out, rtol = _parse(args)
+    except ConfigError as err:
+        return report("reproduce", err)
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    write_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    for name in ("overrides.yaml", "hydra.yaml"):
+        if (run_dir / ".hydra" / name).is_file():
+            shutil.copyfile(run_dir / ".hydra" / name, out / ".hydra" / name)
+    _configure_logging(out)
+    print(f"rlcli reproduce: training the config of {run_dir} again into {out}", file=sys.stderr)
+    try:
+        summary = runner.train(cfg, out)
+    except (Exception, runner.Interrupted) as err:
+        code = report("reproduce", err)
+        if code is None:
+            raise
+        return code
+    original_summary = {}
+    if (run_dir / "summary.json").is_file():
+        original_summary = json.loads((run_dir / "summary.json").read_text())
+    on_cpu = original_summary.get("device", "cpu") == "cpu" and summary["device"] == "cpu"
+    tolerance = rtol if rtol is not None else (None if on_cpu else DEFAULT_RTOL)
+    result = compare(read_metrics(run_dir), read_metrics(out), tolerance)
+    result.update(
+        original=str(run_dir), reproduced=str(out),
+        tolerance="exact" if tolerance is None else f"rtol={tolerance:g}",
+        original_versions=original_summary.get("versions"), reproduced_versions=summary["versions"],
+        original_git_commit=original_summary.get("git_commit"), reproduced_git_commit=summary["git_commit"],
+        original_device=original_summary.get("device"), reproduced_device=summary["device"],
+    )
+    write_atomic(out / "reproduce.json", json.dumps(result, indent=2) + "\n")
+    how = "bit for bit" if tolerance is None else f"within rtol={tolerance:g}"
+    if result["match"]:
+        print(f"rlcli reproduce: the metrics match {how}: {result['records']} records, "
+              f"{result['values']} values compared (timings excluded); {out}/reproduce.json")
+        return 0
+    diff = result["first_difference"]
+    where = (f"update {diff['update']}, seed index {diff['seed_index']}, {diff['key']}"
+             if "update" in diff else diff["key"])
+    changed = [f"{k} {v} -> {summary['versions'].get(k)}"
+               for k, v in (original_summary.get("versions") or {}).items() if summary["versions"].get(k) != v]
+    if original_summary.get("git_commit") != summary["git_commit"]:
+        changed.append(f"git commit {original_summary.get('git_commit')} -> {summary['git_commit']}")
+    print(f"rlcli reproduce: the metrics differ ({how}) first at {where}: original {diff['original']}, "
+          f"reproduced {diff['reproduced']}; changed since the original: {', '.join(changed) or 'no versions'}; "
+          f"{out}/reproduce.json")
+    return 1

@@ -1,0 +1,182 @@
+"""`rlcli plot`: learning curves across seeds with bootstrap bands, on run directories written
+by hand (numbers chosen here) and on one real tiny run."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from rlcli.plot import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(path, curves, final=None, algo="a2c", estimator="nstep", lr=0.0007):
+    """A run directory: .hydra/config.yaml, one metrics.jsonl record per (seed index, x) of
+    `curves` ({seed_index: [(env_steps, episode return), ...]}), summary.json with `final`."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text(
+        f"seed: 0\nalgo:\n  name: {algo}\n  learning_rate: {lr}\nenv:\n  id: CartPole-v1\n"
+        f"estimator:\n  name: {estimator}\n  'n': null\n")
+    lines = [json.dumps({"seed_index": i, "seed": i, "update": k, "env_steps": x, "wall_time": x / 100,
+                         "episode/count": 1, "episode/return": y})
+             for i, points in curves.items() for k, (x, y) in enumerate(points)]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if final is not None:
+        (path / "summary.json").write_text(json.dumps({"final_eval": {"return_mean": final}}))
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def rows_of(rows, group):
+    return [{k: float(v) for k, v in r.items() if k != "group"} for r in rows if r["group"] == group]
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 10_000
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[:2] == (600, 960)  # 8 x 5 in at 120 dpi
+
+
+A2C = "algo=a2c env=CartPole-v1 estimator=nstep"
+
+
+def test_multirun_jobs_and_vmapped_seeds_are_seeds_with_mean_and_bootstrap_band(tmp_path, capsys):
+    """Two jobs of a multirun (one level down: <date>/<time>/<job>), two vmapped seeds each:
+    four seeds at every env step. Means by hand; the band against scipy's percentile bootstrap;
+    at x=300 the four seeds agree, so the band has zero width."""
+    from scipy.stats import bootstrap
+
+    sweep = tmp_path / "multirun" / "2026-01-01"
+    make_run(sweep / "10-00-00" / "0", {0: [(100, 10.0), (200, 20.0), (300, 7.0)],
+                                        1: [(100, 14.0), (200, 26.0), (300, 7.0)]}, final=[100.0, 200.0])
+    make_run(sweep / "10-00-00" / "1", {0: [(100, 20.0), (200, 50.0), (300, 7.0)],
+                                        1: [(100, 31.0), (200, 8.0), (300, 7.0)]}, final=[300.0, 500.0])
+    assert main([str(sweep)]) == 0
+    rows = rows_of(read_csv(sweep / "curves.csv"), A2C)
+    assert [r["x"] for r in rows] == [100, 200, 300] and {r["n_seeds"] for r in rows} == {4}
+    assert [r["mean"] for r in rows] == pytest.approx([18.75, 26.0, 7.0], abs=1e-12)
+    for r, values in zip(rows[:2], ([10.0, 14.0, 20.0, 31.0], [20.0, 26.0, 50.0, 8.0])):
+        assert r["ci_low"] < r["mean"] < r["ci_high"]
+        ref = bootstrap((np.array(values),), np.mean, method="percentile", n_resamples=20_000,
+                        random_state=np.random.default_rng(1)).confidence_interval
+        tol = 0.05 * (max(values) - min(values))
+        assert r["ci_low"] == pytest.approx(ref.low, abs=tol) and r["ci_high"] == pytest.approx(ref.high, abs=tol)
+    assert rows[2]["ci_low"] == rows[2]["ci_high"] == 7.0
+    # final returns: mean of the four seeds' summary.json values, a band around it
+    (final,) = read_csv(sweep / "final_returns.csv")
+    assert final["group"] == A2C and int(final["n_seeds"]) == 4 and float(final["mean"]) == 275.0
+    assert 100.0 <= float(final["ci_low"]) < 275.0 < float(final["ci_high"]) <= 500.0
+    out = capsys.readouterr().out
+    assert f"{A2C}  4      275.00" in out
+    assert_png(sweep / "curves.png")
+    # the same input gives the same numbers (fixed bootstrap seed)
+    first = (sweep / "curves.csv").read_text()
+    assert main([str(sweep)]) == 0 and (sweep / "curves.csv").read_text() == first
+
+
+def test_group_by_splits_groups(tmp_path):
+    """Four runs, one seed each: by default one group per (algo, env, estimator); group_by=
+    algo pools the estimators; a dotted key groups by its value; group_by= pools everything.
+    A group of one seed has a band of zero width."""
+    runs = [("a2c", "gae", 0.001, 1.0), ("a2c", "nstep", 0.001, 3.0),
+            ("ppo", "gae", 0.0003, 10.0), ("ppo", "nstep", 0.001, 30.0)]
+    sweep = tmp_path / "sweep"
+    for job, (algo, est, lr, y) in enumerate(runs):
+        make_run(sweep / str(job), {0: [(100, y), (200, 2 * y)]}, final=[y], algo=algo, estimator=est, lr=lr)
+
+    def means(group_by):
+        out = tmp_path / f"out-{group_by}"
+        assert main([str(sweep), f"group_by={group_by}", f"out={out}"]) == 0
+        rows = read_csv(out / "curves.csv")
+        finals = {r["group"]: (int(r["n_seeds"]), float(r["mean"])) for r in read_csv(out / "final_returns.csv")}
+        curves = {g: [(r["x"], r["mean"], r["n_seeds"]) for r in rows_of(rows, g)] for g in {r["group"] for r in rows}}
+        return curves, finals
+
+    curves, finals = means("algo,env,estimator")
+    assert len(curves) == 4 and curves["algo=ppo env=CartPole-v1 estimator=gae"] == [(100, 10, 1), (200, 20, 1)]
+    one = rows_of(read_csv(tmp_path / "out-algo,env,estimator" / "curves.csv"),
+                  "algo=ppo env=CartPole-v1 estimator=gae")
+    assert all(r["ci_low"] == r["mean"] == r["ci_high"] for r in one)
+    curves, finals = means("algo")
+    assert curves == {"algo=a2c": [(100, 2, 2), (200, 4, 2)], "algo=ppo": [(100, 20, 2), (200, 40, 2)]}
+    assert finals == {"algo=a2c": (2, 2.0), "algo=ppo": (2, 20.0)}
+    curves, finals = means("algo.learning_rate")
+    assert curves == {"algo.learning_rate=0.001": [(100, 34 / 3, 3), (200, 68 / 3, 3)],
+                      "algo.learning_rate=0.0003": [(100, 10, 1), (200, 20, 1)]}
+    curves, finals = means("")
+    assert curves == {"all runs": [(100, 11, 4), (200, 22, 4)]} and finals == {"all runs": (4, 11.0)}
+
+
+def test_different_log_steps_are_interpolated_within_each_range(tmp_path):
+    """Seed 0 logs at 0, 10, 20, seed 1 at 5, 15: the grid is the union 0, 5, 10, 15, 20 and each
+    seed counts only inside its own range. x=wall_time (here env_steps / 100) interpolates onto
+    100 evenly spaced points."""
+    run = make_run(tmp_path / "run", {0: [(0, 0.0), (10, 10.0), (20, 40.0)], 1: [(5, 100.0), (15, 200.0)]})
+    assert main([str(run)]) == 0
+    rows = rows_of(read_csv(run / "plots" / "curves.csv"), A2C)
+    assert [(r["x"], r["mean"], r["n_seeds"]) for r in rows] == [
+        (0, 0.0, 1), (5, (5.0 + 100.0) / 2, 2), (10, (10.0 + 150.0) / 2, 2), (15, (25.0 + 200.0) / 2, 2), (20, 40.0, 1)]
+    assert main([str(run), "x=wall_time", f"out={tmp_path / 'wall'}"]) == 0
+    rows = rows_of(read_csv(tmp_path / "wall" / "curves.csv"), A2C)
+    xs = np.linspace(0.0, 0.2, 100)
+    inside = (xs >= 0.05) & (xs <= 0.15)
+    seed0, seed1 = np.interp(xs, [0, 0.1, 0.2], [0, 10, 40]), np.interp(xs, [0.05, 0.15], [100, 200])
+    expected = np.where(inside, (seed0 + seed1) / 2, seed0)
+    assert np.allclose([r["x"] for r in rows], xs) and np.allclose([r["mean"] for r in rows], expected)
+    assert [r["n_seeds"] for r in rows] == list(np.where(inside, 2, 1))
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "x", "group_by", "metric", "option"])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, case):
+    run = make_run(tmp_path / "run", {0: [(100, 1.0)]}, final=[1.0])
+    (tmp_path / "empty").mkdir()
+    args = {"missing": [str(tmp_path / "nowhere")], "empty": [str(tmp_path / "empty")],
+            "x": [str(run), "x=updates"], "group_by": [str(run), "group_by=algo,algo.learning_rat"],
+            "metric": [str(run), "metric=eval/return_mean"], "option": [str(run), "colour=red"]}[case]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rlcli plot: error: ") and "allowed: " in err
+    assert {"x": "x=updates is not allowed (allowed: env_steps, wall_time)",
+            "group_by": "group_by=algo.learning_rat is not a config key of any run (did you mean algo.learning_rate?",
+            "missing": "nowhere does not exist", "empty": "holds no run",
+            "metric": "metric=eval/return_mean has no values", "option": "colour=red is not an option"}[case] in err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    assert "usage: rlcli plot" in capsys.readouterr().out
+
+
+def test_real_run_vmapped_seeds(tmp_path, cli):
+    """A real 2-seed run through `rlcli train`: the curves' means are the per-step means of
+    metrics.jsonl's episode/return, the final table that of summary.json's final_eval."""
+    from rlcli.logger import read_metrics
+
+    run = tmp_path / "run"
+    trained = cli(["train", "algo=a2c", "env=CartPole-v1", "total_steps=4096", "num_envs=4", "num_seeds=2",
+                   "log_interval=1024", "logger=quiet", f"hydra.run.dir={run}"], tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert (run / "curve.png").read_bytes()[:8] == PNG_SIGNATURE  # the runner's own plot
+    plotted = cli(["plot", str(run)], tmp_path)
+    assert plotted.returncode == 0, plotted.stderr
+    rows = rows_of(read_csv(run / "plots" / "curves.csv"), A2C)
+    records = read_metrics(run)
+    steps = sorted({r["env_steps"] for r in records})
+    assert [r["x"] for r in rows] == steps and {r["n_seeds"] for r in rows} == {2}
+    for row, x in zip(rows, steps):
+        assert row["mean"] == pytest.approx(np.mean([r["episode/return"] for r in records if r["env_steps"] == x]))
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    (final,) = read_csv(run / "plots" / "final_returns.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    assert int(final["n_seeds"]) == 2 and float(final["mean"]) == pytest.approx(summary["final_eval_return_mean"])
+    assert_png(run / "plots" / "curves.png")

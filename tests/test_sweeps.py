@@ -1,0 +1,225 @@
+"""Sweeps past the basic launcher, through the real command line: Optuna, and the joblib,
+submitit and Ray launchers (jobs in other processes), the per-job thread limit (`threads`),
+and the Slurm example config. Needs the extras: pip install -e ".[optuna,joblib,submitit,ray]"."""
+
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+
+# three jobs: two train, the third diverges at once (learning rate 1e30); tiny budgets
+JOBS = ["algo.learning_rate=0.0007,0.001,1e30", "total_steps=1024", "num_envs=4", "eval_episodes=2",
+        "logger=quiet"]
+
+
+def rows(sweep_dir: Path) -> list[dict]:
+    return list(csv.DictReader(open(sweep_dir / "sweep_summary.csv", encoding="utf-8")))
+
+
+def xla_pool_sizes(pid: int) -> dict[int, int]:
+    """{pid: number of XLA CPU pool threads} for `pid` and its descendants that started JAX."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    family, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    sizes = {}
+    for p in family:
+        try:
+            names = [(t / "comm").read_text() for t in Path(f"/proc/{p}/task").iterdir()]
+        except OSError:
+            continue
+        pool = sum(name.startswith("tf_XLAEigen") for name in names)
+        if pool:
+            sizes[p] = pool
+    return sizes
+
+
+def run_sweep(args: list[str], cwd: Path, timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
+    """`rlcli train -m <args>`; also returns the largest XLA pool seen in each of its processes
+    (sampled every 50 ms)."""
+    from conftest import rlcli_executable
+
+    proc = subprocess.Popen([rlcli_executable(), "train", "-m", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: dict[int, int] = {}
+
+    def sample():
+        while proc.poll() is None:
+            for pid, size in xla_pool_sizes(proc.pid).items():
+                seen[pid] = max(size, seen.get(pid, 0))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate(timeout=timeout)
+    sampler.join()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), seen
+
+
+def check_three_jobs(result, sweep_dir: Path) -> None:
+    """Two jobs trained, the diverged one is listed as failed, and the exit code says so (the
+    jobs ran in other processes: the parent learns of the failure from the job directories)."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    table = rows(sweep_dir)
+    assert [r["job"] for r in table] == ["0", "1", "2"]
+    assert [r["status"] for r in table] == ["ok", "ok", "failed"], table
+    assert all(float(r["final_return"]) > 0 and float(r["wall_time_s"]) > 0 for r in table[:2])
+    assert table[2]["error"].startswith("training diverged: ")
+    assert (sweep_dir / "2" / "error.txt").read_text().startswith("training diverged: ")
+    assert "3 job(s), 1 not ok" in result.stdout
+
+
+def check_one_thread_each(pools: dict[int, int], jobs: int) -> None:
+    """Every process that started JAX had a one-thread XLA CPU pool: the parent (which checks
+    the configs) and at least `jobs` job processes."""
+    assert len(pools) >= 1 + jobs, pools
+    assert set(pools.values()) == {1}, pools
+
+
+# ---- launchers -----------------------------------------------------------------------------------
+
+
+def test_joblib_runs_jobs_side_by_side_with_one_thread_each(tmp_path):
+    sweep = tmp_path / "sweep"
+    result, pools = run_sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", *JOBS,
+                               f"hydra.sweep.dir={sweep}"], tmp_path)
+    check_three_jobs(result, sweep)
+    check_one_thread_each(pools, jobs=2)
+
+
+def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
+    sweep = tmp_path / "sweep"
+    result, pools = run_sweep(["hydra/launcher=submitit_local", "threads=1", *JOBS,
+                               f"hydra.sweep.dir={sweep}"], tmp_path)
+    check_three_jobs(result, sweep)
+    check_one_thread_each(pools, jobs=3)
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 3
+
+
+def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path):
+    sweep = tmp_path / "sweep"
+    result, pools = run_sweep(["hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2",
+                               "threads=1", *JOBS, f"hydra.sweep.dir={sweep}"], tmp_path)
+    check_three_jobs(result, sweep)
+    check_one_thread_each(pools, jobs=2)
+
+
+# ---- optuna --------------------------------------------------------------------------------------
+
+
+def test_optuna_maximises_the_final_return_and_records_a_failed_trial(tmp_path):
+    """Three trials of the shipped PPO search; the learning rate is narrowed to a choice with a
+    diverging value, and TPE's seed 2 draws 0.001, 0.001, 1e30 (optuna 2.10): the failed
+    trial is told to Optuna as failed and the search goes on."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["train", "-m", "+sweep=ppo_CartPole-v1", "hydra.sweeper.n_trials=3",
+                      "hydra.sweeper.sampler.seed=2", "algo.learning_rate=choice(0.001,1e30)",
+                      "num_seeds=1", *JOBS[1:], f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    table = rows(sweep)
+    assert [r["status"] for r in table] == ["ok", "ok", "failed"], table
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"algo.learning_rate", "algo.ent_coef", "algo.num_steps",
+                                        "estimator.lambda"}
+    returns = [float(r["final_return"]) for r in table[:2]]
+    assert best["best_value"] == pytest.approx(max(returns), abs=1e-3)
+    winner = table[returns.index(max(returns))]["overrides"].split()
+    assert all(f"{key}={value}" in winner for key, value in best["best_params"].items())
+    assert "3 job(s), 1 not ok" in result.stdout
+
+
+# ---- the thread limit ----------------------------------------------------------------------------
+
+POOL = """
+import os, sys
+from omegaconf import OmegaConf
+from rlcli import sweep
+from rlcli.config import ConfigError
+sweep.limit_threads(OmegaConf.create({"threads": None if sys.argv[1] == "null" else int(sys.argv[1])}))
+import jax
+jax.jit(lambda x: x @ x)(jax.numpy.ones((64, 64))).block_until_ready()
+pool = sum(open(f"/proc/self/task/{t}/comm").read().startswith("tf_XLAEigen")
+           for t in os.listdir("/proc/self/task"))
+try:
+    sweep.limit_threads(OmegaConf.create({"threads": 5}))
+    again = "accepted"
+except ConfigError as err:
+    again = str(err)
+print(pool, os.environ.get("NPROC"), again, sep="|")
+"""
+
+
+def pool_size(threads: str, env: dict | None = None) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", POOL, threads], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split("|")
+
+
+def test_threads_sets_the_size_of_the_xla_cpu_pool():
+    pool, nproc, again = pool_size("3")  # more than this machine's cores: the key decides
+    assert (pool, nproc) == ("3", "3")
+    assert again.startswith("threads=5 cannot be applied: this process already started JAX with threads=3")
+
+
+def test_threads_null_drops_a_limit_inherited_from_an_rlcli_parent():
+    inherited = {"NPROC": "1", "RLCLI_THREADS": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    pool, nproc, _ = pool_size("null", inherited)
+    assert (int(pool), nproc) == (len(os.sched_getaffinity(0)), "None")
+    pool, nproc, _ = pool_size("null", {"NPROC": "1"})  # the user's own setting stays
+    assert (pool, nproc) == ("1", "1")
+
+
+def test_bad_threads_is_refused_before_anything_runs(tmp_path):
+    result = run_cli(["train", "threads=0", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "rlcli train: error: threads=0 is not allowed (allowed: null or an integer >= 1)"
+    assert not (tmp_path / "run").exists()
+
+
+# ---- the Slurm example ---------------------------------------------------------------------------
+
+
+def test_slurm_example_renders_an_sbatch_script(tmp_path, monkeypatch):
+    """conf/hydra/launcher/slurm_example.yaml, mapped to submitit's Slurm executor as the
+    launcher maps it, gives the sbatch lines it documents (a stand-in `srun` lets submitit
+    build its executor off a cluster)."""
+    import submitit
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    from rlcli.cli import config_dir
+
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm_example", "hydra.launcher.partition=cpu",
+                                          f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params.pop("_target_").endswith("SlurmLauncher")
+    executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                     slurm_max_num_timeout=params.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m job", "uid")
+    for line in ["#SBATCH --partition=cpu", "#SBATCH --cpus-per-task=4", "#SBATCH --time=120",
+                 "#SBATCH --mem=8GB", "export XLA_PYTHON_CLIENT_PREALLOCATE=false"]:
+        assert line in script.splitlines(), script

@@ -1,0 +1,102 @@
+"""`rlcli reproduce` and `rlcli list` through the real command line."""
+
+import json
+
+import pytest
+
+from rlcli.reproduce import compare
+
+TINY = ["algo=a2c", "env=CartPole-v1", "total_steps=1600", "num_envs=4", "log_interval=400",
+        "eval_episodes=2", "num_seeds=2", "logger=quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from conftest import run_cli
+
+    cwd = tmp_path_factory.mktemp("reproduce")
+    result = run_cli(["train", *TINY, f"hydra.run.dir={cwd / 'run'}"], cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "run"
+
+
+def test_reproduce_matches_bit_for_bit_on_cpu(run, cli):
+    result = cli(["reproduce", f"run={run}"], run.parent)
+    assert result.returncode == 0, result.stderr
+    out = run.with_name("run-reproduced")
+    report = json.loads((out / "reproduce.json").read_text())
+    original = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 2 seeds x 4 records (400, 800, 1200, 1600 env steps), every value compared
+    assert report["match"] and report["tolerance"] == "exact" and report["records"] == 8 == len(original)
+    assert report["values"] == sum(len(r) - 2 for r in original)  # all but the two timings
+    assert report["original_git_commit"] == report["reproduced_git_commit"]
+    assert "bit for bit: 8 records" in result.stdout
+    # the new directory is a run directory of its own: it can be resumed, evaluated, reproduced
+    assert (out / ".hydra" / "config.yaml").read_text() == (run / ".hydra" / "config.yaml").read_text()
+    assert (out / "summary.json").is_file() and (out / "checkpoints").is_dir()
+
+
+def test_reproduce_reports_the_first_difference(run, cli, tmp_path):
+    """A run whose metrics were changed after the fact no longer reproduces: exit 1, and the
+    message names the update, the seed and the key; rtol= accepts a small difference."""
+    import shutil
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    changed = tmp_path / "changed"
+    shutil.copytree(run, changed)
+    record = json.loads(lines[5])
+    record["loss/value"] *= 1 + 1e-6
+    lines[5] = json.dumps(record)
+    (changed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = cli(["reproduce", f"run={changed}"], tmp_path)
+    assert result.returncode == 1, result.stderr
+    where = f"first at update {record['update']}, seed index {record['seed_index']}, loss/value"
+    assert where in result.stdout
+    report = json.loads((tmp_path / "changed-reproduced" / "reproduce.json").read_text())
+    assert not report["match"] and report["first_difference"]["key"] == "loss/value"
+    # the same comparison within a tolerance
+    ours = [json.loads(line) for line in lines]
+    theirs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert compare(ours, theirs, rtol=1e-4)["match"]
+    assert not compare(ours, theirs, rtol=1e-8)["match"]
+    assert not compare(ours, theirs[:-1], rtol=None)["match"]  # a missing record
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run=/nonexistent/run"], "run=/nonexistent/run does not exist"),
+    (["run={run}", "rtol=-1"], "rtol=-1 is not allowed (allowed: a number > 0)"),
+    (["run={run}", "seed=3"], "seed=3 is not an argument of reproduce"),
+    (["run={run}", "out={run}"], "already exists and is not empty"),
+])
+def test_reproduce_bad_input(run, cli, tmp_path, args, message):
+    before = sorted(p.name for p in run.parent.iterdir())
+    result = cli(["reproduce", *[a.format(run=run) for a in args]], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert sorted(p.name for p in run.parent.iterdir()) == before
+
+
+def test_list_names_every_choice_with_its_seed_reference(cli, tmp_path):
+    from rlcli import algos
+    from rlcli.cli import config_dir
+
+    result = cli(["list"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in algos.names():
+        assert f"\n  {name} " in result.stdout
+    for path in [*(config_dir() / "estimator").glob("*.yaml"), *(config_dir() / "env").glob("*.yaml")]:
+        assert f"\n  {path.stem} " in result.stdout
+    assert "generalized advantage estimation (000 eq. 4.2.10)" in result.stdout
+    assert "obs (4,), actions Discrete(2), 500 steps" in result.stdout  # CartPole-v1
+    assert "obs (3,), actions Box(1), 200 steps" in result.stdout  # Pendulum-v1
+    every = cli(["list", "envs", "--all"], tmp_path)
+    assert "FrozenLake-v1" in every.stdout and "FrozenLake-v1" not in result.stdout
+    bad = cli(["list", "agents"], tmp_path)
+    assert bad.returncode == 2 and "'agents' is not a section (allowed: algos, estimators, envs" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "resume", "eval", "reproduce", "plot", "list"])
+def test_every_command_has_help(cli, tmp_path, command):
+    result = cli([command, "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"rlcli {command}" in result.stdout
