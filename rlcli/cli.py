@@ -38,7 +38,8 @@ Continues the run in <run dir> from its latest checkpoint with the run's saved c
 (.hydra/config.yaml), appending to its metrics. key=value overrides change the saved config,
 e.g. total_steps=1000000 to train longer; the network and algorithm must stay the same.
 On the jax backend a resumed run gives the same metrics as one never interrupted; on the
-gymnasium backend the episodes in flight restart."""
+gymnasium backend the episodes in flight restart. run=<multirun dir> resumes every job of a
+sweep in turn (finished jobs say so; jobs without a checkpoint are skipped)."""
 
 EXIT_BAD_INPUT = 2
 
@@ -427,8 +428,57 @@ def _lazy(module: str):
     return command
 
 
-COMMANDS = {"train": train, "resume": resume, "eval": _lazy("rlcli.evaluate"),
-            "reproduce": _lazy("rlcli.reproduce"), "plot": _lazy("rlcli.plot"),
+def _multirun(args: list[str]) -> tuple[Path, list[Path]] | None:
+    """(sweep dir, its job run dirs) when `run=` names a multirun directory, else None."""
+    from rlcli.sweep import job_dirs
+
+    runs = [a.partition("=")[2] for a in args if a.startswith("run=")]
+    if len(runs) != 1 or not Path(runs[0]).is_dir() or (Path(runs[0]) / ".hydra" / "config.yaml").is_file():
+        return None
+    jobs = job_dirs(Path(runs[0]))
+    return (Path(runs[0]), jobs) if jobs else None
+
+
+def each_job(name: str, command):
+    """`command` (resume, eval, reproduce) on a run directory, or on every job of a multirun
+    directory in turn: jobs without a checkpoint (failed early) are skipped and named; bad
+    arguments stop at the first job (one line, exit 2); otherwise the exit code is the worst
+    job's. `reproduce` writes job J to <sweep dir>-reproduced/J (or <out>/J)."""
+    def run(args: list[str]) -> int:
+        from rlcli import checkpoint
+
+        found = None if any(a in ("-h", "--help") for a in args) else _multirun(args)
+        if found is None:
+            return command(args)
+        sweep_dir, jobs = found
+        rest = [a for a in args if not a.startswith("run=")]
+        out = next((Path(a.partition("=")[2]) for a in rest if a.startswith("out=")), None)
+        rest = [a for a in rest if not a.startswith("out=")]
+        ready = [job for job in jobs if checkpoint.steps(job / "checkpoints")]
+        for job in jobs:
+            if job not in ready:
+                print(f"rlcli {name}: job {job.name} of {sweep_dir} has no checkpoint: skipped", file=sys.stderr)
+        if not ready:
+            _error(name, f"run={sweep_dir} is a multirun directory none of whose {len(jobs)} job(s) has a "
+                         "checkpoint (allowed: a run or multirun directory with checkpoints)")
+            return EXIT_BAD_INPUT
+        codes = []
+        for job in ready:
+            print(f"rlcli {name}: job {job.name} of {sweep_dir}", file=sys.stderr)
+            where = [f"out={(out or sweep_dir.with_name(sweep_dir.name + '-reproduced')) / job.name}"] \
+                if name == "reproduce" else []
+            codes.append(command([f"run={job}", *rest, *where]))
+            if codes[-1] == EXIT_BAD_INPUT and len(codes) == 1:
+                return EXIT_BAD_INPUT  # the arguments are bad for every job
+        print(f"rlcli {name}: {len(ready)} job(s) of {sweep_dir}: " + ", ".join(
+            f"{job.name}: exit {code}" for job, code in zip(ready, codes)), file=sys.stderr)
+        return max(codes)
+    return run
+
+
+COMMANDS = {"train": train, "resume": each_job("resume", resume),
+            "eval": each_job("eval", _lazy("rlcli.evaluate")),
+            "reproduce": each_job("reproduce", _lazy("rlcli.reproduce")), "plot": _lazy("rlcli.plot"),
             "list": _lazy("rlcli.catalog")}
 
 

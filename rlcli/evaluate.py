@@ -37,7 +37,8 @@ the episodes of training's evaluation number K (default 0, the first evaluation)
 video=true also writes video_episodes (default 1) episodes per seed to <run>/videos/ as GIF
 (video_format=gif, the default) or MP4 (video_format=mp4); video episode k starts where
 evaluation episode k does. Rendering the classic-control tasks needs pygame and MP4 needs
-imageio-ffmpeg: pip install 'rlcli[video]'. eval.json and same-named videos are overwritten."""
+imageio-ffmpeg: pip install 'rlcli[video]'. eval.json and same-named videos are overwritten.
+run=<multirun dir> evaluates every job of a sweep in turn."""
 
 KEYS = ("run", "episodes", "deterministic", "checkpoint", "seed_index", "eval_seed", "video",
         "video_format", "video_episodes")

@@ -24,7 +24,8 @@ Re-runs the run's saved config (.hydra/config.yaml, seed included) into a new ru
 (default: <run dir>-reproduced, or -reproduced-2, ...) and reports whether its metrics match
 the original's: bit for bit when both ran on CPU, within rtol (default 1e-3) otherwise.
 Writes reproduce.json (match, first difference, versions and git commits of both runs) into
-the new directory. Exit code 0: the metrics match; 1: they differ; 2: bad input."""
+the new directory. Exit code 0: the metrics match; 1: they differ; 2: bad input.
+run=<multirun dir> reproduces every job J into <multirun dir>-reproduced/J (or <out>/J)."""
 
 VOLATILE = ("wall_time", "perf/steps_per_s")
 DEFAULT_RTOL = 1e-3

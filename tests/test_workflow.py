@@ -100,3 +100,38 @@ def test_every_command_has_help(cli, tmp_path, command):
     result = cli([command, "--help"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"rlcli {command}" in result.stdout
+
+
+def test_resume_eval_and_reproduce_take_a_multirun_directory(cli, tmp_path):
+    """Each command runs on every job of a sweep; a job without a checkpoint is skipped and
+    named; reproduce writes job J to <sweep>-reproduced/J."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    one_seed = [a for a in TINY if not a.startswith("num_seeds")]
+    result = cli(["train", "-m", "seed=0,1", *one_seed, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    # a job that failed before its first checkpoint
+    shutil.copytree(sweep / "1" / ".hydra", sweep / "2" / ".hydra")
+
+    evaluated = cli(["eval", f"run={sweep}"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"job 2 of {sweep} has no checkpoint: skipped" in evaluated.stderr
+    for job in ("0", "1"):
+        report = json.loads((sweep / job / "eval.json").read_text())
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert report["seeds"][0]["return_mean"] == summary["final_eval"]["return_mean"][0]
+    assert not (sweep / "2" / "eval.json").exists()
+
+    resumed = cli(["resume", f"run={sweep}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (resumed.stdout + resumed.stderr).count("already complete") == 2
+
+    reproduced = cli(["reproduce", f"run={sweep}"], tmp_path)
+    assert reproduced.returncode == 0, reproduced.stderr
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "sweep-reproduced" / job / "reproduce.json").read_text())["match"]
+
+    bad = cli(["eval", f"run={sweep}", "episodes=0"], tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.count("rlcli eval: error: episodes=0 is not allowed") == 1
