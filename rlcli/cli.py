@@ -102,9 +102,12 @@ def _composition_error(err: Exception, args: list[str]) -> str:
         return (f"malformed override {bad!r}: {reason} (allowed: key=value, group=option, "
                 "+key=value, key=a,b,c with -m)")
     if isinstance(err, MissingConfigException) and getattr(err, "options", None):
-        group, _, option = (err.missing_cfg_file or "").partition("/")
+        group, _, option = (err.missing_cfg_file or "").rpartition("/")
         close = difflib.get_close_matches(option, err.options, n=1)
         hint = f"; did you mean {group}={close[0]}?" if close else ""
+        if group in ("hydra/launcher", "hydra/sweeper"):
+            hint += ("; Optuna and the joblib, submitit and Ray launchers are install extras: "
+                     'pip install "rlcli[sweeps]"')
         return f"{group}={option} is not an option of {group} (allowed: one of {', '.join(err.options)}){hint}"
     if lines and lines[0].startswith("Could not override '"):
         key = lines[0].split("'")[1]
@@ -139,25 +142,26 @@ def _check_output_dir(key: str, path: str) -> None:
                           "(allowed: a path under a writable directory)")
 
 
-def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override list of every job of a basic-sweeper multirun (the cartesian product of
-    the `key=a,b,c` lists, as Hydra's BasicSweeper forms it), or None when another sweeper
-    (e.g. `hydra/sweeper=optuna`) or a range/interval sweep chooses the jobs itself."""
+    the `key=a,b,c` lists, as Hydra's BasicSweeper forms it). Where another sweeper (e.g.
+    `hydra/sweeper=optuna`) or a range/interval sweep chooses the jobs itself, one list: the
+    overrides that every job shares (the search space left out)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    if any(o.get_key_element().startswith(("hydra/sweeper", "+sweep", "sweep")) for o in parsed):
-        return None
-    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
-        return None
+    if (any(o.get_key_element().startswith(("hydra/sweeper", "+sweep", "sweep")) for o in parsed)
+            or any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed)):
+        return [[arg for arg, o in zip(overrides, parsed) if not o.is_sweep_override()]]
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
 def preflight(args: list[str]) -> int | None:
     """Parse, compose and validate `rlcli train` overrides as Hydra will; on bad input print one
     line and return the exit code. For a sweep (-m) every job of the basic sweeper is composed
-    and validated before the first one starts; a bad job refuses the whole sweep."""
+    and validated before the first one starts; a bad job refuses the whole sweep. Under
+    another sweeper the overrides its jobs share are checked."""
     from rlcli.config import ConfigError, validate
     from rlcli.sweep import limit_threads
 
@@ -168,14 +172,12 @@ def preflight(args: list[str]) -> int | None:
     job = ""
     try:
         jobs = sweep_jobs(overrides) if flags else [overrides]
-        if jobs is None:
-            return None
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
 
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             for number, job_overrides in enumerate(jobs):
-                if flags:
+                if len(jobs) > 1:
                     job = f"job {number} of {len(jobs)} ({' '.join(job_overrides)}): "
                 cfg = compose("train", overrides=job_overrides, return_hydra_config=True)
                 if number == 0:  # this process runs the job (a sweep's basic launcher: all jobs)

@@ -117,6 +117,9 @@ TRAIN_CASES = [
      ["job 1 of 4 (algo=a2c algo.learning_rate=-1)", "algo.learning_rate=-1", "> 0"]),
     (["-m", "algo=a2c,ppx", "seed=3"], ["job 1 of 2 (algo=ppx seed=3)", "did you mean algo=ppo"]),
     (["-m", "seed=0,1", "hydra.sweep.dir=/dev/null/sweep"], ["hydra.sweep.dir=/dev/null/sweep", "writable directory"]),
+    # an Optuna sweep: the overrides its trials share are checked
+    (["-m", "+sweep=ppo_CartPole-v1", "algo.learning_rat=3"], ["algo.learning_rat is not a config key",
+                                                            "did you mean algo.learning_rate"]),
 ]
 
 RESUME_CASES = [
