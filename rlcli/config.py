@@ -114,14 +114,17 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "logger.csv": boolean(),
     "logger.tensorboard": boolean(),
     "logger.progress": one_of("auto", "bar", "lines", "none"),
-    "estimator.name": one_of("td", "nstep", "gae", "none"),
+    "estimator.name": one_of("td", "nstep", "gae", "total_return", "reward_to_go", "none"),
 }
 ESTIMATOR_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "td": {},
     "nstep": {"estimator.n": optional_int_at_least(1)},
     "gae": {"estimator.lambda": in_unit_interval()},
     "none": {},
+    "total_return": {"estimator.discounting": one_of("option1", "option2"),
+                     "estimator.baseline": one_of("none", "mean", "value")},
 }
+ESTIMATOR_RULES["reward_to_go"] = ESTIMATOR_RULES["total_return"]
 
 
 def compose_default() -> DictConfig:

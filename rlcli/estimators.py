@@ -104,7 +104,100 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
     return advantages, advantages + values
 
 
-REGISTRY: dict[str, Estimator] = {"td": td, "nstep": nstep, "gae": gae}
+def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, whole_episode,
+                 discounting, baseline):
+    """Shared body of `total_return` and `reward_to_go` (one [T] segment).
+
+    G_t = sum_{t'>=t} gamma^{t'-t} r_t', cut at the episode's end; t0 is the first step of
+    the episode of t in the segment (t0 = 0 for an episode already running when the segment
+    starts) and w_t = gamma^{t-t0}. Where the return stops without a termination (time-limit
+    truncation, or the end of the segment) it adds gamma V(s') with baseline='value' and
+    nothing otherwise: a pure Monte-Carlo return has no critic to bootstrap from, so a
+    truncation is then the end of the return.
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    done = jnp.logical_or(terminated, truncated)
+    last = done.at[-1].set(True)  # where the return stops: episode end or segment end
+    bootstrap = _not(terminated) * next_values if baseline == "value" else jnp.zeros_like(rewards)
+    last_f = last.astype(jnp.float32)
+
+    def backward(discount):
+        def body(carry, inputs):
+            r, b, stop = inputs
+            g = r + discount * (stop * b + (1.0 - stop) * carry)
+            return g, g
+
+        return jax.lax.scan(body, jnp.zeros((), jnp.float32), (rewards, bootstrap, last_f),
+                            reverse=True)[1]
+
+    starts = jnp.concatenate([jnp.ones((1,), bool), done[:-1]])
+
+    def forward(body_fn, init, xs):
+        return jax.lax.scan(body_fn, init, xs)[1]
+
+    # w_t = gamma^(t - t0): restarts at 1 on each episode's first step
+    weight = forward(lambda w, s: (jnp.where(s, 1.0, w * gamma),) * 2, jnp.ones((), jnp.float32), starts)
+    returns = backward(gamma)  # G_t, discounted reward-to-go (bootstrapped with baseline='value')
+    if whole_episode:
+        # option 1: R(tau), undiscounted (3.1.8); option 2: sum_t gamma^(t-t0) r_t (4.1.7)
+        episode = returns if discounting == "option2" else backward(1.0)
+        phi = forward(lambda c, x: (jnp.where(x[0], x[1], c),) * 2, jnp.zeros((), jnp.float32),
+                      (starts, episode))
+    else:
+        phi = returns if discounting == "option1" else weight * returns
+    if baseline == "value":
+        phi = phi - (weight if discounting == "option2" else 1.0) * values
+    return phi, returns
+
+
+def total_return(rewards, values, next_values, terminated, truncated, *, gamma,
+                 discounting="option1", baseline="none"):
+    """Phi_t = the return of the whole episode of t, the same for each of its steps (Alg. 15,
+    000 eq. 3.1.8). `discounting` (000 §4.1.4, "before or after causality"): option1 keeps
+    R(tau) = sum_t r_t undiscounted (3.1.8; gamma is introduced only after causality, which
+    this estimator does not apply); option2 is sum_t gamma^{t-t0} r_t from the episode's first
+    step t0 (000 eq. 4.1.7, option 2).
+
+    baseline: 'none' and 'mean' return Phi (the batch mean of 000 eq. 3.1.11 is subtracted by
+    the algorithm, which holds the batch: `subtract_mean`); 'value' returns
+    Phi_t - w V(s_t) (000 eq. 4.2.2), w = 1 for option1, gamma^{t-t0} for option2. `targets`
+    are always the discounted reward-to-go G_t (see `reward_to_go`), the critic's target.
+    Truncation and the segment's end: see `_monte_carlo` (bootstrap only with 'value', the
+    bootstrap V(s') then counting as one more reward).
+    """
+    return _monte_carlo(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                        whole_episode=True, discounting=discounting, baseline=baseline)
+
+
+def reward_to_go(rewards, values, next_values, terminated, truncated, *, gamma,
+                 discounting="option1", baseline="none"):
+    """Phi_t = G_t = sum_{t'>=t} gamma^{t'-t} r_t' to the episode's end (causality, 000 eq.
+    3.1.10, with the discount of option 1, §4.1.4). option2 keeps the factor gamma^{t-t0} on
+    the whole term, Phi_t = gamma^{t-t0} G_t (000 eq. 4.1.8, last line: later decisions
+    count less); option1 drops it (the version used in practice, 000 §4.1.4).
+
+    baseline: 'none'/'mean' return Phi ('mean': the algorithm subtracts the batch mean,
+    000 eq. 3.1.11, `subtract_mean`); 'value': w_t (G_t - V(s_t)) with w_t = 1 (option1, 000
+    eq. 4.2.2) or gamma^{t-t0} (option2). `targets` = G_t. At a truncation (or the segment's
+    end) G_t bootstraps with gamma V(s') only with baseline='value' (it is then the n-step
+    return to the end of the segment, `nstep` with n=None); with 'none'/'mean' there is no
+    critic and the truncation is taken as the end of the return. Termination never bootstraps.
+    """
+    return _monte_carlo(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                        whole_episode=False, discounting=discounting, baseline=baseline)
+
+
+def subtract_mean(phi: jax.Array, mask: jax.Array) -> jax.Array:
+    """The mean baseline b = mean of Phi over the batch's used steps (000 eq. 3.1.11, taken
+    per step for the reward-to-go): phi - b, over a batch of any shape; mask 1 = used."""
+    mask = mask.astype(jnp.float32)
+    return phi - jnp.sum(phi * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+REGISTRY: dict[str, Estimator] = {"td": td, "nstep": nstep, "gae": gae, "total_return": total_return,
+                                  "reward_to_go": reward_to_go}
+# Monte-Carlo estimators: their config has `discounting` and `baseline`
+MONTE_CARLO = ("total_return", "reward_to_go")
 
 
 def make(name: str, gamma: float, **hyper) -> Estimator:
@@ -124,4 +217,6 @@ def make_from_config(cfg, gamma: float) -> Estimator:
         return make("gae", gamma, lam=float(cfg["lambda"]))
     if cfg.name == "nstep":
         return make("nstep", gamma, n=None if cfg.n is None else int(cfg.n))
+    if cfg.name in MONTE_CARLO:
+        return make(cfg.name, gamma, discounting=str(cfg.discounting), baseline=str(cfg.baseline))
     return make(cfg.name, gamma)

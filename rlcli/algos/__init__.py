@@ -119,6 +119,9 @@ def _rules():
 # on-policy actor-critic loss coefficients
 BASE_RULES, OPTIMIZER_RULES, ACTOR_CRITIC_RULES = _rules()
 ON_POLICY_ESTIMATORS = ("td", "nstep", "gae")
+# whole-episode Monte-Carlo estimators (rlcli.estimators.MONTE_CARLO): only for algorithms
+# whose batch is made of complete episodes (reinforce)
+MONTE_CARLO_ESTIMATORS = ("reward_to_go", "total_return")
 
 
 def make_optimizer(algo_cfg, num_updates: int) -> optax.GradientTransformation:
