@@ -105,7 +105,10 @@ def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli):
 def test_help_lists_groups_and_keys(tmp_path, cli):
     result = cli(["train", "--help"], tmp_path)
     assert result.returncode == 0
-    for text in ("algo: a2c", "estimator: gae, none, nstep, td", "network: mlp", "logger:",
+    from rlcli.cli import config_dir
+
+    estimators = ", ".join(sorted(p.stem for p in (config_dir() / "estimator").glob("*.yaml")))
+    for text in ("algo: a2c", f"estimator: {estimators}", "network: mlp", "logger:",
                  "env: Acrobot-v1, CartPole-v1", "num_seeds:", "checkpoint_interval:"):
         assert text in result.stdout, text
     top = cli(["--help"], tmp_path)
