@@ -220,8 +220,6 @@ def _train_task(cfg) -> float:
         return runner.train(cfg, run_dir)["final_eval_return_mean"]
     except runner.Interrupted as err:  # a sweep stops as well, and summarises the jobs so far
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            from rlcli import sweep
-
             print(sweep.table(sweep.summarize(Path(hydra_cfg.sweep.dir))))
         raise SystemExit(report("train", err)) from None
     except Exception as err:
