@@ -190,8 +190,9 @@ def reward_to_go(rewards, values, next_values, terminated, truncated, *, gamma,
 def subtract_mean(phi: jax.Array, mask: jax.Array) -> jax.Array:
     """The mean baseline b = mean of Phi over the batch's used steps (000 eq. 3.1.11, taken
     per step for the reward-to-go): phi - b, over a batch of any shape; mask 1 = used."""
-    mask = mask.astype(jnp.float32)
-    return phi - jnp.sum(phi * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    from rlcli.losses import mean
+
+    return phi - mean(phi, mask.astype(jnp.float32))
 
 
 REGISTRY: dict[str, Estimator] = {"td": td, "nstep": nstep, "gae": gae, "total_return": total_return,

@@ -7,26 +7,38 @@ import jax
 import jax.numpy as jnp
 
 
-def policy_gradient_loss(log_prob: jax.Array, advantages: jax.Array) -> jax.Array:
+def mean(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """The mean of x, or with a mask (1 = the sample counts) the mean over the counted samples
+    (0 when none counts)."""
+    if mask is None:
+        return jnp.mean(x)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def policy_gradient_loss(log_prob: jax.Array, advantages: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Surrogate whose gradient is the policy gradient estimate
     (1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t (000 eq. 4.1.2, 001 "Many forms of policy
-    gradients"); Phi_t = advantages, held constant."""
-    return -jnp.mean(log_prob * jax.lax.stop_gradient(advantages))
+    gradients"); Phi_t = advantages, held constant. `mask`: see `mean`."""
+    return -mean(log_prob * jax.lax.stop_gradient(advantages), mask)
 
 
-def value_loss(values: jax.Array, targets: jax.Array) -> jax.Array:
+def value_loss(values: jax.Array, targets: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Critic regression L(phi) = 1/2 mean (V_phi(s_i) - y_i)^2 (000 eq. 4.1.5)."""
-    return 0.5 * jnp.mean(jnp.square(values - jax.lax.stop_gradient(targets)))
+    return 0.5 * mean(jnp.square(values - jax.lax.stop_gradient(targets)), mask)
 
 
-def entropy_bonus(entropy: jax.Array) -> jax.Array:
+def entropy_bonus(entropy: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean policy entropy H(pi) (001 "Policy Entropy Bonus"); subtracted from the loss with a
     coefficient to discourage premature convergence to a deterministic policy."""
-    return jnp.mean(entropy)
+    return mean(entropy, mask)
 
 
-def normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-    return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+def normalize(x: jax.Array, eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
+    """Standardise x (over the counted samples, with a mask)."""
+    if mask is None:
+        return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+    centred = x - mean(x, mask)
+    return centred / (jnp.sqrt(mean(jnp.square(centred), mask)) + eps)
 
 
 def explained_variance(values: jax.Array, targets: jax.Array) -> jax.Array:

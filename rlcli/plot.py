@@ -329,8 +329,9 @@ def finals_table(finals: list[Final]) -> str:
     rows = [[f.group, str(f.n), f"{f.mean:.2f}" if f.n else "-",
              (f"[{f.low:.2f}, {f.high:.2f}]" if f.n > 1 else "- (one seed)" if f.n else "- (no summary.json)")]
             for f in finals]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+    from rlcli.sweep import aligned
+
+    return aligned(header, rows)
 
 
 def save_figure(fig, path: Path) -> None:

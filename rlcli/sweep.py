@@ -46,16 +46,17 @@ def summarize(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def aligned(header: list[str], rows: list[list[str]]) -> str:
+    """Text columns padded to a common width, two spaces apart, header first."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
 def table(rows: list[dict]) -> str:
     """A plain-text table of the rows, with a count of failed jobs."""
-    shown = [[str(r[k]) for k in FIELDS] for r in rows]
-    widths = [max(len(k), *(len(row[i]) for row in shown)) if shown else len(k)
-              for i, k in enumerate(FIELDS)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(FIELDS, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in shown]
     failed = sum(r["status"] != "ok" for r in rows)
-    lines.append(f"{len(rows)} job(s), {failed} not ok" if failed else f"{len(rows)} job(s), all ok")
-    return "\n".join(lines)
+    count = f"{len(rows)} job(s), {failed} not ok" if failed else f"{len(rows)} job(s), all ok"
+    return aligned(FIELDS, [[str(r[k]) for k in FIELDS] for r in rows]) + "\n" + count
 
 
 # ---- failed jobs ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlcli import estimators
+from rlcli import estimators, losses
 from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, OPTIMIZER_RULES, Algorithm,
                          Batch, actor_critic_policy, make_optimizer)
 
@@ -70,10 +70,6 @@ def episode_mask(terminated: jax.Array, truncated: jax.Array, fresh: jax.Array) 
     return jnp.logical_and(started_here, ends_from_here > 0), done[-1].astype(bool)
 
 
-def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
@@ -97,22 +93,20 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         if baseline == "mean":
             advantages = estimators.subtract_mean(advantages, mask)
         if normalize_advantages:
-            mean = _masked_mean(advantages, mask)
-            std = jnp.sqrt(_masked_mean(jnp.square(advantages - mean), mask))
-            advantages = (advantages - mean) / (std + 1e-8)
-        advantages = jax.lax.stop_gradient(advantages * mask)
+            advantages = losses.normalize(advantages, mask=mask)
+        advantages = advantages * mask
         log_prob = dist.log_prob(dist_params, batch.action)
-        policy_loss = -_masked_mean(log_prob * advantages, mask)
-        critic_loss = 0.5 * _masked_mean(jnp.square(values - jax.lax.stop_gradient(targets)), mask)
-        entropy = _masked_mean(dist.entropy(dist_params), mask)
+        policy_loss = losses.policy_gradient_loss(log_prob, advantages, mask)
+        critic_loss = losses.value_loss(values, targets, mask)
+        entropy = losses.entropy_bonus(dist.entropy(dist_params), mask)
         loss = policy_loss + vf_coef * critic_loss - ent_coef * entropy
         return loss, {
             "loss/policy": policy_loss,
             "loss/value": critic_loss,
             "policy/entropy": entropy,
             "loss/total": loss,
-            "train/advantage_mean": _masked_mean(advantages, mask),
-            "train/value_mean": _masked_mean(values, mask),
+            "train/advantage_mean": losses.mean(advantages, mask),
+            "train/value_mean": losses.mean(values, mask),
         }
 
     def update(learner: ReinforceState, batch: Batch, key):
