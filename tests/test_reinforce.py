@@ -65,6 +65,26 @@ def test_reward_to_go_matches_rlax_and_nstep():
     np.testing.assert_allclose(targets, targets_n, rtol=1e-5, atol=1e-5)
 
 
+def test_reinforce_with_gae_lambda_1_is_reward_to_go_minus_value(tmp_path):
+    """estimator=gae with lambda=1 is the Monte-Carlo return minus V (000 eq. 4.2.7), so one
+    REINFORCE update with it gives the parameters of reward_to_go with the value baseline."""
+    import jax
+
+    from rlcli import runner
+
+    def one_update(overrides):
+        cfg = compose(["algo=reinforce", "env=CartPole-v1", "env.backend=jax", "num_envs=2",
+                       "total_steps=1000", *overrides])
+        parts = runner.setup(cfg)
+        backend = runner.make_backend(cfg, parts)
+        state, _ = backend.chunk(backend.init(), 1)
+        return jax.tree.leaves(state.learner.params)
+
+    for a, b in zip(one_update(["estimator=gae", "estimator.lambda=1.0"]),
+                    one_update(["estimator=reward_to_go", "estimator.baseline=value"])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
 def test_mean_baseline_over_used_steps():
     phi = jnp.array([[2.0, 10.0], [4.0, 99.0]])
     mask = jnp.array([[1, 1], [1, 0]])
@@ -114,8 +134,8 @@ def _error(overrides):
 def test_bad_input():
     message = _error(["algo=a2c", "estimator=total_return"])
     assert "estimator=total_return does not fit algo=a2c" in message and "td, nstep, gae" in message
-    message = _error(["algo=reinforce", "estimator=gae"])
-    assert "estimator=gae does not fit algo=reinforce" in message and "reward_to_go, total_return" in message
+    message = _error(["algo=sac", "estimator=gae"])
+    assert "estimator=gae does not fit algo=sac" in message
     assert _error(["algo=reinforce", "estimator.baseline=bogus"]) == (
         "estimator.baseline='bogus' is not allowed (allowed: one of none, mean, value)")
     assert "estimator.discounting='option3'" in _error(["algo=reinforce", "estimator.discounting=option3"])

@@ -6,8 +6,10 @@ Each update takes one gradient step on
 
 with Phi_t from `estimator=total_return` (R(tau), 000 eq. 3.1.8 / 4.1.7) or `reward_to_go`
 (000 eq. 3.1.10 / 4.1.8), minus the baseline `estimator.baseline`: the batch mean of Phi over
-the used steps (000 eq. 3.1.11) or V(s_t) (000 eq. 4.2.2; only then is the critic fitted, to
-the discounted reward-to-go G_t). Shared or two-network design as `network.shared`.
+the used steps (000 eq. 3.1.11) or V(s_t) (000 eq. 4.2.2; the critic is then fitted to the
+discounted reward-to-go G_t). With `estimator=td|nstep|gae` Phi_t is the critic-based
+advantage of 000 eq. 4.1.4 / 4.2.8 / 4.2.10 over the same whole-episode batch, the critic
+fitted to that estimator's targets. Shared or two-network design as `network.shared`.
 
 Episode batching. The runner steps `num_envs` columns for `algo.num_steps` steps per update
 and auto-resets; a column goes on from where the last update left it. A step is *used* only
@@ -33,11 +35,11 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, OPTIMIZER_RULES, Algorithm,
-                         Batch, actor_critic_policy, make_optimizer)
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, ON_POLICY_ESTIMATORS,
+                         OPTIMIZER_RULES, Algorithm, Batch, actor_critic_policy, make_optimizer)
 
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
-ESTIMATORS = MONTE_CARLO_ESTIMATORS
+ESTIMATORS = MONTE_CARLO_ESTIMATORS + ON_POLICY_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
 
 
@@ -73,10 +75,12 @@ def episode_mask(terminated: jax.Array, truncated: jax.Array, fresh: jax.Array) 
 def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
-    baseline = str(cfg.estimator.baseline)
+    baseline = str(cfg.estimator.get("baseline", "none"))
     tx = make_optimizer(algo, num_updates)
     network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
-    vf_coef = float(algo.vf_coef) if baseline == "value" else 0.0
+    # the critic is fitted when Phi uses it: a value baseline, or td / nstep / gae
+    uses_critic = baseline == "value" or cfg.estimator.name in ON_POLICY_ESTIMATORS
+    vf_coef = float(algo.vf_coef) if uses_critic else 0.0
     ent_coef = float(algo.ent_coef)
     normalize_advantages = bool(algo.normalize_advantages)
     num_envs = int(cfg.num_envs)
