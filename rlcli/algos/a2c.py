@@ -26,13 +26,12 @@ ESTIMATORS = ON_POLICY_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
 
 
-def make(spec, cfg, num_updates: int) -> Algorithm:
-    algo = cfg.algo
-    estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
-    tx = make_optimizer(algo, num_updates)
-    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
-    vf_coef, ent_coef = float(algo.vf_coef), float(algo.ent_coef)
-    normalize_advantages = bool(algo.normalize_advantages)
+def actor_critic_loss(network, dist, estimator, algo_cfg):
+    """`loss_fn(params, batch) -> (loss, metrics)`: the actor-critic loss above over a
+    time-major batch, Phi_t from `estimator` (batched), coefficients from `algo.vf_coef`,
+    `algo.ent_coef`, `algo.normalize_advantages`. Shared by a2c, a3c, batch_ac, online_ac."""
+    vf_coef, ent_coef = float(algo_cfg.vf_coef), float(algo_cfg.ent_coef)
+    normalize_advantages = bool(algo_cfg.normalize_advantages)
 
     def loss_fn(params, batch: Batch):
         dist_params, values = network.apply(params, batch.obs)
@@ -56,6 +55,16 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
             "train/value_mean": jnp.mean(values),
             "train/explained_variance": losses.explained_variance(values, targets),
         }
+
+    return loss_fn
+
+
+def make(spec, cfg, num_updates: int) -> Algorithm:
+    algo = cfg.algo
+    estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
+    tx = make_optimizer(algo, num_updates)
+    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
+    loss_fn = actor_critic_loss(network, dist, estimator, algo)
 
     def update(learner, batch, key):
         del key  # A2C's update is deterministic given the batch
