@@ -1,9 +1,10 @@
 """`rlcli <command> [options] [overrides]`.
 
 Commands: `train`, `resume` (here), `eval` (rlcli.evaluate), `reproduce` (rlcli.reproduce),
-`plot` (rlcli.plot) and `list` (rlcli.catalog). Before Hydra runs a single `train`, the overrides are parsed,
-the config is composed and validated and the run directory's parent is checked, so bad
-input costs one line on stderr, exit code 2, and nothing on disk.
+`plot` (rlcli.plot), `diagnose` (rlcli.diagnose) and `list` (rlcli.catalog). Before Hydra
+runs a single `train`, the overrides are parsed, the config is composed and validated and the
+run directory's parent is checked, so bad input costs one line on stderr, exit code 2, and
+nothing on disk.
 
 Exit codes: 0 done; 1 a failure while running (e.g. a write error); 2 bad input; 3 training
 diverged (non-finite loss or parameters); 128 + signal number after SIGINT/SIGTERM, once a
@@ -26,6 +27,8 @@ commands:
   eval     evaluate a run's checkpoint, optionally recording videos: rlcli eval run=<run dir>
   reproduce  train a run's saved config again and compare the metrics: rlcli reproduce run=<run dir>
   plot     learning curves with 95% bootstrap bands across seeds: rlcli plot <run or multirun dirs>
+  diagnose   variance and accuracy of each policy-gradient estimator and baseline for one policy:
+           rlcli diagnose env=CartPole-v1 | rlcli diagnose run=<run dir>
   list     the algorithms, estimators and environments, with their seed equations
 
 Every command takes --help.
@@ -479,7 +482,7 @@ def each_job(name: str, command):
 COMMANDS = {"train": train, "resume": each_job("resume", resume),
             "eval": each_job("eval", _lazy("rlcli.evaluate")),
             "reproduce": each_job("reproduce", _lazy("rlcli.reproduce")), "plot": _lazy("rlcli.plot"),
-            "list": _lazy("rlcli.catalog")}
+            "list": _lazy("rlcli.catalog"), "diagnose": _lazy("rlcli.diagnose")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,7 +122,9 @@ ESTIMATOR_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "gae": {"estimator.lambda": in_unit_interval()},
     "none": {},
     "total_return": {"estimator.discounting": one_of("option1", "option2"),
-                     "estimator.baseline": one_of("none", "mean", "value")},
+                     # optimal: total_return only, q_control_variate: reward_to_go only
+                     # (checked with the algorithm: rlcli.algos.reinforce.check)
+                     "estimator.baseline": one_of("none", "mean", "value", "optimal", "q_control_variate")},
 }
 ESTIMATOR_RULES["reward_to_go"] = ESTIMATOR_RULES["total_return"]
 

@@ -104,6 +104,21 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
     return advantages, advantages + values
 
 
+# baselines of the Monte-Carlo estimators (`estimator.baseline`): 'value' is subtracted by the
+# estimator; 'mean', 'optimal' and 'q_control_variate' by the algorithm, which holds the batch
+# (`subtract_mean`, `optimal_baseline_gradient`, `control_variate_loss`)
+BASELINES = ("none", "mean", "value", "optimal", "q_control_variate")
+
+
+def discount_weights(terminated, truncated, *, gamma):
+    """w_t = gamma^{t-t0} over one [T] segment, t0 the first step of t's episode in the segment
+    (0 for an episode already running at the segment's start): the factor of option 2 before
+    grad log pi (000 eq. 4.1.8, last line)."""
+    done = jnp.logical_or(terminated, truncated)
+    starts = jnp.concatenate([jnp.ones((1,), bool), done[:-1]])
+    return jax.lax.scan(lambda w, s: (jnp.where(s, 1.0, w * gamma),) * 2, jnp.ones((), jnp.float32), starts)[1]
+
+
 def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, whole_episode,
                  discounting, baseline):
     """Shared body of `total_return` and `reward_to_go` (one [T] segment).
@@ -115,6 +130,8 @@ def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, 
     nothing otherwise: a pure Monte-Carlo return has no critic to bootstrap from, so a
     truncation is then the end of the return.
     """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline={baseline!r} is not allowed (allowed: one of {', '.join(BASELINES)})")
     rewards = jnp.asarray(rewards, jnp.float32)
     done = jnp.logical_or(terminated, truncated)
     last = done.at[-1].set(True)  # where the return stops: episode end or segment end
@@ -135,8 +152,7 @@ def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, 
     def forward(body_fn, init, xs):
         return jax.lax.scan(body_fn, init, xs)[1]
 
-    # w_t = gamma^(t - t0): restarts at 1 on each episode's first step
-    weight = forward(lambda w, s: (jnp.where(s, 1.0, w * gamma),) * 2, jnp.ones((), jnp.float32), starts)
+    weight = discount_weights(terminated, truncated, gamma=gamma)  # gamma^(t - t0)
     returns = backward(gamma)  # G_t, discounted reward-to-go (bootstrapped with baseline='value')
     if whole_episode:
         # option 1: R(tau), undiscounted (3.1.8); option 2: sum_t gamma^(t-t0) r_t (4.1.7)
@@ -158,8 +174,9 @@ def total_return(rewards, values, next_values, terminated, truncated, *, gamma,
     this estimator does not apply); option2 is sum_t gamma^{t-t0} r_t from the episode's first
     step t0 (000 eq. 4.1.7, option 2).
 
-    baseline: 'none' and 'mean' return Phi (the batch mean of 000 eq. 3.1.11 is subtracted by
-    the algorithm, which holds the batch: `subtract_mean`); 'value' returns
+    baseline: 'none', 'mean' and 'optimal' return Phi (the batch mean of 000 eq. 3.1.11 and
+    the optimal baseline of 3.1.17 are the algorithm's, which holds the batch: `subtract_mean`,
+    `optimal_baseline_gradient`); 'value' returns
     Phi_t - w V(s_t) (000 eq. 4.2.2), w = 1 for option1, gamma^{t-t0} for option2. `targets`
     are always the discounted reward-to-go G_t (see `reward_to_go`), the critic's target.
     Truncation and the segment's end: see `_monte_carlo` (bootstrap only with 'value', the
@@ -176,11 +193,13 @@ def reward_to_go(rewards, values, next_values, terminated, truncated, *, gamma,
     the whole term, Phi_t = gamma^{t-t0} G_t (000 eq. 4.1.8, last line: later decisions
     count less); option1 drops it (the version used in practice, 000 §4.1.4).
 
-    baseline: 'none'/'mean' return Phi ('mean': the algorithm subtracts the batch mean,
-    000 eq. 3.1.11, `subtract_mean`); 'value': w_t (G_t - V(s_t)) with w_t = 1 (option1, 000
+    baseline: 'none'/'mean'/'q_control_variate' return Phi ('mean': the algorithm subtracts
+    the batch mean, 000 eq. 3.1.11, `subtract_mean`; 'q_control_variate': the algorithm
+    subtracts w_t Q_w(s_t, a_t) and adds the correction term, 000 eq. 4.2.6,
+    `control_variate_loss`); 'value': w_t (G_t - V(s_t)) with w_t = 1 (option1, 000
     eq. 4.2.2) or gamma^{t-t0} (option2). `targets` = G_t. At a truncation (or the segment's
     end) G_t bootstraps with gamma V(s') only with baseline='value' (it is then the n-step
-    return to the end of the segment, `nstep` with n=None); with 'none'/'mean' there is no
+    return to the end of the segment, `nstep` with n=None); otherwise there is no
     critic and the truncation is taken as the end of the return. Termination never bootstraps.
     """
     return _monte_carlo(rewards, values, next_values, terminated, truncated, gamma=gamma,
@@ -193,6 +212,80 @@ def subtract_mean(phi: jax.Array, mask: jax.Array) -> jax.Array:
     from rlcli.losses import mean
 
     return phi - mean(phi, mask.astype(jnp.float32))
+
+
+def optimal_baseline(scores, returns, valid):
+    """The optimal baseline of 000 eq. 3.1.17, b = E[g(tau)^2 r(tau)] / E[g(tau)^2] with
+    g(tau) = grad log p_theta(tau), taken per parameter component k as the derivation
+    3.1.13-3.1.16 runs (the variance of each component of the estimate is a quadratic in b_k,
+    and minimising every component minimises the trace of the covariance too):
+    b_k = E[g_k^2 R] / E[g_k^2]. Estimated for episode i from the *other* episodes of the
+    batch (leave-one-out),
+
+        b_{k,-i} = sum_{j != i} g_{jk}^2 R_j / sum_{j != i} g_{jk}^2   (0 where the sum is 0),
+
+    so that b_{-i} is independent of episode i and the estimate stays unbiased (000 eq. 3.1.12).
+
+    scores: pytree of [E, ...] per-episode g(tau_i); returns [E] R(tau_i); valid [E] (1 = the
+    slot holds an episode of the batch, 0 = padding). Returns the pytree of [E, ...] b_{-i}."""
+    valid = valid.astype(jnp.float32)
+
+    def per_leaf(g):
+        shape = (-1,) + (1,) * (g.ndim - 1)
+        g2 = jnp.square(g) * valid.reshape(shape)
+        num = jnp.sum(g2 * returns.reshape(shape), axis=0) - g2 * returns.reshape(shape)
+        den = jnp.sum(g2, axis=0) - g2
+        ok = den > 1e-12 * jnp.maximum(jnp.sum(g2, axis=0), 1e-30)
+        return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+    return jax.tree.map(per_leaf, scores)
+
+
+def optimal_baseline_gradient(scores, returns, valid):
+    """sum_i g(tau_i) (R(tau_i) - b_{-i}) with the per-component leave-one-out optimal baseline
+    of `optimal_baseline` (000 eq. 3.1.14 with 3.1.17): the per-episode gradients combined
+    directly, component by component (with a per-component b there is no single
+    scalar-weighted surrogate). Same arguments as `optimal_baseline`; returns a pytree shaped
+    like one episode's gradient (a sum: divide by the batch size for the mean)."""
+    baselines = optimal_baseline(scores, returns, valid)
+    valid = valid.astype(jnp.float32)
+
+    def per_leaf(g, b):
+        shape = (-1,) + (1,) * (g.ndim - 1)
+        return jnp.sum(valid.reshape(shape) * g * (returns.reshape(shape) - b), axis=0)
+
+    return jax.tree.map(per_leaf, scores, baselines)
+
+
+def expected_q_discrete(logits, q_values):
+    """E_{a~pi(.|s)}[Q_w(s, a)] = sum_a pi(a|s) Q_w(s, a) exactly over a Discrete action space,
+    differentiable in the logits only (Q_w held constant): the correction term of 000 eq.
+    4.2.6 for one state. logits, q_values [..., A] -> [...]."""
+    return jnp.sum(jax.nn.softmax(logits, axis=-1) * jax.lax.stop_gradient(q_values), axis=-1)
+
+
+def control_variate_loss(log_prob, expected_q, phi, q_taken, weight, mask=None, normalize=False):
+    """Surrogate whose gradient is the action-dependent control-variate estimate of 000 eq. 4.2.6,
+
+        (1/n) sum_t [grad log pi(a_t|s_t) (Phi_t - w_t Q_w(s_t, a_t)) + w_t grad E_{a~pi}[Q_w(s_t, a)]],
+
+    to minimise (negated); Phi_t = w_t Qhat_t, the reward-to-go (with w_t = gamma^{t-t0} for
+    option 2, 1 for option 1). log_prob [...] log pi(a_t|s_t); expected_q [...] E_{a~pi}[Q_w(s_t,
+    a)] as a differentiable function of the policy (`expected_q_discrete`, or a reparameterised
+    sample for a Gaussian policy), Q_w's own parameters held constant; phi, q_taken, weight [...]
+    held constant. `mask`: see `rlcli.losses.mean`. `normalize`: A_t = Phi_t - w_t Q_w is
+    standardised, (A_t - m) / s over the counted samples, and the correction term divided by
+    the same s: the whole estimate scaled by 1/s, with the constant m as one more baseline."""
+    from rlcli.losses import mean
+
+    advantages = jax.lax.stop_gradient(phi - weight * q_taken)
+    scale = 1.0
+    if normalize:
+        centred = advantages - mean(advantages, mask)
+        scale = 1.0 / (jnp.sqrt(mean(jnp.square(centred), mask)) + 1e-8)
+        advantages = centred * scale
+    correction = jax.lax.stop_gradient(weight * scale) * expected_q
+    return -mean(log_prob * advantages + correction, mask)
 
 
 REGISTRY: dict[str, Estimator] = {"td": td, "nstep": nstep, "gae": gae, "total_return": total_return,

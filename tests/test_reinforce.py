@@ -137,7 +137,15 @@ def test_bad_input():
     message = _error(["algo=sac", "estimator=gae"])
     assert "estimator=gae does not fit algo=sac" in message
     assert _error(["algo=reinforce", "estimator.baseline=bogus"]) == (
-        "estimator.baseline='bogus' is not allowed (allowed: one of none, mean, value)")
+        "estimator.baseline='bogus' is not allowed (allowed: one of none, mean, value, optimal, q_control_variate)")
+    assert _error(["algo=reinforce", "estimator=reward_to_go", "estimator.baseline=optimal"]) == (
+        "estimator.baseline=optimal does not fit estimator=reward_to_go (allowed with estimator.baseline=optimal: "
+        "estimator=total_return; 000 eq. 3.1.17 is defined for the whole-trajectory return)")
+    message = _error(["algo=reinforce", "estimator=total_return", "estimator.baseline=q_control_variate"])
+    assert message.startswith("estimator.baseline=q_control_variate does not fit estimator=total_return "
+                              "(allowed with estimator.baseline=q_control_variate: estimator=reward_to_go")
+    assert _error(["algo=is_pg", "estimator=total_return", "estimator.baseline=optimal"]) == (
+        "estimator.baseline=optimal does not fit algo=is_pg (allowed with algo=is_pg: estimator.baseline=none, mean, value)")
     assert "estimator.discounting='option3'" in _error(["algo=reinforce", "estimator.discounting=option3"])
     assert "algo.num_steps=200 is not allowed" in _error(["algo=reinforce", "algo.num_steps=200"])
 
@@ -172,3 +180,181 @@ def test_reinforce_solves_cartpole_within_1m(tmp_path):
     returns = summary["final_eval"]["return_mean"]
     print("final deterministic evaluation return per seed:", [round(r, 1) for r in returns])
     assert float(np.mean(returns)) >= 400, returns
+
+
+# ---- the optimal baseline (000 eq. 3.1.17) and the Q control variate (000 eq. 4.2.6) ----------
+
+
+def test_optimal_baseline_leave_one_out_hand_computed():
+    # three episodes (the fourth slot is padding), a 2-component gradient
+    g = jnp.array([[1.0, 2.0], [2.0, 0.0], [1.0, 1.0], [9.0, 9.0]])
+    R = jnp.array([3.0, 1.0, 2.0, 100.0])
+    valid = jnp.array([1, 1, 1, 0])
+    b = np.asarray(estimators.optimal_baseline(g, R, valid))
+    # b_{k,-i} = sum_{j!=i} g_jk^2 R_j / sum_{j!=i} g_jk^2 over the valid j
+    np.testing.assert_allclose(b[0], [(4 * 1 + 1 * 2) / 5, (0 + 1 * 2) / 1], rtol=1e-6)
+    np.testing.assert_allclose(b[1], [(1 * 3 + 1 * 2) / 2, (4 * 3 + 1 * 2) / 5], rtol=1e-6)
+    np.testing.assert_allclose(b[2], [(1 * 3 + 4 * 1) / 5, (4 * 3) / 4], rtol=1e-6)
+    total = np.asarray(estimators.optimal_baseline_gradient(g, R, valid))
+    expected = sum(np.asarray(g[i]) * (float(R[i]) - b[i]) for i in range(3))
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    # a component that only episode 0 moves: no other episode to estimate b_{-0} from, b = 0
+    lonely = np.asarray(estimators.optimal_baseline(jnp.array([[1.0], [0.0]]), jnp.array([5.0, 7.0]),
+                                                   jnp.array([1, 1])))
+    np.testing.assert_allclose(lonely, [[0.0], [5.0]])
+
+
+def test_episode_scores_sum_per_step_gradients_per_episode():
+    # log pi = w0 * obs + w1 * action: grad = (obs, action) per step
+    log_prob_fn = lambda w, obs, action: w[0] * obs + w[1] * action  # noqa: E731
+    # [T=4, N=2]: column 0 ends an episode at t=1 and one at t=3; column 1 one at t=2
+    done = jnp.array([[0, 0], [1, 0], [0, 1], [1, 0]], bool)
+    obs = jnp.arange(8.0).reshape(4, 2)
+    action = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+    mask = jnp.array([[1, 1], [1, 1], [1, 1], [1, 0]], jnp.float32)  # column 1's last step cut
+    slots = reinforce.episode_slots(done, jnp.zeros_like(done))
+    np.testing.assert_array_equal(slots, [[0, 4], [0, 4], [1, 4], [1, 5]])
+    scores = np.asarray(reinforce.episode_scores(log_prob_fn, jnp.zeros(2), obs.reshape(-1), action.reshape(-1),
+                                                 mask.reshape(-1), slots.reshape(-1), 8))
+    np.testing.assert_allclose(scores[0], [0 + 2, 1 + 0])
+    np.testing.assert_allclose(scores[1], [4 + 6, 1 + 1])
+    np.testing.assert_allclose(scores[4], [1 + 3 + 5, 0 + 1 + 1])
+    np.testing.assert_allclose(scores[[2, 3, 5, 6, 7]], 0.0)
+
+
+def test_control_variate_loss_gradient_hand_computed():
+    """One state, 3 actions, softmax logits theta: grad of the 4.2.6 surrogate is
+    (onehot(a) - pi) (Phi - Q(a)) + sum_b dpi(b)/dtheta Q(b), dpi(b)/dtheta_c = pi_b (1[b=c] - pi_c)."""
+    import jax
+
+    theta = jnp.array([0.3, -0.2, 0.5])
+    q = jnp.array([1.0, 4.0, -2.0])
+    a, phi, w = 1, 6.0, 0.5
+
+    def loss(th):
+        log_prob = jax.nn.log_softmax(th)[a]
+        return estimators.control_variate_loss(log_prob, estimators.expected_q_discrete(th, q), jnp.float32(w * phi),
+                                               q[a], jnp.float32(w))
+
+    pi = np.asarray(jax.nn.softmax(theta))
+    onehot = np.eye(3)[a]
+    jac = np.diag(pi) - np.outer(pi, pi)  # dpi_b / dtheta_c
+    expected = (onehot - pi) * (w * phi - w * float(q[a])) + w * jac @ np.asarray(q)
+    np.testing.assert_allclose(-np.asarray(jax.grad(loss)(theta)), expected, rtol=1e-5)
+    # the correction term alone is the exact gradient of E_pi[Q] (the Q critic held constant)
+    np.testing.assert_allclose(jax.grad(lambda th: estimators.expected_q_discrete(th, q))(theta), jac @ np.asarray(q),
+                               rtol=1e-5)
+
+
+def _synthetic(overrides, T=6, seed=0):
+    """reinforce.make on CartPole's spec (small net, SGD with lr 1, no clipping) and a synthetic
+    [T, 2] batch with a termination in each column and a partial episode at the end."""
+    import jax
+
+    from rlcli import envs
+    from rlcli.algos import Batch
+
+    cfg = compose(["algo=reinforce", "num_envs=2", "network.hidden_sizes=[8]", "algo.optimizer=sgd",
+                   "algo.learning_rate=1.0", "algo.max_grad_norm=1e9", "algo.normalize_advantages=false",
+                   *overrides])
+    spec = envs.make_spec("CartPole-v1", "jax")
+    algo = reinforce.make(spec, cfg, 10)
+    rng = np.random.default_rng(seed)
+    term = np.zeros((T, 2), bool)
+    term[[1, 3], 0] = True
+    term[2, 1] = True
+    batch = Batch(obs=jnp.asarray(rng.normal(size=(T, 2, 4)), jnp.float32),
+                  action=jnp.asarray(rng.integers(0, 2, (T, 2)), jnp.int32),
+                  reward=jnp.asarray(rng.normal(size=(T, 2)) + 1.0, jnp.float32),
+                  terminated=jnp.asarray(term), truncated=jnp.zeros((T, 2), bool),
+                  log_prob=jnp.zeros((T, 2)), value=jnp.zeros((T, 2)),
+                  next_obs=jnp.asarray(rng.normal(size=(T, 2, 4)), jnp.float32))
+    learner = algo.init(jax.random.PRNGKey(seed))
+    new, metrics = algo.update(learner, batch, jax.random.PRNGKey(1))
+    # SGD with lr 1: the update is minus the gradient
+    grads = jax.tree.map(lambda a, b: a - b, learner.params, new.params)
+    return cfg, spec, learner.params, batch, grads, metrics
+
+
+def test_reinforce_optimal_baseline_update_matches_per_episode_reference():
+    """The update with estimator.baseline=optimal is -(1/n_used) sum_i g_i (R_i - b_{-i}), g_i
+    from a per-episode jax.grad of sum_t log pi (a loop over the batch's whole episodes),
+    R_i the undiscounted return, b_{-i} leave-one-out per component (numpy)."""
+    import jax
+
+    from rlcli import distributions, networks
+
+    cfg, spec, params, batch, grads, metrics = _synthetic(["estimator=total_return", "estimator.baseline=optimal"])
+    network, dist = networks.make(cfg.network, spec), distributions.for_action_space(True)
+    # whole episodes: column 0 steps 0-1 and 2-3 (4-5 cut), column 1 steps 0-2 (3-5 cut)
+    episodes = [(0, [0, 1]), (0, [2, 3]), (1, [0, 1, 2])]
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+    g, R = [], []
+    for col, steps in episodes:
+        obs, act = batch.obs[jnp.array(steps), col], batch.action[jnp.array(steps), col]
+        g.append(flat(jax.grad(lambda p: jnp.sum(dist.log_prob(network.apply(p, obs)[0], act)))(params)))
+        R.append(float(jnp.sum(batch.reward[jnp.array(steps), col])))
+    g, R = np.array(g, np.float64), np.array(R)
+    expected = np.zeros_like(g[0])
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        num, den = (g[others] ** 2 * R[others, None]).sum(0), (g[others] ** 2).sum(0)
+        b = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+        expected += g[i] * (R[i] - b)
+    expected = -expected / 7  # 7 used steps
+    np.testing.assert_allclose(flat(grads), expected, rtol=2e-3, atol=1e-6)
+    assert np.abs(expected).max() > 1e-3 and math.isfinite(metrics["train/optimal_baseline"])
+
+
+def test_reinforce_q_control_variate_update_matches_hand_formula():
+    """Discrete actions: the policy gradient of estimator.baseline=q_control_variate is
+    (1/n) sum_t [grad log pi(a_t|s_t) (G_t - Q(s_t, a_t)) + sum_a grad pi(a|s_t) Q(s_t, a)] (000 eq.
+    4.2.6) and Q's gradient that of vf_coef/2 mean (Q(s_t, a_t) - G_t)^2."""
+    import jax
+
+    from rlcli import networks
+
+    cfg, spec, params, batch, grads, _ = _synthetic(["estimator=reward_to_go", "estimator.baseline=q_control_variate",
+                                                     "algo.gamma=0.9", "algo.vf_coef=0.5"])
+    network = networks.make(cfg.network, spec)
+    q_net = networks.QNetwork(2, True, (8,), cfg.network.activation)
+    mask, _ = reinforce.episode_mask(batch.terminated, batch.truncated, jnp.ones(2, bool))
+    G = estimators.batched(estimators.make("reward_to_go", 0.9))(batch.reward, batch.value, batch.value,
+                                                                  batch.terminated, batch.truncated)[0]
+    used = [(t, n) for t in range(6) for n in range(2) if mask[t, n]]
+    q_all = q_net.apply(params["q"], batch.obs)
+
+    def surrogate(ac):  # sum of the per-step terms, Q and G constant
+        total = 0.0
+        for t, n in used:
+            pi = jax.nn.softmax(network.apply(ac, batch.obs[t, n])[0])
+            a = int(batch.action[t, n])
+            total += jnp.log(pi[a]) * float(G[t, n] - q_all[t, n, a]) + jnp.sum(pi * q_all[t, n])
+        return total / len(used)
+
+    def q_loss(qp):
+        q = q_net.apply(qp, batch.obs)
+        return 0.5 * sum((q[t, n, int(batch.action[t, n])] - G[t, n]) ** 2 for t, n in used) / len(used)
+
+    expected_ac = jax.tree.map(lambda x: -x, jax.grad(surrogate)(params["actor_critic"]))
+    expected_q = jax.tree.map(lambda x: 0.5 * x, jax.grad(q_loss)(params["q"]))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves({"actor_critic": expected_ac, "q": expected_q})):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["estimator=total_return", "estimator.baseline=optimal"],
+    ["estimator=reward_to_go", "estimator.baseline=q_control_variate"],
+    ["env=Pendulum-v1", "algo.num_steps=200", "estimator=reward_to_go", "estimator.baseline=q_control_variate",
+     "estimator.discounting=option2"],
+])
+def test_new_baselines_train_smoke(tmp_path, overrides):
+    """Two short updates with each new baseline (discrete and Gaussian Q control variate):
+    finite losses, used episodes, a checkpoint that `rlcli eval` machinery can restore."""
+    summary, records = train(tmp_path, ["algo=reinforce", "env.backend=jax", "num_envs=2", "eval_episodes=2",
+                                        "network.hidden_sizes=[16]", *overrides,
+                                        "total_steps=2000" if "env=Pendulum-v1" not in overrides else "total_steps=800",
+                                        "log_interval=1"])
+    assert len(records) == 2 and all(math.isfinite(r["loss/total"]) for r in records)
+    assert all(r["train/episodes"] >= 2 for r in records)
+    assert math.isfinite(summary["final_eval_return_mean"])

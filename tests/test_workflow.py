@@ -95,7 +95,7 @@ def test_list_names_every_choice_with_its_seed_reference(cli, tmp_path):
     assert bad.returncode == 2 and "'agents' is not a section (allowed: algos, estimators, envs" in bad.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "resume", "eval", "reproduce", "plot", "list"])
+@pytest.mark.parametrize("command", ["train", "resume", "eval", "reproduce", "plot", "diagnose", "list"])
 def test_every_command_has_help(cli, tmp_path, command):
     result = cli([command, "--help"], tmp_path)
     assert result.returncode == 0, result.stderr

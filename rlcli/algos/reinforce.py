@@ -24,10 +24,28 @@ at a column's first step always ends inside it (with a converged CartPole policy
 segment is then exactly one 500-step episode per column). The step budget (`total_steps`,
 `env_steps`) counts every step taken, masked ones included; `train/used_fraction` is the
 share used, `train/episodes` the number of episodes per update.
+
+Two more baselines, each refused where the seed does not define it (`check`):
+
+* `estimator.baseline=optimal` (with `estimator=total_return`): the optimal baseline of 000
+  eq. 3.1.17, per parameter component, b_k = E[g_k^2 R] / E[g_k^2] with g = grad log
+  p(tau) (`rlcli.estimators.optimal_baseline`, leave-one-out, so unbiased). The per-episode
+  gradients g(tau_i) are computed (per-step gradients of log pi, vmapped, summed over each
+  episode: memory num_envs x num_steps x parameters) and combined directly,
+  sum_i g(tau_i) (R_i - b_{-i}); like the surrogate it is divided by the number of used
+  steps. `loss/policy` reports the surrogate without the baseline and
+  `train/optimal_baseline` the gradient-norm-weighted mean of b.
+* `estimator.baseline=q_control_variate` (with `estimator=reward_to_go`): the action-dependent
+  control variate of 000 eq. 4.2.6, Phi_t - w_t Q_w(s_t, a_t) plus the correction
+  w_t grad E_{a~pi}[Q_w(s_t, a)] (exact sum over actions for a Discrete space,
+  reparameterised a = mu + sigma z for a Gaussian policy, z drawn from the update's key).
+  Q_w is a `rlcli.networks.QNetwork` on the `network.*` sizes, fitted to the reward-to-go
+  G_t with weight `algo.vf_coef`; the parameters are then {"actor_critic": ..., "q": ...}.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -50,6 +68,13 @@ class ReinforceState(NamedTuple):
     fresh: jax.Array  # [N] bool: the column's next step is the first of an episode
 
 
+# baselines that only algo=reinforce implements (algorithms that share `check`, e.g. is_pg, refuse them)
+OWN_BASELINES = ("optimal", "q_control_variate")
+# the estimator each of them needs (000 eq. 3.1.17: the whole-trajectory return; 4.2.6: the
+# reward-to-go Qhat_t)
+BASELINE_ESTIMATOR = {"optimal": "total_return", "q_control_variate": "reward_to_go"}
+
+
 def check(cfg, spec) -> None:
     from rlcli.config import ConfigError, format_value
 
@@ -59,6 +84,37 @@ def check(cfg, spec) -> None:
             f"algo.num_steps={format_value(cfg.algo.num_steps)} is not allowed (allowed with "
             f"algo=reinforce and env.id={spec.id!r}: an integer >= its time limit {limit}, so "
             "that an episode starting with a rollout ends inside it)")
+    baseline = str(cfg.estimator.get("baseline", "none"))
+    if baseline not in OWN_BASELINES:
+        return
+    name = cfg.algo.name
+    if name != "reinforce":
+        raise ConfigError(f"estimator.baseline={baseline} does not fit algo={name} (allowed with "
+                          f"algo={name}: estimator.baseline=none, mean, value)")
+    needed = BASELINE_ESTIMATOR[baseline]
+    if cfg.estimator.name != needed:
+        why = ("000 eq. 3.1.17 is defined for the whole-trajectory return" if baseline == "optimal"
+               else "000 eq. 4.2.6 subtracts Q_w from the reward-to-go")
+        raise ConfigError(f"estimator.baseline={baseline} does not fit estimator={cfg.estimator.name} "
+                          f"(allowed with estimator.baseline={baseline}: estimator={needed}; {why})")
+
+
+def episode_slots(terminated: jax.Array, truncated: jax.Array) -> jax.Array:
+    """[T, N] -> the episode slot of each step, n * T + k for the k-th episode (counted from the
+    segment's start) of column n: distinct episodes get distinct slots in [0, T * N)."""
+    done = jnp.logical_or(terminated, truncated).astype(jnp.int32)
+    horizon, num_envs = done.shape
+    return jnp.cumsum(done, axis=0) - done + horizon * jnp.arange(num_envs)[None, :]
+
+
+def episode_scores(log_prob_fn, params, obs, action, mask, slots, num_slots: int):
+    """Per-episode g(tau_i) = sum_{t in tau_i} grad log pi(a_t|s_t) (000 eq. 3.1.7: the
+    dynamics do not depend on theta): vmapped per-step gradients of `log_prob_fn(params, obs,
+    action)` (one step) summed into the episode slots; masked steps count nothing. obs, action,
+    mask, slots [M, ...] (flattened steps) -> pytree of [num_slots, ...]."""
+    per_step = jax.vmap(jax.grad(log_prob_fn), in_axes=(None, 0, 0))(params, obs, action)
+    return jax.tree.map(lambda g: jax.ops.segment_sum(
+        g * mask.reshape((-1,) + (1,) * (g.ndim - 1)), slots, num_segments=num_slots), per_step)
 
 
 def episode_mask(terminated: jax.Array, truncated: jax.Array, fresh: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -73,51 +129,122 @@ def episode_mask(terminated: jax.Array, truncated: jax.Array, fresh: jax.Array) 
 
 
 def make(spec, cfg, num_updates: int) -> Algorithm:
+    from rlcli import networks
+
     algo = cfg.algo
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     baseline = str(cfg.estimator.get("baseline", "none"))
+    option2 = str(cfg.estimator.get("discounting", "option1")) == "option2"
+    gamma = float(algo.gamma)
     tx = make_optimizer(algo, num_updates)
-    network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
+    network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
     # the critic is fitted when Phi uses it: a value baseline, or td / nstep / gae
     uses_critic = baseline == "value" or cfg.estimator.name in ON_POLICY_ESTIMATORS
     vf_coef = float(algo.vf_coef) if uses_critic else 0.0
+    q_coef = float(algo.vf_coef)
     ent_coef = float(algo.ent_coef)
     normalize_advantages = bool(algo.normalize_advantages)
     num_envs = int(cfg.num_envs)
+    control_variate = baseline == "q_control_variate"
+    q_net = networks.QNetwork(spec.num_actions, spec.discrete, tuple(cfg.network.hidden_sizes),
+                              cfg.network.activation) if control_variate else None
+
+    def policy_params(params):
+        return params["actor_critic"] if control_variate else params
 
     def init(key):
-        return ReinforceState(*base_init(key), fresh=jnp.ones((num_envs,), bool))
+        if not control_variate:
+            return ReinforceState(*base_init(key), fresh=jnp.ones((num_envs,), bool))
+        k_ac, k_q = jax.random.split(key)
+        obs = jnp.zeros((1,) + spec.obs_shape, jnp.float32)
+        action = None if spec.discrete else jnp.zeros((1, spec.num_actions), jnp.float32)
+        params = {"actor_critic": base_init(k_ac).params, "q": q_net.init(k_q, obs, action)}
+        return ReinforceState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.ones((num_envs,), bool))
 
-    def loss_fn(params, batch: Batch, mask):
-        dist_params, values = network.apply(params, batch.obs)
-        _, next_values = network.apply(params, batch.next_obs)
+    def act(learner, obs, key, deterministic=False):
+        return base_act(learner._replace(params=policy_params(learner.params)), obs, key, deterministic)
+
+    def phi_and_targets(params, batch: Batch, mask):
+        dist_params, values = network.apply(policy_params(params), batch.obs)
+        _, next_values = network.apply(policy_params(params), batch.next_obs)
         advantages, targets = estimator(
             batch.reward, jax.lax.stop_gradient(values), jax.lax.stop_gradient(next_values),
             batch.terminated, batch.truncated)
         if baseline == "mean":
             advantages = estimators.subtract_mean(advantages, mask)
-        if normalize_advantages:
+        if normalize_advantages and not control_variate:  # control_variate_loss standardises Phi - w Q
             advantages = losses.normalize(advantages, mask=mask)
-        advantages = advantages * mask
+        return dist_params, values, advantages * mask, targets
+
+    def loss_fn(params, batch: Batch, mask, key, with_policy=True):
+        dist_params, values, advantages, targets = phi_and_targets(params, batch, mask)
         log_prob = dist.log_prob(dist_params, batch.action)
         policy_loss = losses.policy_gradient_loss(log_prob, advantages, mask)
         critic_loss = losses.value_loss(values, targets, mask)
         entropy = losses.entropy_bonus(dist.entropy(dist_params), mask)
-        loss = policy_loss + vf_coef * critic_loss - ent_coef * entropy
-        return loss, {
-            "loss/policy": policy_loss,
-            "loss/value": critic_loss,
-            "policy/entropy": entropy,
-            "loss/total": loss,
-            "train/advantage_mean": losses.mean(advantages, mask),
-            "train/value_mean": losses.mean(values, mask),
-        }
+        rest = vf_coef * critic_loss - ent_coef * entropy
+        metrics = {"loss/value": critic_loss, "policy/entropy": entropy,
+                   "train/advantage_mean": losses.mean(advantages, mask),
+                   "train/value_mean": losses.mean(values, mask)}
+        if control_variate:
+            policy_loss, q_loss, q_mean = control_variate_terms(params, batch, dist_params, log_prob,
+                                                                advantages, targets, mask, key)
+            rest = rest + q_coef * q_loss
+            metrics.update({"loss/q": q_loss, "train/q_mean": q_mean})
+        metrics.update({"loss/policy": policy_loss, "loss/total": policy_loss + rest})
+        # with the optimal baseline the policy term's gradient is made apart (optimal_policy_grads)
+        return (policy_loss + rest if with_policy else rest), metrics
+
+    def control_variate_terms(params, batch, dist_params, log_prob, phi, targets, mask, key):
+        """(policy loss of 000 eq. 4.2.6, Q_w's regression loss on G_t, mean Q_w(s_t, a_t))."""
+        if spec.discrete:
+            q_all = q_net.apply(params["q"], batch.obs)
+            q_taken = jnp.take_along_axis(q_all, batch.action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+            expected_q = estimators.expected_q_discrete(dist_params, q_all)
+        else:
+            q_taken = q_net.apply(params["q"], batch.obs, batch.action)
+            mean, log_std = dist_params
+            noise = jax.random.normal(key, mean.shape, mean.dtype)
+            reparameterised = mean + jnp.exp(log_std) * noise  # a ~ pi(.|s), differentiable in theta
+            expected_q = q_net.apply(jax.lax.stop_gradient(params["q"]), batch.obs, reparameterised)
+        weight = (estimators.batched(lambda te, tr: estimators.discount_weights(te, tr, gamma=gamma))(
+            batch.terminated, batch.truncated) if option2 else jnp.ones_like(phi))
+        policy_loss = estimators.control_variate_loss(log_prob, expected_q, phi, q_taken, weight, mask,
+                                                      normalize=normalize_advantages)
+        q_loss = losses.value_loss(q_taken, targets, mask)
+        return policy_loss, q_loss, losses.mean(q_taken, mask)
+
+    def step_log_prob(params, obs, action):
+        dist_params, _ = network.apply(params, obs[None])
+        return dist.log_prob(dist_params, action[None])[0]
+
+    def optimal_policy_grads(params, batch: Batch, mask):
+        """-(1/n_used) sum_i g(tau_i) (R_i - b_{-i}), the optimal baseline (000 eq. 3.1.17)."""
+        _, _, phi, _ = phi_and_targets(params, batch, mask)
+        horizon, columns = mask.shape
+        slots = episode_slots(batch.terminated, batch.truncated).reshape(-1)
+        flat = lambda x: x.reshape((horizon * columns,) + x.shape[2:])  # noqa: E731
+        scores = episode_scores(step_log_prob, params, flat(batch.obs), flat(batch.action),
+                                flat(mask), slots, horizon * columns)
+        steps = jax.ops.segment_sum(flat(mask), slots, num_segments=horizon * columns)
+        returns = jax.ops.segment_sum(flat(phi), slots, num_segments=horizon * columns) / jnp.maximum(steps, 1.0)
+        valid = steps > 0
+        grad = estimators.optimal_baseline_gradient(scores, returns, valid)
+        scale = -1.0 / jnp.maximum(jnp.sum(mask), 1.0)
+        g2 = sum(jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))) for g in jax.tree.leaves(scores))
+        weighted_b = jnp.sum(g2 * returns) / jnp.maximum(jnp.sum(g2), 1e-30)  # 3.1.17 with |g|^2
+        return jax.tree.map(lambda g: scale * g, grad), weighted_b
 
     def update(learner: ReinforceState, batch: Batch, key):
-        del key  # deterministic given the batch
         mask, fresh = episode_mask(batch.terminated, batch.truncated, learner.fresh)
         mask = mask.astype(jnp.float32)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch, mask)
+        if baseline == "optimal":
+            without_policy = partial(loss_fn, with_policy=False)
+            grads, metrics = jax.grad(without_policy, has_aux=True)(learner.params, batch, mask, key)
+            policy_grads, metrics["train/optimal_baseline"] = optimal_policy_grads(learner.params, batch, mask)
+            grads = jax.tree.map(jnp.add, grads, policy_grads)
+        else:
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch, mask, key)
         updates, opt_state = tx.update(grads, learner.opt_state, learner.params)
         params = optax.apply_updates(learner.params, updates)
         done = jnp.logical_or(batch.terminated, batch.truncated)

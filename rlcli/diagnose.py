@@ -1,0 +1,383 @@
+"""`rlcli diagnose [run=<run dir>] [key=value ...]`: how noisy is each policy-gradient estimator?
+
+For one policy - the initial policy of `seed` for the composed config (as `rlcli train` would
+start it), or a run's checkpoint (`run=<dir>`, restored as `rlcli eval` does) - whole
+episodes are sampled on the env (jax backend, one episode per column from a reset) and the
+policy gradient is estimated with each estimator and baseline on `batches` independent
+batches of `batch_episodes` episodes, using the production estimators (`rlcli.estimators`,
+`rlcli.losses`): total_return and reward_to_go (000 eq. 3.1.8, 3.1.10) with the baselines
+none, mean (3.1.11), value (4.2.2, the policy network's own critic) and optimal (3.1.17,
+total_return only), and gae (4.2.10, biased by the critic's error). Each estimate is the
+seed's (1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t over the batch's N episodes.
+
+The reference gradient is reward_to_go with the value baseline (unbiased whatever the critic)
+on `reference_episodes` further independent episodes; its relative standard error is
+printed. Per estimator: the variance of a single-batch estimate (trace of the covariance over
+the batches), the cosine similarity and relative error ||g - ref|| / ||ref|| of the mean over
+the batches and (averaged) of single-batch estimates. `gamma` defaults to 1: every
+Monte-Carlo estimator then has the undiscounted grad J as its expectation (with gamma < 1 the
+option-1 reward-to-go, 000 §4.1.4, is not the gradient of the same objective as the total
+return); the mean baseline is biased by O(1/N) (000 eq. 3.1.11 uses the batch's own mean).
+
+Writes diagnose.csv, diagnose.json and diagnose.png (bar plots) into `out` (default:
+<run>/diagnose for run=, else outputs/diagnose/<date>/<time>-<env>).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+USAGE = """usage: rlcli diagnose [run=<run dir>] [batches=B] [batch_episodes=N] [reference_episodes=M]
+                     [gamma=G] [out=<dir>] [key=value ...]
+
+Estimates the policy gradient of one policy with every Monte-Carlo estimator and baseline
+(total_return, reward_to_go x none, mean, value, optimal; gae) on B independent batches of N
+whole episodes (defaults 64 x 16) and prints, per estimator, the variance of a single-batch
+estimate (trace of the covariance), and the cosine similarity and relative error against a
+reference gradient (reward_to_go with the value baseline on M = 4096 more episodes) of the
+mean over the batches and of single-batch estimates. gamma (default 1: every Monte-Carlo
+estimator is then unbiased for the undiscounted gradient) discounts the returns.
+The policy: run=<run dir> restores the run's latest checkpoint (its first seed); without
+run=, the initial policy of seed= for the config composed from the key=value overrides, as
+`rlcli train` would start it (e.g. env=CartPole-v1 seed=3 network.hidden_sizes=[32]).
+Writes diagnose.csv, diagnose.json and diagnose.png to out= (default <run>/diagnose, or
+outputs/diagnose/<date>/<time>-<env>). Needs an env of the jax backend and an on-policy
+actor-critic algorithm (a2c, ppo, reinforce, trpo, npg ...)."""
+
+KEYS = ("run", "batches", "batch_episodes", "reference_episodes", "gamma", "out")
+REFERENCE = "reward_to_go/value"
+ESTIMATORS = ("total_return/none", "total_return/mean", "total_return/value", "total_return/optimal",
+              "reward_to_go/none", "reward_to_go/mean", "reward_to_go/value", "gae")
+FIELDS = ("estimator", "variance", "cos_mean", "rel_err_mean", "cos_single", "rel_err_single")
+
+
+class Options(NamedTuple):
+    cfg: Any
+    run_dir: Path | None
+    out: Path
+    batches: int
+    batch_episodes: int
+    reference_episodes: int
+    gamma: float
+
+
+def parse(args: list[str]) -> Options:
+    """Options from the arguments; raises ConfigError (one line) for bad input."""
+    import yaml
+
+    from rlcli.cli import _composition_error, load_run
+    from rlcli.config import ConfigError, _is_num, int_at_least, validate
+
+    own: dict[str, str] = {}
+    overrides = []
+    for arg in args:
+        key, eq, text = arg.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"malformed argument {arg!r} (allowed: {', '.join(k + '=' for k in KEYS)} "
+                              "and key=value config overrides)")
+        if key in KEYS:
+            own[key] = text
+        else:
+            overrides.append(arg)
+    if "run" in own:
+        run_dir, cfg = load_run([f"run={own['run']}", *overrides])
+    else:
+        run_dir = None
+        from hydra import compose, initialize_config_dir
+
+        from rlcli.cli import config_dir
+
+        try:
+            with initialize_config_dir(str(config_dir()), version_base="1.3"):
+                cfg = compose("train", overrides=overrides)
+        except Exception as err:  # Hydra's parse and composition errors
+            raise ConfigError(_composition_error(err, overrides)) from None
+    rules = {"batches": (64, *int_at_least(2)), "batch_episodes": (16, *int_at_least(2)),
+             "reference_episodes": (4096, *int_at_least(2)),
+             "gamma": (1.0, lambda v: _is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]")}
+    values = {}
+    for key, (default, ok, allowed) in rules.items():
+        value = yaml.safe_load(own[key]) if key in own else default
+        if not ok(value):
+            raise ConfigError(f"{key}={own[key]} is not allowed (allowed: {allowed})")
+        values[key] = value
+    validate(cfg)
+    from rlcli import algos, envs
+
+    if envs.resolve_backend(cfg.env.id, cfg.env.backend) != "jax":
+        raise ConfigError(f"env.id={cfg.env.id!r} has no jax backend here (allowed with rlcli diagnose: "
+                          f"an env of the jax backend, one of {', '.join(_jax_ports())})")
+    if "none" in algos.module(cfg.algo.name).ESTIMATORS:
+        raise ConfigError(f"algo={cfg.algo.name} is not supported by rlcli diagnose (allowed: an on-policy "
+                          "actor-critic algorithm, e.g. algo=reinforce, a2c, ppo)")
+    for key in ("obs", "reward"):
+        if cfg.normalize[key]:
+            raise ConfigError(f"normalize.{key}=true is not supported by rlcli diagnose (allowed: "
+                              f"normalize.{key}=false)")
+    if "out" in own:
+        out = Path(own["out"])
+    elif run_dir is not None:
+        out = run_dir / "diagnose"
+    else:
+        out = Path("outputs") / "diagnose" / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{cfg.env.id}"
+    return Options(cfg, run_dir, out, int(values["batches"]), int(values["batch_episodes"]),
+                   int(values["reference_episodes"]), float(values["gamma"]))
+
+
+def _jax_ports():
+    from rlcli.envs.jax_backend import PORTS
+
+    return PORTS
+
+
+def policy_params(opts: Options):
+    """The network parameters of the policy: the run's latest checkpoint (first seed) or the
+    initial parameters of `seed` (the key runner.init_one gives the learner)."""
+    import jax
+
+    from rlcli import runner
+
+    parts = runner.setup(opts.cfg)
+    if opts.run_dir is not None:
+        backend = runner.make_backend(opts.cfg, parts)
+        state, _ = runner.restore_checkpoint(backend, opts.run_dir / "checkpoints")
+        params = jax.tree.map(lambda x: x[0], state.learner.params)
+    else:
+        key = jax.random.split(jax.random.PRNGKey(int(opts.cfg.seed)), 3)[0]
+        params = parts.algo.init(key).params
+    if isinstance(params, dict) and "actor_critic" in params:  # reinforce with a Q critic
+        params = params["actor_critic"]
+    return parts.spec, params
+
+
+def rollouts(spec, network, dist, params, key, num: int):
+    """`num` episodes, one per column from a reset, to the env's time limit: obs, action,
+    reward, terminated, truncated, next_obs [T, num, ...] and mask [T, num] (1 up to the
+    episode's end)."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlcli.envs import jax_backend
+
+    env = jax_backend.make(spec.id)
+    k_reset, k_run = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num))
+
+    def body(carry, key):
+        obs, env_state, alive = carry
+        k_act, k_env = jax.random.split(key)
+        action = dist.sample(k_act, network.apply(params, obs)[0])
+        env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num), env_state, action)
+        done = jnp.logical_or(step.terminated, step.truncated)
+        out = (obs, action, step.reward, step.terminated, step.truncated, step.next_obs, alive)
+        return (step.obs, env_state, alive * (1.0 - done)), out
+
+    carry = (obs, env_state, jnp.ones((num,), jnp.float32))
+    return jax.lax.scan(body, carry, jax.random.split(k_run, int(spec.max_episode_steps)))[1]
+
+
+def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma: float, names=ESTIMATORS):
+    """Per batch and estimator of `names` the gradient estimate, flattened: [batches, len(names), P]."""
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from rlcli import distributions, estimators, losses, networks
+
+    network = networks.make(cfg.network, spec)
+    dist = distributions.for_action_space(spec.discrete)
+    lam = float(cfg.estimator["lambda"]) if cfg.estimator.name == "gae" else 0.95
+    flat_params, unravel = ravel_pytree(params)
+
+    def phis(batch):
+        obs, action, reward, terminated, truncated, next_obs, mask = batch
+        _, values = network.apply(params, obs)
+        _, next_values = network.apply(params, next_obs)  # V(s'): a truncation bootstraps (value, gae)
+        out = []
+        for name in names:
+            if name == "gae":
+                fn = estimators.make("gae", gamma, lam=lam)
+            else:
+                estimator, baseline = name.split("/")
+                fn = estimators.make(estimator, gamma, discounting="option1", baseline=baseline)
+            phi = estimators.batched(fn)(reward, values, next_values, terminated, truncated)[0]
+            if name.endswith("/mean"):
+                phi = estimators.subtract_mean(phi, mask)
+            out.append(phi * mask)
+        return jnp.stack(out)
+
+    def surrogate_grad(flat, batch, phi):
+        """(1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t: minus n_steps / N x the gradient of the
+        production surrogate `losses.policy_gradient_loss`."""
+        obs, action, *_, mask = batch
+
+        def loss(f):
+            log_prob = dist.log_prob(network.apply(unravel(f), obs)[0], action)
+            return losses.policy_gradient_loss(log_prob, phi, mask)
+        return -jax.grad(loss)(flat) * jnp.sum(mask) / batch_episodes
+
+    def one_batch(batch):
+        obs, action, *_, mask = batch
+        phi = phis(batch)
+        rows = []
+        for e, name in enumerate(names):
+            if name == "total_return/optimal":
+                def episode_score(o, a, m):
+                    return jax.grad(lambda f: jnp.sum(m * dist.log_prob(network.apply(unravel(f), o)[0], a)))(flat_params)
+                scores = jax.vmap(episode_score, in_axes=1)(obs, action, mask)  # [N, P] g(tau_i)
+                returns = phi[e, 0]  # R(tau_i) at each episode's first step
+                rows.append(estimators.optimal_baseline_gradient(scores, returns, jnp.ones(batch_episodes))
+                            / batch_episodes)
+            else:
+                rows.append(surrogate_grad(flat_params, batch, phi[e]))
+        return jnp.stack(rows)
+
+    def split(x):  # [T, B * N, ...] -> [B, T, N, ...]
+        x = x.reshape((x.shape[0], batches, batch_episodes) + x.shape[2:])
+        return jnp.moveaxis(x, 1, 0)
+
+    return jax.jit(lambda d: jax.lax.map(one_batch, tuple(split(x) for x in d)))(data), flat_params.size
+
+
+def reference(cfg, spec, params, data, chunk: int, gamma: float):
+    """The reference estimator's estimates [chunks, P] over the data, `chunk` episodes each
+    (their mean is the reference gradient)."""
+    import numpy as np
+
+    est, _ = estimates(cfg, spec, params, data, data[0].shape[1] // chunk, chunk, gamma, names=(REFERENCE,))
+    return np.asarray(est[:, 0])
+
+
+def _cos(a, b):
+    import numpy as np
+
+    return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def summarize(batch_estimates, ref, ref_chunks) -> list[dict]:
+    """Rows of FIELDS per estimator and one for the reference itself (its variance per
+    chunk of the same size as a batch)."""
+    import numpy as np
+
+    ref_norm = max(float(np.linalg.norm(ref)), 1e-30)
+    rows = []
+    for name, est in [*zip(ESTIMATORS, np.moveaxis(batch_estimates, 1, 0)), ("reference", ref_chunks)]:
+        est = np.asarray(est, np.float64)
+        mean = est.mean(axis=0)
+        rows.append({
+            "estimator": name if name != "reference" else f"reference ({REFERENCE})",
+            "variance": float(est.var(axis=0, ddof=1).sum()),
+            "cos_mean": _cos(mean, ref) if name != "reference" else _cos(ref, ref),
+            "rel_err_mean": float(np.linalg.norm(mean - ref) / ref_norm),
+            "cos_single": float(np.mean([_cos(e, ref) for e in est])),
+            "rel_err_single": float(np.mean(np.linalg.norm(est - ref, axis=1) / ref_norm)),
+        })
+    return rows
+
+
+def run(opts: Options) -> dict:
+    import jax
+    import numpy as np
+
+    from rlcli import distributions, networks
+
+    spec, params = policy_params(opts)
+    network = networks.make(opts.cfg.network, spec)
+    dist = distributions.for_action_space(spec.discrete)
+    key = jax.random.fold_in(jax.random.PRNGKey(int(opts.cfg.seed)), 7_000_003)
+    k_batches, k_ref = jax.random.split(key)
+    collect = jax.jit(lambda k, n: rollouts(spec, network, dist, params, k, n), static_argnums=1)
+    num = opts.batches * opts.batch_episodes
+    num_ref = opts.reference_episodes // opts.batch_episodes * opts.batch_episodes
+    data, ref_data = collect(k_batches, num), collect(k_ref, num_ref)
+    # only the steps up to the longest episode matter (the rest is masked)
+    longest = int(max(np.asarray(d[-1]).sum(axis=0).max() for d in (data, ref_data)))
+    data, ref_data = (tuple(x[:longest] for x in d) for d in (data, ref_data))
+    batch_est, size = estimates(opts.cfg, spec, params, data, opts.batches, opts.batch_episodes, opts.gamma)
+    ref_chunks = reference(opts.cfg, spec, params, ref_data, opts.batch_episodes, opts.gamma)
+    ref = ref_chunks.astype(np.float64).mean(axis=0)
+    rows = summarize(np.asarray(batch_est), ref, ref_chunks)
+    ref_se = math.sqrt(rows[-1]["variance"] / ref_chunks.shape[0]) / max(float(np.linalg.norm(ref)), 1e-30)
+    lengths = np.asarray(data[-1]).sum(axis=0)
+    return {"algo": opts.cfg.algo.name, "env": spec.id, "policy": str(opts.run_dir) if opts.run_dir else
+            f"initial (seed {int(opts.cfg.seed)})", "gamma": opts.gamma, "batches": opts.batches,
+            "batch_episodes": opts.batch_episodes, "reference_episodes": num_ref, "parameters": int(size),
+            "episode_length_mean": float(lengths.mean()), "reference_norm": float(np.linalg.norm(ref)),
+            "reference_rel_se": ref_se, "rows": rows}
+
+
+def table(result: dict) -> str:
+    from rlcli.sweep import aligned
+
+    rows = [[r["estimator"], f"{r['variance']:.4g}", f"{r['cos_mean']:.4f}", f"{r['rel_err_mean']:.4f}",
+             f"{r['cos_single']:.4f}", f"{r['rel_err_single']:.4f}"] for r in result["rows"]]
+    return aligned(list(FIELDS), rows)
+
+
+def write(result: dict, out: Path) -> None:
+    import csv
+
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnose.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(out / "diagnose.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    rows = result["rows"][:-1]
+    names = [r["estimator"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    axes[0].barh(names, [r["variance"] for r in rows], color="tab:blue")
+    axes[0].set_xscale("log")
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0].set_xlabel("variance of a single-batch estimate (trace of covariance)")
+    axes[1].barh(names, [r["cos_single"] for r in rows], color="tab:orange", label="single batch")
+    axes[1].barh(names, [r["cos_mean"] for r in rows], color="none", edgecolor="black", label="mean over batches")
+    axes[1].set_xlabel("cosine similarity with the reference gradient")
+    axes[1].set_xlim(min(0.0, min(r["cos_single"] for r in rows)), 1.0)
+    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].set_yticklabels([])
+    fig.suptitle(f"{result['algo']} on {result['env']}, policy {result['policy']}: {result['batches']} batches x "
+                 f"{result['batch_episodes']} episodes, gamma {result['gamma']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "diagnose.png", dpi=100)
+    plt.close(fig)
+
+
+def main(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return 0
+    from rlcli.cli import _quiet_logging, report
+
+    _quiet_logging()
+    try:
+        opts = parse(args)
+        result = run(opts)
+        write(result, opts.out)
+    except Exception as err:
+        code = report("diagnose", err)
+        if code is None:
+            raise
+        return code
+    print(f"rlcli diagnose: {result['algo']} on {result['env']}, policy {result['policy']}; {result['batches']} "
+          f"batches x {result['batch_episodes']} episodes (mean length {result['episode_length_mean']:.1f}), "
+          f"gamma {result['gamma']}, {result['parameters']} parameters; reference: {REFERENCE} on "
+          f"{result['reference_episodes']} episodes, relative standard error {result['reference_rel_se']:.3f}")
+    print(table(result))
+    print(f"wrote {opts.out / 'diagnose.csv'}, diagnose.json, diagnose.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
