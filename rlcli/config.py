@@ -171,6 +171,7 @@ def validate(cfg: DictConfig) -> Sizes:
     _check(cfg, {"algo.name": one_of(*algos.names())})
     _check(cfg, COMMON_RULES)
     sweep.threads_of(cfg)  # null or an int >= 1; missing in runs saved before the key existed
+    sweep.cache_dir_of(cfg)  # auto, null or a directory; likewise
     from rlcli.logger import check_config as check_logger
 
     check_logger(cfg)

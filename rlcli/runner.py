@@ -540,8 +540,12 @@ class Setup(NamedTuple):
 
 
 def setup(cfg) -> Setup:
-    """Validate the config (raises config.ConfigError) and make its env spec and algorithm."""
+    """Validate the config (raises config.ConfigError), turn on the compilation cache, and make
+    its env spec and algorithm."""
+    from rlcli.sweep import use_compilation_cache
+
     sizes = config.validate(cfg)
+    use_compilation_cache(cfg)
     backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
     spec = envs.make_spec(cfg.env.id, backend_name)
     return Setup(sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))

@@ -1,5 +1,6 @@
-"""Sweeps: one summary row per job of a Hydra multirun directory, and the per-job thread limit
-for jobs that run side by side (joblib, submitit, Ray launchers)."""
+"""Sweeps: one summary row per job of a Hydra multirun directory; the process settings shared
+by the jobs of a sweep: the per-job thread limit for jobs that run side by side (joblib,
+submitit, Ray launchers) and JAX's persistent compilation cache."""
 
 from __future__ import annotations
 
@@ -136,3 +137,42 @@ def limit_threads(cfg) -> None:
         for key in thread_env(int(os.environ[_MARK])):
             os.environ.pop(key, None)
     _applied = threads
+
+
+def cache_dir_of(cfg) -> Path | None:
+    """The config's `compile_cache` as a directory: `auto` (also when the key is missing, as in
+    runs saved before it existed) is $XDG_CACHE_HOME/rlcli/jax (~/.cache/rlcli/jax), null
+    turns the cache off, any other string is the directory; anything else raises ConfigError."""
+    from rlcli import config
+
+    value = cfg.get("compile_cache", "auto")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise config.ConfigError(f"compile_cache={config.format_value(value)} is not allowed (allowed: "
+                                 "auto, null, or a directory path)")
+    if value == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "rlcli" / "jax"
+    path = Path(os.path.expanduser(value))
+    if path.exists() and not path.is_dir():
+        raise config.ConfigError(f"compile_cache={value!r} is not allowed (allowed: auto, null, or a "
+                                 "directory path; this one is a file)")
+    return path
+
+
+def use_compilation_cache(cfg) -> None:
+    """Turn on JAX's persistent compilation cache in the config's `compile_cache` directory, so
+    a second run of the same programs (a sweep's next job, a rerun, `rlcli eval`) loads them
+    instead of compiling: every program is cached, however fast it compiled. The first
+    directory set in a process stays (JAX opens its cache once); JAX_COMPILATION_CACHE_DIR in
+    the environment wins over the config."""
+    import jax
+
+    directory = cache_dir_of(cfg)
+    if directory is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
