@@ -146,13 +146,40 @@ class RunnerState(NamedTuple):
     norm: normalize.NormState
 
 
+def jax_evaluate_one(cfg, spec, algo: algos.Algorithm, env, normalizer: normalize.Normalizer):
+    """`evaluate_one(learner, norm, key) -> (returns [E], lengths [E])`: the jax backend's
+    evaluation of one seed, `eval_episodes` episodes from the reset keys `eval_reset_keys(key)`
+    (vmap it over seeds). Also used by backends of their own (algos/a3c.py)."""
+    num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
+    max_eval_steps = int(spec.max_episode_steps)
+
+    def evaluate_one(learner, norm, key):
+        k_run = jax.random.split(key)[1]
+        obs, env_state = jax.vmap(env.reset)(eval_reset_keys(key, num_eval))
+
+        def body(carry, _):
+            obs, env_state, key, ret, length, alive = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
+            env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_eval), env_state, action)
+            ret = ret + step.reward * alive
+            length = length + alive
+            alive = alive * (1.0 - (step.terminated | step.truncated).astype(jnp.float32))
+            return (step.obs, env_state, key, ret, length, alive), None
+
+        zeros = jnp.zeros((num_eval,), jnp.float32)
+        carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros))
+        (_, _, _, ret, length, _), _ = jax.lax.scan(body, carry, None, max_eval_steps)
+        return ret, length
+
+    return evaluate_one
+
+
 def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> Backend:
     from rlcli.envs import jax_backend
 
     env = jax_backend.make(spec.id)
     num_envs, num_steps = int(cfg.num_envs), int(cfg.algo.num_steps)
-    num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
-    max_eval_steps = int(spec.max_episode_steps)
     nan_check = bool(cfg.debug.nan_check)
     normalizer = normalize.make(cfg)
 
@@ -184,24 +211,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         return runner, ChunkOut(jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics), runner.episodes,
                                 first_nonfinite(metrics), all_finite(runner.learner.params))
 
-    def evaluate_one(learner, norm, key):
-        k_run = jax.random.split(key)[1]
-        obs, env_state = jax.vmap(env.reset)(eval_reset_keys(key, num_eval))
-
-        def body(carry, _):
-            obs, env_state, key, ret, length, alive = carry
-            key, k_act, k_env = jax.random.split(key, 3)
-            action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
-            env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_eval), env_state, action)
-            ret = ret + step.reward * alive
-            length = length + alive
-            alive = alive * (1.0 - (step.terminated | step.truncated).astype(jnp.float32))
-            return (step.obs, env_state, key, ret, length, alive), None
-
-        zeros = jnp.zeros((num_eval,), jnp.float32)
-        carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros))
-        (_, _, _, ret, length, _), _ = jax.lax.scan(body, carry, None, max_eval_steps)
-        return ret, length
+    evaluate_one = jax_evaluate_one(cfg, spec, algo, env, normalizer)
 
     init_fn = jax.jit(partial(init_seeds, init_one))
     chunk_fns: dict[int, Any] = {}
@@ -552,6 +562,9 @@ def setup(cfg) -> Setup:
 
 
 def make_backend(cfg, parts: Setup) -> Backend:
+    own = getattr(algos.module(cfg.algo.name), "make_backend", None)
+    if own is not None:  # an algorithm with a loop of its own (a3c's asynchronous workers)
+        return own(cfg, parts.spec, parts.algo, parts.sizes)
     make = make_jax_backend if parts.backend_name == "jax" else make_gymnasium_backend
     return make(cfg, parts.spec, parts.algo, parts.sizes)
 
