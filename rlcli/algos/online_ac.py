@@ -1,4 +1,6 @@
-"""Online actor-critic (000 Alg. 18): take an action, get (s, a, s', r); update V_phi towards
+"""Online actor-critic: an update after every transition (000 Alg. 18, §4.4.2).
+
+Take an action, get (s, a, s', r); update V_phi towards
 r + gamma V_phi(s') (000 eq. 4.1.6); evaluate A = r + gamma V_phi(s') - V_phi(s) with the
 updated critic; step the actor on grad log pi(a|s) A. With `num_envs` environments stepped
 together each update takes one transition from each: the synchronous parallel online
