@@ -1,11 +1,10 @@
 """Online actor-critic: an update after every transition (000 Alg. 18, §4.4.2).
 
-Take an action, get (s, a, s', r); update V_phi towards
-r + gamma V_phi(s') (000 eq. 4.1.6); evaluate A = r + gamma V_phi(s') - V_phi(s) with the
-updated critic; step the actor on grad log pi(a|s) A. With `num_envs` environments stepped
-together each update takes one transition from each: the synchronous parallel online
-actor-critic of 000 §4.4.2. The update is batch_ac's with one transition per env, one critic
-step and the bootstrapped target.
+Take an action, get (s, a, s', r); update V_phi towards r + gamma V_phi(s') (000 eq. 4.1.6);
+evaluate A = r + gamma V_phi(s') - V_phi(s) with the updated critic; step the actor on
+grad log pi(a|s) A. With `num_envs` environments stepped together each update takes one
+transition from each: the synchronous parallel online actor-critic of 000 §4.4.2. The update
+is batch_ac's with one transition per env, one critic step and the bootstrapped target.
 """
 
 from __future__ import annotations
