@@ -5,6 +5,7 @@ Run from the repository root:
     python benchmarks/throughput.py            # full: 3 repetitions (about 10 minutes on 2 cores)
     python benchmarks/throughput.py --reps 5   # more repetitions
     python benchmarks/throughput.py --quick    # smoke test: 1 repetition, small budgets (~1 min)
+    python benchmarks/throughput.py --algos    # every algorithm with its shipped settings instead
 
 Every row trains `algo=a2c env=CartPole-v1` in-process with the shipped defaults (seed 0,
 5-step rollouts, tuned learning rate) except for the backend and `num_envs`. Each repetition
@@ -15,6 +16,11 @@ of a row is two runs:
 * a time-to-475 run with an evaluation every 10k (jax) / 20k (gymnasium) env steps; it gives
   the wall time and env steps at the first deterministic evaluation return >= 475, and the
   final evaluation return.
+
+`--algos` measures every `algo=` choice instead: one seed of its shipped settings on its
+benchmark env (CartPole-v1 for the on-policy algorithms, Pendulum-v1 for sac and offpolicy_ac,
+jax backend, no periodic evaluation), giving run-phase env steps/s, gradient updates/s and the
+compile time.
 
 All figures are medians over the repetitions (repetitions of all rows are interleaved, so a
 change in background load hits every row alike). Timings depend on the machine and on what
@@ -150,8 +156,8 @@ def header(mode: str, reps: int) -> str:
         "                 (env steps: " + ", ".join(
             f"{b} {n}: {whole_chunks(THROUGHPUT_STEPS[mode][b, n], n):,}" for b, n in ROWS) + ")",
         "  compile s      seconds compiling the training and evaluation programs (same run)",
-        f"  t->475 s       wall seconds from the start of training (compile included) to the first "
-        f"deterministic evaluation",
+        "  t->475 s       wall seconds from the start of training (compile included) to the first "
+        "deterministic evaluation",
         f"                 return >= {TARGET_RETURN:g} (10 episodes), evaluating every "
         f"{EVAL_INTERVAL['jax']:,} (jax) / {EVAL_INTERVAL['gymnasium']:,} (gymnasium) env steps;",
         f"                 budget {SOLVE_STEPS[mode]['jax']:,} (jax) / "
@@ -179,14 +185,71 @@ def table(results: dict) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+# --algos: the env of each algorithm's row and its env steps per throughput run (full, quick)
+ALGO_ENVS = {"sac": "Pendulum-v1", "offpolicy_ac": "Pendulum-v1"}
+ALGO_STEPS = {"sac": (10_000, 2_000), "offpolicy_ac": (10_000, 2_000), "reinforce": (400_000, 40_000),
+              "is_pg": (400_000, 40_000)}
+DEFAULT_STEPS = (200_000, 20_000)
+
+
+def measure_algo(name: str, quick: bool) -> dict:
+    """One seed of `algo=name` with its shipped settings, no periodic evaluation."""
+    from rlcli import runner
+
+    env = ALGO_ENVS.get(name, "CartPole-v1")
+    steps = ALGO_STEPS.get(name, DEFAULT_STEPS)[1 if quick else 0]
+    overrides = [f"algo={name}", f"env={env}", "env.backend=jax", "logger=quiet", f"total_steps={steps}",
+                 "eval_interval=null", "eval_episodes=1", "checkpoint_interval=100000000"]
+    with tempfile.TemporaryDirectory(prefix="rlcli-bench-") as run_dir:
+        summary = runner.train(compose(overrides), Path(run_dir))
+    return {"env": env, "steps": summary["total_steps"], "steps_per_s": summary["steps_per_second"],
+            "updates_per_s": summary["num_updates"] / max(summary["run_time_s"], 1e-9),
+            "compile_s": summary["compile_time_s"]}
+
+
+def algo_table(results: dict) -> str:
+    from rlcli.sweep import aligned
+
+    rows = []
+    for name, runs in results.items():
+        pick = lambda key: median([run[key] for run in runs])  # noqa: E731
+        rows.append([name, runs[0]["env"], f"{runs[0]['steps']:,}", fmt(pick("steps_per_s"), 0),
+                     fmt(pick("updates_per_s"), 1), fmt(pick("compile_s"), 2)])
+    return aligned(["algo", "env", "env steps", "steps/s", "updates/s", "compile s"], rows)
+
+
+def main_algos(quick: bool, reps: int) -> None:
+    from rlcli import algos
+
+    start = time.perf_counter()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; jax {version('jax')}; every algorithm, "
+          f"shipped settings, one seed, jax backend; {'quick' if quick else 'full'} mode, medians over "
+          f"{reps} repetition(s)", flush=True)
+    warm_up()
+    results: dict = {name: [] for name in algos.names()}
+    for rep in range(reps):
+        for name in results:
+            run = measure_algo(name, quick)
+            results[name].append(run)
+            print(f"  rep {rep + 1}/{reps} {name}: {run['steps_per_s']:,.0f} steps/s, "
+                  f"compile {run['compile_s']:.2f} s", file=sys.stderr, flush=True)
+    print()
+    print(algo_table(results))
+    print(f"\ntotal benchmark time: {time.perf_counter() - start:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions per row (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1 repetition and small step budgets")
+    parser.add_argument("--algos", action="store_true",
+                        help="every algorithm with its shipped settings instead of the A2C rows")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     reps = 1 if args.quick else args.reps
+    if args.algos:
+        return main_algos(args.quick, reps)
 
     start = time.perf_counter()
     print(header(mode, reps), flush=True)
