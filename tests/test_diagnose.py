@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from rlcli import diagnose
 
 TINY = ["env=CartPole-v1", "network.hidden_sizes=[16]", "batches=32", "batch_episodes=8",
@@ -74,21 +75,11 @@ def test_bad_input_one_line(capsys):
 def test_diagnose_a_run_checkpoint(tmp_path, capsys):
     """run=<dir> restores the run's checkpoint (here reinforce with the Q control variate,
     whose parameters also hold the Q critic) and writes into <run>/diagnose."""
-    import logging
-
-    from rlcli.cli import main
-
     run_dir = tmp_path / "run"
-    root_logger = logging.getLogger()
-    handlers = root_logger.handlers[:]
-    try:  # `rlcli train` in this process (it writes .hydra/config.yaml); Hydra's log handlers put back
-        assert main(["train", "algo=reinforce", "env.backend=jax", "num_envs=2", "total_steps=1000",
-                     "eval_episodes=1", "network.hidden_sizes=[16]", "estimator=reward_to_go",
-                     "estimator.baseline=q_control_variate", "logger=quiet", f"hydra.run.dir={run_dir}"]) == 0
-    finally:
-        for handler in set(root_logger.handlers) - set(handlers):
-            handler.close()
-        root_logger.handlers[:] = handlers
+    result = run_cli(["train", "algo=reinforce", "env.backend=jax", "num_envs=2", "total_steps=1000",
+                      "eval_episodes=1", "network.hidden_sizes=[16]", "estimator=reward_to_go",
+                      "estimator.baseline=q_control_variate", "logger=quiet", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr
     code = diagnose.main([f"run={run_dir}", "batches=4", "batch_episodes=4", "reference_episodes=16"])
     out = capsys.readouterr().out
     assert code == 0, out
