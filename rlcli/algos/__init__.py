@@ -124,10 +124,11 @@ ON_POLICY_ESTIMATORS = ("td", "nstep", "gae")
 MONTE_CARLO_ESTIMATORS = ("reward_to_go", "total_return")
 
 
-def make_optimizer(algo_cfg, num_updates: int) -> optax.GradientTransformation:
-    """Gradient clipping by global norm, then Adam, RMSprop or SGD; the learning rate is
-    constant or annealed linearly to 0 over the run (`algo.anneal_lr`)."""
-    lr = float(algo_cfg.learning_rate)
+def make_optimizer(algo_cfg, num_updates: int, learning_rate: float | None = None) -> optax.GradientTransformation:
+    """Gradient clipping by global norm, then Adam, RMSprop or SGD; the learning rate
+    (`algo.learning_rate`, or `learning_rate` when given) is constant or annealed linearly to
+    0 over the run (`algo.anneal_lr`)."""
+    lr = float(algo_cfg.learning_rate if learning_rate is None else learning_rate)
     schedule = optax.linear_schedule(lr, 0.0, num_updates) if algo_cfg.anneal_lr else lr
     name = algo_cfg.optimizer
     if name == "adam":

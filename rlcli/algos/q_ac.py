@@ -71,7 +71,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
     gamma = float(algo.gamma)
     tx = make_optimizer(algo, num_updates)
-    critic_tx = make_optimizer(_with_lr(algo, algo.critic_learning_rate), num_updates)
+    critic_tx = make_optimizer(algo, num_updates, learning_rate=float(algo.critic_learning_rate))
     network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
     q_network = networks.QNetwork(spec.num_actions, bool(spec.discrete),
                                   tuple(int(h) for h in cfg.network.hidden_sizes), str(cfg.network.activation))
@@ -147,11 +147,3 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
 
     return Algorithm(init, act, update)
 
-
-def _with_lr(algo_cfg, learning_rate):
-    """The optimizer keys of `algo_cfg` with another learning rate."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(algo_cfg, resolve=True)
-    cfg["learning_rate"] = learning_rate
-    return OmegaConf.create(cfg)
