@@ -19,7 +19,9 @@ so a change in background load hits every row alike):
 1. PPO CartPole-v1 with rejax's own configuration (5 envs x 100 steps, 5 epochs, 5 minibatches,
    500k env steps): wall time including compilation, compile time and run-phase env steps/s,
    for one seed (rlcli twice: a cold and a warm persistent compilation cache, a fresh
-   cache directory per pair, rlcli's compile_cache; every other rlcli run compiles cold) and for 8 seeds (rlcli num_seeds=8; rejax jit(vmap)).
+   cache directory per pair, rlcli's compile_cache; every other rlcli run compiles cold) and
+   for 8 seeds (rlcli num_seeds=8; rejax jit(vmap), and rejax pmap over 2 host devices x
+   vmap 4, the reference of the 8-seed goal).
 2. Wall time from the start of training (compilation included) to the first mean evaluation
    return >= 475 on CartPole-v1 (10 deterministic episodes every 10k env steps): rlcli PPO and
    A2C with their shipped tuned configs (cold and warm cache) against Stable-Baselines3 PPO and
@@ -119,8 +121,15 @@ def work_rlcli(p: dict) -> dict:
     overrides = list(p["overrides"]) + ["logger=quiet", "checkpoint_interval=100000000"]
     if "compile_cache" in _compose([]):  # rlcli's persistent compilation cache: the given directory
         overrides.append(f"compile_cache={p['cache']}")
+    cfg = _compose(overrides)
+    try:  # as `rlcli train` does before JAX starts: threads, and one CPU device per core
+        from rlcli.sweep import limit_threads
+
+        limit_threads(cfg)
+    except ImportError:
+        pass
     with tempfile.TemporaryDirectory(prefix="rlcli-peers-") as run_dir:
-        summary = runner.train(_compose(overrides), Path(run_dir))
+        summary = runner.train(cfg, Path(run_dir))
         records = read_metrics(Path(run_dir))
     solve = next(((r["wall_time"], r["env_steps"]) for r in records
                   if r.get("eval/return_mean") is not None and r["eval/return_mean"] >= TARGET_RETURN),
@@ -235,6 +244,15 @@ def work_rejax_ppo(p: dict) -> dict:
     seeds = p["num_seeds"]
     if seeds == 1:
         (_, (_, returns)), compile_s, run_s = _timed_jit(algo.train, jax.random.PRNGKey(0))
+    elif p.get("devices", 1) > 1:  # pmap over host devices (XLA_FLAGS set by the parent) x vmap
+        devices = p["devices"]
+        keys = jax.random.split(jax.random.PRNGKey(0), seeds).reshape(devices, seeds // devices, -1)
+        compile_start = time.perf_counter()
+        compiled = jax.pmap(jax.vmap(algo.train)).lower(keys).compile()
+        compile_s = time.perf_counter() - compile_start
+        run_start = time.perf_counter()
+        _, (_, returns) = jax.block_until_ready(compiled(keys))
+        run_s = time.perf_counter() - run_start
     else:
         keys = jax.random.split(jax.random.PRNGKey(0), seeds)
         (_, (_, returns)), compile_s, run_s = _timed_jit(jax.vmap(algo.train), keys)
@@ -439,9 +457,9 @@ class Bench:
             env = None if self.cache_key else {"JAX_COMPILATION_CACHE_DIR": cache}
             self.measure(name, {"kind": "rlcli", "overrides": overrides, "cache": cache}, env=env)
 
-    def peer(self, name: str, package: str, params: dict) -> None:
+    def peer(self, name: str, package: str, params: dict, env: dict | None = None) -> None:
         if self.peers.get(package):
-            self.measure(name, params, python=self.peers_python)
+            self.measure(name, params, python=self.peers_python, env=env)
 
     def repetition(self) -> None:
         b, rows = self.budget, self.selected
@@ -476,6 +494,9 @@ class Bench:
         self.peer("rejax_ppo1", "rejax", {"kind": "rejax_ppo", "steps": b["ppo"], "num_seeds": 1})
         self.rlcli("ppo8", RLCLI_PPO + [f"total_steps={b['ppo8']}", "num_seeds=8"])
         self.peer("rejax_ppo8", "rejax", {"kind": "rejax_ppo", "steps": b["ppo8"], "num_seeds": 8})
+        self.peer("rejax_ppo8_pmap", "rejax", {"kind": "rejax_ppo", "steps": b["ppo8"], "num_seeds": 8,
+                                               "devices": 2},
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
 
     def row2(self, b: dict) -> None:
         for algo in ("ppo", "a2c"):
@@ -534,7 +555,11 @@ class Bench:
         ppo8 = f"PPO CartPole rejax cfg, 8 seeds x {b['ppo8']:,}"
         add("1", f"{ppo8}: wall incl. compile", "ppo8", "wall_s", "rejax vmap", "rejax_ppo8", "wall_s", "rejax", "", "s")
         add("1", f"{ppo8}: run-phase steps/s", "ppo8", "steps_per_s", "rejax vmap", "rejax_ppo8", "steps_per_s", "rejax",
-            ">= 288k/s", "steps/s")
+            "", "steps/s")
+        add("1", f"{ppo8}: wall incl. compile", "ppo8", "wall_s", "rejax pmap 2 dev", "rejax_ppo8_pmap", "wall_s",
+            "rejax", "", "s")
+        add("1", f"{ppo8}: run-phase steps/s", "ppo8", "steps_per_s", "rejax pmap 2 dev", "rejax_ppo8_pmap",
+            "steps_per_s", "rejax", ">= 1.0 (288k/s)", "steps/s")
         add("1", f"{ppo8}: final return (mean)", "ppo8", "return", "rejax vmap", "rejax_ppo8", "return", "rejax", "", "return")
         for algo in ("ppo", "a2c"):
             what = f"{algo.upper()} CartPole: wall to eval return 475"

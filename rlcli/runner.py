@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlcli import algos, checkpoint, config, envs, normalize
+from rlcli import algos, checkpoint, config, envs, normalize, xla
 from rlcli.algos import Batch
 
 log = logging.getLogger("rlcli")
@@ -218,21 +219,30 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     eval_fn = jax.jit(jax.vmap(evaluate_one))
     compiled: dict[str, Any] = {}
 
+    def lower_chunk(state, num_updates):
+        fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
+        if nan_check:
+            fn = checked(fn)
+        return jax.jit(fn, donate_argnums=0).lower(state)
+
     def chunk_program(state, num_updates):
         if num_updates not in chunk_fns:
-            fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
-            if nan_check:
-                fn = checked(fn)
-            fn = jax.jit(fn, donate_argnums=0)
-            chunk_fns[num_updates] = fn.lower(state).compile()
+            chunk_fns[num_updates] = lower_chunk(state, num_updates).compile()
         return chunk_fns[num_updates]
 
     def compile_programs(state) -> float:
+        """Trace every program, then compile them side by side: XLA's compiler releases the GIL,
+        so on two or more cores the wall time is that of the largest program."""
         start = time.perf_counter()
-        chunk_program(state, sizes.updates_per_log)
+        lowered = {sizes.updates_per_log: lower_chunk(state, sizes.updates_per_log)}
         if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
-            chunk_program(state, sizes.num_updates % sizes.updates_per_log)
-        compiled["eval"] = eval_fn.lower(state.learner, state.norm, eval_keys(cfg, 0)).compile()
+            last = sizes.num_updates % sizes.updates_per_log
+            lowered[last] = lower_chunk(state, last)
+        lowered["eval"] = eval_fn.lower(state.learner, state.norm, eval_keys(cfg, 0))
+        with ThreadPoolExecutor(len(lowered)) as pool:
+            done = dict(zip(lowered, pool.map(lambda program: program.compile(), lowered.values())))
+        compiled["eval"] = done.pop("eval")
+        chunk_fns.update(done)
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
@@ -246,7 +256,11 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     def restore(state, saved, meta):
         return RunnerState(**saved)
 
-    return Backend(lambda: init_fn(seed_keys(cfg)), compile_programs, chunk, evaluate,
+    def init():
+        state = init_fn(seed_keys(cfg))
+        return xla.shard_seeds(state, int(cfg.num_seeds))
+
+    return Backend(init, compile_programs, chunk, evaluate,
                    lambda state: state._asdict(), restore, lambda: None)
 
 
@@ -556,6 +570,7 @@ def setup(cfg) -> Setup:
 
     sizes = config.validate(cfg)
     use_compilation_cache(cfg)
+    xla.unroll_threefry()
     backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
     spec = envs.make_spec(cfg.env.id, backend_name)
     return Setup(sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))
@@ -598,6 +613,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
     with StopSignals() as signals, contextlib.closing(backend):
         state = backend.init()
+        init_time = time.perf_counter() - start  # mostly compiling the init program: counted as compile time
         updates_done, eval_index, wall_before = 0, 0, 0.0
         if resume:
             saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state))
@@ -624,8 +640,10 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
                      updates_done * sizes.steps_per_update, updates_done)
         for note in config.rounding_notes(cfg, sizes):
             log.info("note: %s", note)
-        compile_time = backend.compile(state)
-        log.info("compiled in %.1f s", compile_time)
+        compile_time = init_time + backend.compile(state)
+        devices = xla.devices_of(state)
+        log.info("compiled in %.1f s%s", compile_time,
+                 f"; the seeds train on {devices} devices in parallel" if devices > 1 else "")
         last_eval = _loop(cfg, run_dir, backend, state, sizes, seeds, updates_done, eval_index,
                           wall_before - start, signals)
     run_time = time.perf_counter() - start - compile_time
@@ -656,6 +674,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         "run_time_s": round(run_time, 3),
         "steps_per_second": round(trained_steps * num_seeds / max(run_time, 1e-9), 1),
         "device": jax.devices()[0].platform,
+        "seed_devices": devices,
         "versions": versions(),
         "git_commit": git_commit(),
     }

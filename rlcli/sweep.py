@@ -119,6 +119,7 @@ def limit_threads(cfg) -> None:
     another raises ConfigError, as the pool cannot be resized. With `threads: null` the
     variables that an rlcli parent process set (and this process inherited) are removed."""
     from rlcli.config import ConfigError
+    from rlcli.xla import set_host_devices
 
     global _applied
     threads = threads_of(cfg)
@@ -136,6 +137,7 @@ def limit_threads(cfg) -> None:
     elif _MARK in os.environ:
         for key in thread_env(int(os.environ[_MARK])):
             os.environ.pop(key, None)
+    set_host_devices()  # one CPU device per core it may use: seeds train in parallel
     _applied = threads
 
 

@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# two CPU devices, as `rlcli train` asks for on a two-core machine: in-process runs with an even
+# num_seeds shard their seeds over both (rlcli/xla.py)
+# (marked as rlcli's own, so that a `rlcli` subprocess sets its count from its `threads`)
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    os.environ["RLCLI_HOST_DEVICES"] = "2"
 # the many short `rlcli` processes of the tests compile the same programs: share JAX's
 # persistent compilation cache between them (a fresh directory per test session)
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -1,0 +1,106 @@
+"""Process-level XLA settings (rlcli/xla.py): seeds sharded over host devices, the unrolled
+threefry lowering."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import rlcli_executable, train
+from rlcli import xla
+
+RANDOM = """
+import jax, jax.numpy as jnp, numpy as np
+key = jax.random.PRNGKey(7)
+out = {
+    "split": jax.random.key_data(jax.random.split(key, 5)) if hasattr(jax.random, "key_data") else jax.random.split(key, 5),
+    "uniform": jax.random.uniform(key, (6,)),
+    "categorical": jax.random.categorical(key, jnp.log(jnp.array([0.2, 0.3, 0.5])), shape=(9,)),
+    "permutation": jax.random.permutation(key, 10),
+    "normal": jax.jit(lambda k: jax.random.normal(k, (4,)))(key),
+}
+"""
+
+
+def _random_numbers() -> dict:
+    scope: dict = {}
+    exec(RANDOM, scope)
+    return {k: np.asarray(v).tolist() for k, v in scope["out"].items()}
+
+
+def test_unrolled_threefry_gives_jaxs_own_bits_without_a_loop():
+    """With rlcli's lowering the random numbers are bit for bit those of JAX's own lowering
+    (computed in a fresh interpreter that never imports rlcli), and a key split compiles to a
+    program without a while loop."""
+    assert xla.unroll_threefry()
+    reference = subprocess.run(
+        [sys.executable, "-c", RANDOM + "import json; print(json.dumps({k: np.asarray(v).tolist() "
+         "for k, v in out.items()}))"], capture_output=True, text=True, timeout=300, check=True)
+    assert _random_numbers() == json.loads(reference.stdout.strip().splitlines()[-1])
+    text = jax.jit(lambda k: jax.random.split(k, 3)).lower(jax.random.PRNGKey(0)).compile().as_text()
+    assert " while(" not in text
+
+
+def test_set_host_devices_adds_replaces_and_respects_the_users_flag(monkeypatch):
+    monkeypatch.setattr(os, "environ", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false", "NPROC": "3"})
+    xla.set_host_devices()  # NPROC (set by threads=3 or by the user): 3 devices
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=3"
+    del os.environ["NPROC"]
+    xla.set_host_devices()  # ours: replaced, one per usable core
+    assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
+                                       f"--xla_force_host_platform_device_count={xla.usable_cores()}")
+    monkeypatch.setattr(os, "environ", {"XLA_FLAGS": "--xla_force_host_platform_device_count=5", "NPROC": "2"})
+    xla.set_host_devices()  # the user's: kept
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=5"
+
+
+def test_seed_devices_divide_the_seeds(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    assert [xla.seed_devices(k) for k in (1, 2, 3, 4, 6, 8, 9)] == [1, 2, 3, 4, 3, 4, 3]
+
+
+def test_the_cli_trains_seeds_on_two_host_devices_without_flags(tmp_path):
+    """`rlcli train ... threads=2 num_seeds=2` with no XLA_FLAGS: the process asks for two CPU
+    devices and each seed's state lives on its own; every seed's metrics equal those of its
+    single-seed run on one device (to float32 rounding)."""
+    common = ["algo=ppo", "env=CartPole-v1", "total_steps=4096", "num_envs=4", "algo.num_steps=64",
+              "log_interval=1024", "eval_episodes=2", "logger=quiet", "threads=2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla._MARK)}
+    result = subprocess.run([rlcli_executable(), "train", *common, "num_seeds=2",
+                             f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "the seeds train on 2 devices in parallel" in result.stderr + result.stdout
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["seed_devices"] == 2
+    from rlcli.logger import read_metrics
+
+    both = read_metrics(tmp_path / "two")
+    for seed in (0, 1):
+        env_one = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        result = subprocess.run([rlcli_executable(), "train", *common, f"seed={seed}",
+                                 f"hydra.run.dir={tmp_path / str(seed)}"], cwd=tmp_path, env=env_one,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / str(seed) / "summary.json").read_text())["seed_devices"] == 1
+        single = read_metrics(tmp_path / str(seed))
+        mine = [r for r in both if r["seed_index"] == seed]
+        assert len(mine) == len(single) == 4
+        for a, b in zip(mine, single):
+            keys = set(b) - {"wall_time", "perf/steps_per_s", "seed_index"}
+            assert {"loss/total", "policy/entropy", "episode/return"} <= keys == set(a) - {"wall_time", "perf/steps_per_s", "seed_index"}
+            for key in keys:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_in_process_runs_shard_seeds_over_the_test_sessions_devices(tmp_path):
+    """The test session asks for two host devices (conftest.py), as the CLI does on a
+    two-core machine: a 2-seed run's summary says so."""
+    assert jax.device_count() == 2
+    summary, _ = train(tmp_path, ["algo=a2c", "env=CartPole-v1", "total_steps=1024", "num_envs=4",
+                                  "num_seeds=2", "eval_episodes=1"])
+    assert summary["seed_devices"] == 2
+    assert jnp.asarray(summary["final_eval"]["return_mean"]).shape == (2,)
