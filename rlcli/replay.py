@@ -45,16 +45,31 @@ def capacity(buffer: ReplayBuffer) -> int:
     return jax.tree.leaves(buffer.data)[0].shape[0]
 
 
-def add(buffer: ReplayBuffer, transitions) -> ReplayBuffer:
-    """Write the n rows of `transitions` (leaves [n, ...]) at position, position + 1, ... modulo
-    the capacity (a scatter of n rows). With n > capacity only the last `capacity` rows are kept,
-    as if they had been added one at a time."""
+def _kept(buffer: ReplayBuffer, transitions):
+    """(transitions, n, position): the rows an add keeps and where the first goes. With n >
+    capacity only the last `capacity` rows are kept, as if they had been added one at a time."""
     cap = capacity(buffer)
     n = jax.tree.leaves(transitions)[0].shape[0]
-    position = buffer.position
     if n > cap:  # static: the first n - cap rows would be overwritten within this call
-        transitions = jax.tree.map(lambda x: x[n - cap:], transitions)
-        position, n = (position + n - cap) % cap, cap
+        return jax.tree.map(lambda x: x[n - cap:], transitions), cap, (buffer.position + n - cap) % cap
+    return transitions, n, buffer.position
+
+
+def add(buffer: ReplayBuffer, transitions, after=None) -> ReplayBuffer:
+    """Write the n rows of `transitions` (leaves [n, ...]) at position, position + 1, ... modulo
+    the capacity (a scatter of n rows).
+
+    `after` (any pytree of arrays computed from reads of `buffer`, e.g. the parameters trained
+    on minibatches of `sample_after_add`) orders the write after those reads: inside a compiled
+    loop XLA can then write in place. Without the order it copies the whole buffer at every
+    add, and a 1M-row buffer costs far more than a small one. The order is a data dependence
+    that never changes the rows written."""
+    cap = capacity(buffer)
+    transitions, n, position = _kept(buffer, transitions)
+    if after is not None:
+        first = jax.tree.leaves(after)[0]
+        never = (jnp.ravel(first)[0] > jnp.inf).astype(jnp.int32)  # 0, even for NaN; XLA cannot fold it
+        position = jnp.minimum(position, position + never)
     rows = (position + jnp.arange(n, dtype=jnp.int32)) % cap
     data = jax.tree.map(lambda d, x: d.at[rows].set(jnp.asarray(x, d.dtype), unique_indices=True),
                         buffer.data, transitions)
@@ -66,6 +81,23 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int):
     on an empty buffer, copies of the (all-zero) row 0."""
     rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
     return jax.tree.map(lambda d: d[rows], buffer.data)
+
+
+def sample_after_add(buffer: ReplayBuffer, transitions, key: jax.Array, batch_size: int):
+    """The rows `sample(add(buffer, transitions), key, batch_size)` draws, bit for bit, read
+    from `buffer` and `transitions` before the add (see `add`'s `after`)."""
+    cap = capacity(buffer)
+    transitions, n, position = _kept(buffer, transitions)
+    size = jnp.minimum(buffer.size + n, cap)
+    rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(size, 1))
+    offset = (rows - position) % cap  # the rows the add writes have offsets 0 .. n - 1
+    fresh, index = offset < n, jnp.minimum(offset, n - 1)
+
+    def pick(d, x):
+        new = jnp.asarray(x, d.dtype)[index]
+        return jnp.where(fresh.reshape((-1,) + (1,) * (new.ndim - 1)), new, d[rows])
+
+    return jax.tree.map(pick, buffer.data, transitions)
 
 
 def from_rollout(batch) -> Transition:

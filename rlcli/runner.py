@@ -104,6 +104,7 @@ class Backend(NamedTuple):
     checkpoint_state: Callable[[Any], Any]  # the pytree that is saved
     restore: Callable[[Any, Any, dict], Any]  # (fresh state, restored pytree, meta) -> state
     close: Callable[[], None]
+    programs: dict | None = None  # jax backend: compiled chunk programs by number of updates (to inspect)
 
 
 def init_seeds(init_one, keys):
@@ -261,7 +262,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         return xla.shard_seeds(state, int(cfg.num_seeds))
 
     return Backend(init, compile_programs, chunk, evaluate,
-                   lambda state: state._asdict(), restore, lambda: None)
+                   lambda state: state._asdict(), restore, lambda: None, chunk_fns)
 
 
 # ---- gymnasium backend -----------------------------------------------------------------------

@@ -220,12 +220,15 @@ def replay_update(train_step, algo_cfg, resample_noise=None):
 
     def update(learner: OffPolicyState, batch, key):
         k_train, k_noise = jax.random.split(key)
-        buffer = replay.add(learner.buffer, replay.from_rollout(batch))
+        rollout = replay.from_rollout(batch)
         env_steps = learner.env_steps + batch.reward.size
 
         def one_step(carry, k):
             k_sample, k_step = jax.random.split(k)
-            params, opt_state, metrics = train_step(*carry, replay.sample(buffer, k_sample, batch_size), k_step)
+            # minibatches of the buffer after the add, read before it: the add comes last,
+            # ordered after these reads (`after=`), so that XLA writes it in place
+            minibatch = replay.sample_after_add(learner.buffer, rollout, k_sample, batch_size)
+            params, opt_state, metrics = train_step(*carry, minibatch, k_step)
             return (params, opt_state), metrics
 
         def learn(carry):
@@ -240,6 +243,7 @@ def replay_update(train_step, algo_cfg, resample_noise=None):
         # only params and optimizer state pass through the cond: under vmap it becomes a select,
         # which must not touch the buffer
         (params, opt_state), metrics = jax.lax.cond(learning, learn, wait, (learner.params, learner.opt_state))
+        buffer = replay.add(learner.buffer, rollout, after=params)
         noise = learner.noise if resample_noise is None else resample_noise(params, k_noise)
         return OffPolicyState(params, opt_state, buffer, env_steps,
                               learner.update_step + gradient_steps * learning.astype(jnp.int32), noise), metrics
