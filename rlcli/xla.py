@@ -1,11 +1,12 @@
 """Process-level XLA settings that make rlcli's programs fast on a CPU.
 
 * Host devices: one jitted program runs on about one core of XLA's CPU client, so the
-  process asks XLA for one CPU device per core it may use (`--xla_force_host_platform_device_count`,
-  set before JAX starts its backend; with `threads=T` or NPROC=T, T devices) and `shard_seeds` splits the seed axis
-  of the run's state over them: the seeds of `num_seeds=K` then train in parallel, one device
-  per core, with no flags from the user. On a GPU or TPU the same code spreads seeds over
-  the accelerators.
+  process asks XLA for one CPU device per core it may use
+  (`--xla_force_host_platform_device_count`, set before JAX starts its backend; with
+  `threads=T` or NPROC=T, T devices), and `shard_seeds` splits the seed axis of the run's
+  state over them: the seeds of `num_seeds=K` then train in parallel, one device per core,
+  with no flags from the user. Where `jax.devices()` are accelerators, the same code would
+  split the seeds over them (not yet tried on a multi-GPU machine).
 * Unrolled threefry: JAX lowers its threefry2x32 hash (every `jax.random` call) to a
   five-iteration while loop on the CPU, to compile faster; in rlcli's scanned programs that
   loop runs at every env step, and its iterations cost more than the hash. `unroll_threefry`
