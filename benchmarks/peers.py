@@ -117,17 +117,13 @@ def work_rlcli(p: dict) -> dict:
     """One rlcli training run in-process (this subprocess), into a temporary directory."""
     from rlcli import runner
     from rlcli.logger import read_metrics
+    from rlcli.sweep import limit_threads
 
     overrides = list(p["overrides"]) + ["logger=quiet", "checkpoint_interval=100000000"]
     if "compile_cache" in _compose([]):  # rlcli's persistent compilation cache: the given directory
         overrides.append(f"compile_cache={p['cache']}")
     cfg = _compose(overrides)
-    try:  # as `rlcli train` does before JAX starts: threads, and one CPU device per core
-        from rlcli.sweep import limit_threads
-
-        limit_threads(cfg)
-    except ImportError:
-        pass
+    limit_threads(cfg)  # as `rlcli train` does before JAX starts: threads, one CPU device per core
     with tempfile.TemporaryDirectory(prefix="rlcli-peers-") as run_dir:
         summary = runner.train(cfg, Path(run_dir))
         records = read_metrics(Path(run_dir))
@@ -219,12 +215,12 @@ def work_matmul(p: dict) -> dict:
     return {"gflops": 2 * n**3 / best / 1e9}
 
 
-def _timed_jit(fn, *args):
-    """(output, compile seconds, run seconds) of jax.jit(fn)(*args)."""
+def _timed(staged, *args):
+    """(output, compile seconds, run seconds) of `staged(*args)`, a jax.jit or jax.pmap function."""
     import jax
 
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = staged.lower(*args).compile()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
@@ -243,19 +239,14 @@ def work_rejax_ppo(p: dict) -> dict:
                       agent_kwargs={"activation": "tanh"}, **REJAX_PPO)
     seeds = p["num_seeds"]
     if seeds == 1:
-        (_, (_, returns)), compile_s, run_s = _timed_jit(algo.train, jax.random.PRNGKey(0))
+        (_, (_, returns)), compile_s, run_s = _timed(jax.jit(algo.train), jax.random.PRNGKey(0))
     elif p.get("devices", 1) > 1:  # pmap over host devices (XLA_FLAGS set by the parent) x vmap
         devices = p["devices"]
         keys = jax.random.split(jax.random.PRNGKey(0), seeds).reshape(devices, seeds // devices, -1)
-        compile_start = time.perf_counter()
-        compiled = jax.pmap(jax.vmap(algo.train)).lower(keys).compile()
-        compile_s = time.perf_counter() - compile_start
-        run_start = time.perf_counter()
-        _, (_, returns) = jax.block_until_ready(compiled(keys))
-        run_s = time.perf_counter() - run_start
+        (_, (_, returns)), compile_s, run_s = _timed(jax.pmap(jax.vmap(algo.train)), keys)
     else:
         keys = jax.random.split(jax.random.PRNGKey(0), seeds)
-        (_, (_, returns)), compile_s, run_s = _timed_jit(jax.vmap(algo.train), keys)
+        (_, (_, returns)), compile_s, run_s = _timed(jax.jit(jax.vmap(algo.train)), keys)
     wall = time.perf_counter() - start
     final = np.asarray(returns)[..., -1, :].mean()
     return {"wall_s": wall, "compile_s": compile_s, "run_s": run_s,
@@ -274,7 +265,7 @@ def work_rejax_sac(p: dict) -> dict:
                            batch_size=SAC["batch_size"], learning_rate=SAC["learning_rate"],
                            fill_buffer=SAC["learning_starts"], num_epochs=1, polyak=1 - SAC["tau"],
                            hidden_layer_sizes=(SAC["hidden"],) * 2, agent_kwargs={"activation": "relu"})
-    (_, (_, returns)), compile_s, run_s = _timed_jit(algo.train, jax.random.PRNGKey(0))
+    (_, (_, returns)), compile_s, run_s = _timed(jax.jit(algo.train), jax.random.PRNGKey(0))
     return {"wall_s": time.perf_counter() - start, "compile_s": compile_s, "run_s": run_s,
             "return": float(np.asarray(returns)[-1].mean())}
 
