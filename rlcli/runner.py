@@ -12,6 +12,7 @@ checkpoints and writes the run directory.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -572,6 +573,10 @@ def setup(cfg) -> Setup:
     sizes = config.validate(cfg)
     use_compilation_cache(cfg)
     xla.unroll_threefry()
+    # jaxlib's LAPACK kernels (the QR of the orthogonal initialisers) import scipy's BLAS and
+    # LAPACK bindings when first lowered; import them here, with the other modules, not while
+    # the run's clock runs (about 0.3 s)
+    importlib.import_module("scipy.linalg.cython_lapack")
     backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
     spec = envs.make_spec(cfg.env.id, backend_name)
     return Setup(sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))

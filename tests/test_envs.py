@@ -438,3 +438,25 @@ def test_mountaincar_continuous_reward_uses_clipped_action(backend):
     pos, vel = phys
     new_vel = vel + 1.0 * 0.0015 - 0.0025 * np.cos(3 * pos)
     np.testing.assert_allclose(next_obs, [pos + new_vel, new_vel], atol=1e-6)
+
+
+def test_jax_backend_imports_gymnax_without_seaborn():
+    """Importing gymnax imports seaborn (for Pong's rendering) unless rlcli defers it: in a fresh
+    interpreter, making a port leaves seaborn unimported, and gymnax's Pong and a later
+    `import seaborn` still get the real package on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from rlcli.envs import jax_backend\n"
+        "jax_backend.make('CartPole-v1')\n"
+        "print('seaborn' in sys.modules, 'pandas' in sys.modules)\n"
+        "from gymnax.environments.misc import pong\n"
+        "print(len(pong.sns.color_palette('cubehelix', 3)))\n"
+        "import seaborn\n"
+        "print(type(seaborn).__name__, seaborn.__name__, hasattr(seaborn, 'lineplot'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["False False", "3", "module seaborn True"]

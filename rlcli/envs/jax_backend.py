@@ -7,6 +7,9 @@ parameters, clips continuous actions and presents the `Step` protocol of `rlcli.
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
@@ -24,6 +27,36 @@ PORTS = (
 )
 
 
+class _OnFirstUse(types.ModuleType):
+    """Stands in for a module until one of its attributes is used; then imports the module."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def import_gymnax():
+    """gymnax, imported without importing seaborn. gymnax's package imports all its envs, and
+    its Pong imports seaborn (about 1.3 s of every rlcli process start, with pandas and
+    scipy.stats) for a rendering that rlcli never calls. While gymnax is imported, `seaborn`
+    in sys.modules is a stand-in that imports the real package on first use; afterwards it is
+    removed, so any later `import seaborn` gets the real package."""
+    if "gymnax" in sys.modules or "seaborn" in sys.modules:
+        import gymnax
+
+        return gymnax
+    stand_in = sys.modules["seaborn"] = _OnFirstUse("seaborn")
+    try:
+        import gymnax
+    finally:
+        if sys.modules.get("seaborn") is stand_in:
+            del sys.modules["seaborn"]
+    return gymnax
+
+
 class JaxEnv(NamedTuple):
     """One environment as pure functions; vmap them over a batch of envs."""
 
@@ -36,9 +69,7 @@ class JaxEnv(NamedTuple):
 
 @lru_cache(maxsize=None)
 def make(env_id: str) -> JaxEnv:
-    import gymnax
-
-    env, params = gymnax.make(env_id)
+    env, params = import_gymnax().make(env_id)
     env_spec = spec(env_id)
 
     def reset(key):
@@ -66,7 +97,7 @@ def make(env_id: str) -> JaxEnv:
 
 @lru_cache(maxsize=None)
 def spec(env_id: str) -> EnvSpec:
-    import gymnax
+    gymnax = import_gymnax()
     from gymnax.environments import spaces
 
     env, params = gymnax.make(env_id)
