@@ -224,8 +224,10 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
     def lower_chunk(state, num_updates):
         fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
         if nan_check:
-            fn = checked(fn)
-        return jax.jit(fn, donate_argnums=0).lower(state)
+            return jax.jit(checked(fn), donate_argnums=0).lower(state)
+        xla.register_trees(state, ChunkOut({}, empty_stats(1, np), {}, None))
+        return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
+                                donate_argnums=0)
 
     def chunk_program(state, num_updates):
         if num_updates not in chunk_fns:
@@ -240,7 +242,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
             last = sizes.num_updates % sizes.updates_per_log
             lowered[last] = lower_chunk(state, last)
-        lowered["eval"] = eval_fn.lower(state.learner, state.norm, eval_keys(cfg, 0))
+        lowered["eval"] = xla.lower_cached(eval_fn, (state.learner, state.norm, eval_keys(cfg, 0)), name="eval", cfg=cfg)
         with ThreadPoolExecutor(len(lowered)) as pool:
             done = dict(zip(lowered, pool.map(lambda program: program.compile(), lowered.values())))
         compiled["eval"] = done.pop("eval")

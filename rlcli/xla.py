@@ -11,13 +11,22 @@
   five-iteration while loop on the CPU, to compile faster; in rlcli's scanned programs that
   loop runs at every env step, and its iterations cost more than the hash. `unroll_threefry`
   lowers it straight-line, as JAX does on GPUs: the same bits, faster runs and compiles.
+* Traced programs kept: JAX's persistent compilation cache skips compiling on a rerun, but
+  JAX must still trace every program to find its cache key (about 1.5 s for a PPO chunk).
+  `lower_cached` keeps each traced program beside that cache as serialized StableHLO
+  (`jax.export`, no pickle), keyed by everything that shapes it, and lowers a rerun's program
+  from it without tracing.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import os
 import re
+from pathlib import Path
 
 log = logging.getLogger("rlcli")
 
@@ -98,3 +107,139 @@ def unroll_threefry() -> bool:
         except (ImportError, AttributeError) as err:
             log.debug("keeping JAX's rolled threefry lowering: %s", err)
     return _unrolled
+
+
+# ---- traced programs kept beside the compilation cache -------------------------------------
+
+PROGRAMS_DIR = "rlcli-programs"  # under JAX's compilation cache directory
+# config keys that do not shape any program: seeds enter the programs as key arrays (tested)
+_NOT_IN_PROGRAMS = ("seed", "logger", "checkpoint_interval", "checkpoint_keep", "compile_cache", "hydra")
+_registered: set = set()
+
+
+@functools.lru_cache(maxsize=None)
+def _source_digest() -> str:
+    """sha256 of rlcli's Python sources: an edited source never meets a program traced before."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def program_key(name: str, cfg, args) -> str:
+    """What shapes the program `name` traced for `args` under `cfg`: rlcli's sources, the
+    versions of its libraries, the devices and XLA flags, the config (less the keys of
+    `_NOT_IN_PROGRAMS`), and the tree, shapes, dtypes and shardings of the arguments."""
+    from importlib import metadata
+
+    import jax
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IN_PROGRAMS:
+        conf.pop(key, None)
+    versions = {}
+    for dist in ("jax", "jaxlib", "flax", "optax", "gymnax", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    leaves, tree = jax.tree.flatten(args)
+    material = {
+        "name": name, "rlcli": _source_digest(), "versions": versions,
+        "devices": [f"{d.platform}:{d.id}:{d.device_kind}" for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "config": conf, "tree": str(tree),
+        "args": [(tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
+                  str(getattr(x, "sharding", None))) for x in leaves],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def register_trees(*trees) -> None:
+    """Let `jax.export` serialize the node types found in `trees`: NamedTuples, and pytree
+    classes without static fields (gymnax's env states), each under its module-qualified name.
+    Others are left unregistered: exporting a program that holds one fails, and
+    `lower_cached` then traces it as usual."""
+    import jax
+    from jax import export
+
+    def register(x, aux) -> None:
+        cls = type(x)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+
+        def serialize(value):
+            if value != aux:
+                raise ValueError(f"{name} with static fields {value!r}")
+            return b""
+
+        try:
+            if isinstance(x, tuple) and hasattr(x, "_fields"):
+                export.register_namedtuple_serialization(cls, serialized_name=name)
+            elif aux in ((), None):
+                export.register_pytree_node_serialization(cls, serialized_name=name, serialize_auxdata=serialize,
+                                                          deserialize_auxdata=lambda _: aux)
+        except ValueError:  # registered already
+            pass
+        _registered.add(cls)
+
+    def walk(x) -> None:
+        node = jax.tree_util.default_registry.flatten_one_level(x)
+        if node is None:
+            return
+        children, aux = node
+        if type(x) not in (tuple, list, dict, type(None)) and type(x) not in _registered:
+            register(x, aux)
+        for child in children:
+            walk(child)
+
+    for tree in trees:
+        walk(tree)
+
+
+def programs_dir() -> Path | None:
+    """Where traced programs are kept: beside JAX's persistent compilation cache (None when it
+    is off, as the programs would then compile cold on every run anyway)."""
+    import jax
+
+    directory = jax.config.jax_compilation_cache_dir
+    if not directory or "://" in str(directory):
+        return None
+    return Path(directory) / PROGRAMS_DIR
+
+
+def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
+    """`jitted.lower(*args)`, through the kept programs: a program kept under the same
+    `program_key` is read instead of traced; otherwise it is traced with `jax.export` and
+    kept (written to a temporary file, then renamed). Either way the returned program is
+    `jax.export`'s, so the compilation cache holds the same program for both. Types in
+    `args` and in the outputs must be registered first (`register_trees`). With no
+    compilation cache, or a program `jax.export` cannot serialize, it is `jitted.lower`."""
+    import jax
+    from jax import export
+
+    directory = programs_dir()
+    if directory is None:
+        return jitted.lower(*args)
+    path = directory / f"{name}-{program_key(name, cfg, args)}.jaxexport"
+    exported = None
+    if path.is_file():
+        try:
+            exported = export.deserialize(bytearray(path.read_bytes()))
+        except Exception as err:  # unreadable or from another version: traced again below
+            log.debug("kept program %s not used: %s", path, err)
+    if exported is None:
+        try:
+            exported = export.export(jitted)(*args)
+            data = exported.serialize()
+        except Exception as err:
+            log.debug("program %s traced without export: %s", name, err)
+            return jitted.lower(*args)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}")
+            temporary.write_bytes(data)
+            temporary.replace(path)
+        except OSError as err:
+            log.debug("program %s not kept: %s", path, err)
+    return jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)

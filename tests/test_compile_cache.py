@@ -50,3 +50,91 @@ def test_bad_value(tmp_path):
             config.validate(compose([f"compile_cache={value}"]))
         assert str(info.value).startswith(message)
     assert sweep.cache_dir_of(compose(["compile_cache=null"])) is None
+
+
+# ---- traced programs kept beside the cache (rlcli/xla.py: lower_cached) ----------------------
+
+KEPT = ["algo=ppo", "env=CartPole-v1", "num_envs=4", "algo.num_steps=16", "total_steps=1280", "log_interval=640",
+        "eval_episodes=2", "algo.learning_rate=0.000731"]  # a learning rate no other test uses: its own programs
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _numbers(records):
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "perf/steps_per_s")} for r in records]
+
+
+def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_path, monkeypatch):
+    """A run traces its chunk and evaluation programs once and keeps them (jax.export) beside
+    the compilation cache. A run of another seed reads them instead of tracing, and its metrics
+    are those of the same seed traced directly (the seed enters the programs as key arrays,
+    which is why it is left out of the programs' key)."""
+    from jax import export
+
+    from conftest import train
+    from rlcli import xla
+
+    directory = xla.programs_dir()
+    assert directory is not None  # conftest turns on the compilation cache
+    before = set(directory.glob("*.jaxexport")) if directory.is_dir() else set()
+    train(tmp_path, KEPT + ["seed=0"], name="seed0")
+    kept = set(directory.glob("*.jaxexport")) - before
+    assert sorted(p.name.split("-")[0] for p in kept) == ["chunk10", "eval"]
+
+    traced, read = _count_calls(monkeypatch, export, "export"), _count_calls(monkeypatch, export, "deserialize")
+    _, from_kept = train(tmp_path, KEPT + ["seed=1"], name="seed1")
+    assert (len(traced), len(read)) == (0, 2)
+    assert set(directory.glob("*.jaxexport")) - before == kept
+
+    monkeypatch.setattr(xla, "programs_dir", lambda: None)  # trace and lower directly, as with no cache
+    _, direct = train(tmp_path, KEPT + ["seed=1"], name="seed1-direct")
+    assert len(traced) == 0
+    assert _numbers(from_kept) == _numbers(direct)
+    assert _numbers(from_kept) != _numbers(train(tmp_path, KEPT + ["seed=0"], name="seed0-direct")[1])
+
+
+def test_an_unreadable_kept_program_is_traced_again(tmp_path, monkeypatch):
+    from jax import export
+
+    from conftest import train
+    from rlcli import xla
+
+    overrides = KEPT + ["algo.learning_rate=0.000732"]
+    directory = xla.programs_dir()
+    before = set(directory.glob("*.jaxexport")) if directory.is_dir() else set()
+    _, first = train(tmp_path, overrides, name="first")
+    kept = sorted(set(directory.glob("*.jaxexport")) - before)
+    assert len(kept) == 2
+    for path in kept:
+        path.write_bytes(b"not a program")
+    traced = _count_calls(monkeypatch, export, "export")
+    _, again = train(tmp_path, overrides, name="again")
+    assert len(traced) == 2
+    assert _numbers(again) == _numbers(first)
+    assert all(export.deserialize(bytearray(path.read_bytes())) for path in kept)  # written anew
+
+
+def test_program_key_follows_what_shapes_the_programs(monkeypatch):
+    import jax.numpy as jnp
+
+    from rlcli import xla
+
+    args = (jnp.zeros(3),)
+    key = xla.program_key("chunk10", compose(KEPT), args)
+    assert key == xla.program_key("chunk10", compose(KEPT + ["seed=5", "logger=quiet", "checkpoint_interval=7"]), args)
+    assert key != xla.program_key("eval", compose(KEPT), args)
+    assert key != xla.program_key("chunk10", compose(KEPT + ["algo.learning_rate=0.1"]), args)
+    assert key != xla.program_key("chunk10", compose(KEPT), (jnp.zeros(4),))
+    assert key != xla.program_key("chunk10", compose(KEPT), (jnp.zeros(3, jnp.int32),))
+    monkeypatch.setattr(xla, "_source_digest", lambda: "an edited rlcli")
+    assert key != xla.program_key("chunk10", compose(KEPT), args)
