@@ -55,7 +55,7 @@ def test_bad_value(tmp_path):
 # ---- traced programs kept beside the cache (rlcli/xla.py: lower_cached) ----------------------
 
 KEPT = ["algo=ppo", "env=CartPole-v1", "num_envs=4", "algo.num_steps=16", "total_steps=1280", "log_interval=640",
-        "eval_episodes=2", "algo.learning_rate=0.000731"]  # a learning rate no other test uses: its own programs
+        "eval_episodes=2"]
 
 
 def _count_calls(monkeypatch, module, name):
@@ -84,17 +84,17 @@ def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_
     from conftest import train
     from rlcli import xla
 
-    directory = xla.programs_dir()
-    assert directory is not None  # conftest turns on the compilation cache
-    before = set(directory.glob("*.jaxexport")) if directory.is_dir() else set()
+    assert xla.programs_dir() is not None  # conftest turns on the compilation cache
+    directory = tmp_path / "programs"  # this test's own: the test session's is shared by workers
+    monkeypatch.setattr(xla, "programs_dir", lambda: directory)
     train(tmp_path, KEPT + ["seed=0"], name="seed0")
-    kept = set(directory.glob("*.jaxexport")) - before
+    kept = set(directory.glob("*.jaxexport"))
     assert sorted(p.name.split("-")[0] for p in kept) == ["chunk10", "eval"]
 
     traced, read = _count_calls(monkeypatch, export, "export"), _count_calls(monkeypatch, export, "deserialize")
     _, from_kept = train(tmp_path, KEPT + ["seed=1"], name="seed1")
     assert (len(traced), len(read)) == (0, 2)
-    assert set(directory.glob("*.jaxexport")) - before == kept
+    assert set(directory.glob("*.jaxexport")) == kept
 
     monkeypatch.setattr(xla, "programs_dir", lambda: None)  # trace and lower directly, as with no cache
     _, direct = train(tmp_path, KEPT + ["seed=1"], name="seed1-direct")
@@ -109,11 +109,11 @@ def test_an_unreadable_kept_program_is_traced_again(tmp_path, monkeypatch):
     from conftest import train
     from rlcli import xla
 
-    overrides = KEPT + ["algo.learning_rate=0.000732"]
-    directory = xla.programs_dir()
-    before = set(directory.glob("*.jaxexport")) if directory.is_dir() else set()
+    overrides = KEPT + ["seed=3"]
+    directory = tmp_path / "programs"
+    monkeypatch.setattr(xla, "programs_dir", lambda: directory)
     _, first = train(tmp_path, overrides, name="first")
-    kept = sorted(set(directory.glob("*.jaxexport")) - before)
+    kept = sorted(directory.glob("*.jaxexport"))
     assert len(kept) == 2
     for path in kept:
         path.write_bytes(b"not a program")
