@@ -24,7 +24,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -225,7 +224,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
         if nan_check:
             return jax.jit(checked(fn), donate_argnums=0).lower(state)
-        xla.register_trees(state, ChunkOut({}, empty_stats(1, np), {}, None))
+        xla.register_trees(ChunkOut({}, empty_stats(1, np), {}, None))  # the output's own types
         return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
                                 donate_argnums=0)
 
@@ -526,14 +525,8 @@ def _divergence(out: ChunkOut, seeds, updates_before: int, num_updates: int) -> 
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ("rlcli", "jax", "jaxlib", "flax", "optax", "gymnasium", "gymnax", "hydra-core",
-                 "numpy", "orbax-checkpoint"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return {"python": platform.python_version(), **xla.package_versions((
+        "rlcli", "jax", "jaxlib", "flax", "optax", "gymnasium", "gymnax", "hydra-core", "numpy", "orbax-checkpoint"))}
 
 
 def git_commit() -> str | None:

@@ -117,6 +117,19 @@ _NOT_IN_PROGRAMS = ("seed", "logger", "checkpoint_interval", "checkpoint_keep", 
 _registered: set = set()
 
 
+def package_versions(dists) -> dict:
+    """{distribution: installed version, or None}."""
+    from importlib import metadata
+
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _source_digest() -> str:
     """sha256 of rlcli's Python sources: an edited source never meets a program traced before."""
@@ -131,23 +144,16 @@ def program_key(name: str, cfg, args) -> str:
     """What shapes the program `name` traced for `args` under `cfg`: rlcli's sources, the
     versions of its libraries, the devices and XLA flags, the config (less the keys of
     `_NOT_IN_PROGRAMS`), and the tree, shapes, dtypes and shardings of the arguments."""
-    from importlib import metadata
-
     import jax
     from omegaconf import OmegaConf
 
     conf = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_IN_PROGRAMS:
         conf.pop(key, None)
-    versions = {}
-    for dist in ("jax", "jaxlib", "flax", "optax", "gymnax", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
     leaves, tree = jax.tree.flatten(args)
     material = {
-        "name": name, "rlcli": _source_digest(), "versions": versions,
+        "name": name, "rlcli": _source_digest(),
+        "versions": package_versions(("jax", "jaxlib", "flax", "optax", "gymnax", "numpy")),
         "devices": [f"{d.platform}:{d.id}:{d.device_kind}" for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "config": conf, "tree": str(tree),
         "args": [(tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
@@ -212,15 +218,17 @@ def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
     """`jitted.lower(*args)`, through the kept programs: a program kept under the same
     `program_key` is read instead of traced; otherwise it is traced with `jax.export` and
     kept (written to a temporary file, then renamed). Either way the returned program is
-    `jax.export`'s, so the compilation cache holds the same program for both. Types in
-    `args` and in the outputs must be registered first (`register_trees`). With no
-    compilation cache, or a program `jax.export` cannot serialize, it is `jitted.lower`."""
+    `jax.export`'s, so the compilation cache holds the same program for both. The types of
+    `args` are registered here; types found only in the outputs must be registered first
+    (`register_trees`). With no compilation cache, or a program `jax.export` cannot
+    serialize, it is `jitted.lower`."""
     import jax
     from jax import export
 
     directory = programs_dir()
     if directory is None:
         return jitted.lower(*args)
+    register_trees(args)
     path = directory / f"{name}-{program_key(name, cfg, args)}.jaxexport"
     exported = None
     if path.is_file():
