@@ -106,7 +106,7 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "normalize.clip_obs": positive(),
     "normalize.clip_reward": positive(),
     "env.backend": one_of("auto", "jax", "gymnasium"),
-    "env.vectorization": one_of("sync", "async"),
+    "env.vectorization": one_of("auto", "sync", "async", "vector"),
     "network.hidden_sizes": int_list(),
     "network.activation": one_of("tanh", "relu", "elu", "gelu", "silu"),
     "network.shared": boolean(),
@@ -189,7 +189,12 @@ def validate(cfg: DictConfig) -> Sizes:
                           "environment id, e.g. env.id=CartPole-v1)")
     try:
         envs.check_env_id(env_id)
-        spec = envs.make_spec(env_id, envs.resolve_backend(env_id, cfg.env.backend))
+        backend = envs.resolve_backend(env_id, cfg.env.backend)
+        spec = envs.make_spec(env_id, backend)
+        if backend == "gymnasium":
+            from rlcli.envs.gymnasium_backend import vectorization_mode
+
+            vectorization_mode(env_id, cfg.env.vectorization)
     except envs.EnvConfigError as err:
         raise ConfigError(str(err)) from None
     except Exception as err:

@@ -94,6 +94,10 @@ def all_finite(tree, xp=jnp):
     return xp.all(xp.stack([xp.all(xp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+# host loops: [S] bool, every parameter of seed i finite (one program, not an eager op per leaf)
+all_params_finite = jax.jit(jax.vmap(all_finite))
+
+
 class Backend(NamedTuple):
     """What `train` needs from a backend; `state` has a leading seed axis."""
 
@@ -295,23 +299,50 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     def policy_one(learner, norm, obs, key):
         key, k_act = jax.random.split(key)
         action, info = algo.act(learner, normalizer.obs(norm, obs), k_act)
-        return action, info.log_prob, info.value, key
+        return action, jnp.stack([info.log_prob, info.value]), key
+
+    def policy_view(learner):
+        """What `act` reads of the learner: all but its optimizer state. The host loop calls the
+        policy once per env step, and each array of its arguments costs dispatch time."""
+        return learner._replace(opt_state=None) if "opt_state" in learner._fields else learner
 
     def update_one(learner, norm, batch, key):
         norm, batch = normalizer.prepare(norm, batch)
         learner, metrics = algo.update(learner, batch, key)
         return learner, norm, metrics
 
+    def update_all(learner, norm, stats, batch, key):
+        """One update of every seed from the host's rollout; the rollout's episodes are added
+        to `stats` here too (one program per update, not array operations per env step)."""
+        # the log-probs and values stayed on the device: `log_prob` holds the policy's
+        # [S, 2, N] output of each step
+        log_prob_value = jnp.stack(batch.log_prob)  # [T, S, 2, N]
+        batch = batch._replace(log_prob=log_prob_value[:, :, 0], value=log_prob_value[:, :, 1])
+        stats, _ = jax.lax.scan(lambda stats, step: (track_episodes(stats, *step), None), stats,
+                                (batch.reward, batch.terminated, batch.truncated))
+        keys = jax.vmap(jax.random.split)(key)
+        learner, norm, metrics = jax.vmap(update_one, in_axes=(0, 0, 1, 0))(learner, norm, batch, keys[:, 1])
+        # the metrics as one [S, M] array: the chunk fetches one array per update, not M
+        metric_names[:] = list(metrics)  # (known once traced, in compile_programs)
+        return learner, norm, stats, jnp.stack(list(metrics.values()), axis=-1), keys[:, 0]
+
     nan_check = bool(cfg.debug.nan_check)
-    policy_fn = jax.vmap(policy_one)
-    update_fn = jax.vmap(update_one, in_axes=(0, 0, 1, 0))
+    policy_fn, update_fn = jax.vmap(policy_one), update_all
     if nan_check:
         policy_fn, update_fn = checked(policy_fn), checked(update_fn)
     policy_fn = jax.jit(policy_fn)
     update_jit = jax.jit(update_fn, donate_argnums=0)
+    unwrap = raise_checked if nan_check else (lambda result: result)
     compiled: dict[str, Any] = {}
-    act_det = jax.jit(jax.vmap(lambda learner, norm, obs, key: algo.act(
-        learner, normalizer.obs(norm, obs), key, deterministic=deterministic)[0]))
+    metric_names: list[str] = []
+
+    @jax.jit
+    def eval_act(learner, norm, obs, key):
+        """The evaluation policy's actions for `obs` [S, E, ...], and the next key."""
+        keys = jax.vmap(jax.random.split)(key)
+        action = jax.vmap(lambda learner, norm, obs, key: algo.act(
+            learner, normalizer.obs(norm, obs), key, deterministic=deterministic)[0])(learner, norm, obs, keys[:, 1])
+        return action, keys[:, 0]
 
     def init():
         # the same key split as the jax backend (params, env, run): same seed, same initial params
@@ -323,73 +354,84 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         norm = jax.vmap(lambda _: normalize.init(spec.obs_shape, num_envs))(keys[:, 0])
         return HostState(learner, keys[:, 2], obs, stats, norm)
 
-    @jax.jit
-    def split_keys(key):
-        keys = jax.vmap(jax.random.split)(key)
-        return keys[:, 0], keys[:, 1]
-
     obs_shape = spec.obs_shape
     act_shape = () if spec.discrete else (spec.num_actions,)
     act_dtype = np.int32 if spec.discrete else np.float32
 
     def compile_programs(state) -> float:
         start = time.perf_counter()
-        jax.block_until_ready(policy_fn(state.learner, state.norm, state.obs, state.key))
-        compiled["update"] = update_jit.lower(state.learner, state.norm, empty_batch(), state.key).compile()
-        jax.block_until_ready(act_det(state.learner, state.norm, state.obs[:, :1].repeat(num_eval, 1), state.key))
-        jax.block_until_ready(split_keys(state.key))
+        jax.block_until_ready(policy_fn(policy_view(state.learner), state.norm, state.obs, state.key))
+        log_prob_value = tuple(np.zeros((num_seeds, 2, num_envs), np.float32) for _ in range(num_steps))
+        compiled["update"] = update_jit.lower(state.learner, state.norm, state.episodes, empty_batch()._replace(
+            log_prob=log_prob_value), state.key).compile()
+        jax.block_until_ready(eval_act(policy_view(state.learner), state.norm,
+                                       state.obs[:, :1].repeat(num_eval, 1), state.key))
+        jax.block_until_ready((all_params_finite(state.learner.params), eval_keys(cfg, 0)))
         return time.perf_counter() - start
 
     def empty_batch() -> Batch:
+        """The host's part of a rollout, [T, S, N, ...]; the policy's log-prob and value
+        outputs are added by `chunk` (see `update_all`)."""
         lead = (num_steps, num_seeds, num_envs)
         return Batch(np.zeros(lead + obs_shape, np.float32), np.zeros(lead + act_shape, act_dtype),
                      np.zeros(lead, np.float32), np.zeros(lead, bool), np.zeros(lead, bool),
-                     np.zeros(lead, np.float32), np.zeros(lead, np.float32),
-                     np.zeros(lead + obs_shape, np.float32))
+                     None, None, np.zeros(lead + obs_shape, np.float32))
 
     def step_all(vec_envs, action) -> envs.Step:
         """Step seed i's vector env with action[i]; fields stacked to [S, N, ...]."""
         steps = [env.step(action[i]) for i, env in enumerate(vec_envs)]
         return envs.Step(*(np.stack(field) for field in zip(*steps)))
 
+    def step_into(batch: Batch, t: int, action) -> np.ndarray:
+        """Step seed i's train env with action[i], writing the transition into `batch` at step
+        t; returns the observations to act on next, [S, N, ...]."""
+        obs = []
+        for i, env in enumerate(train_envs):
+            step = env.step(action[i])
+            batch.reward[t, i], batch.next_obs[t, i] = step.reward, step.next_obs
+            batch.terminated[t, i], batch.truncated[t, i] = step.terminated, step.truncated
+            obs.append(step.obs)
+        return obs[0][None] if num_seeds == 1 else np.stack(obs)
+
     def chunk(state: HostState, num_updates: int):
         learner, key, obs, norm = state.learner, state.key, state.obs, state.norm
         stats = EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes)))
-        per_update: list[dict] = []
+        per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
-            batch = empty_batch()
+            batch, view, log_prob_value = empty_batch(), policy_view(learner), []
             for t in range(num_steps):
-                action, log_prob, value, key = raise_checked(policy_fn(learner, norm, obs, key))
-                action, batch.log_prob[t], batch.value[t] = jax.device_get((action, log_prob, value))
-                batch.obs[t], batch.action[t] = obs, action
-                step = step_all(train_envs, action)
-                batch.reward[t], batch.next_obs[t] = step.reward, step.next_obs
-                batch.terminated[t], batch.truncated[t] = step.terminated, step.truncated
-                stats = track_episodes(stats, step.reward, step.terminated, step.truncated)
-                obs = step.obs
-            key, k_update = split_keys(key)
-            learner, norm, metrics = raise_checked(compiled["update"](learner, norm, batch, k_update))
-            per_update.append(jax.device_get(metrics))
-            if not all(np.isfinite(v).all() for v in per_update[-1].values()):
-                break  # diverged: train() reports the first bad update
-        stacked = {name: np.stack([m[name] for m in per_update]) for name in per_update[0]}
-        params_finite = np.asarray(jax.vmap(all_finite)(learner.params))
+                action, out, key = unwrap(policy_fn(view, norm, obs, key))
+                log_prob_value.append(out)
+                batch.obs[t] = obs
+                batch.action[t] = action = np.asarray(action)
+                obs = step_into(batch, t, action)
+            batch = batch._replace(log_prob=tuple(log_prob_value))
+            learner, norm, stats, metrics, key = unwrap(compiled["update"](learner, norm, stats, batch, key))
+            per_update.append(metrics)  # fetched with the chunk's others: no wait per update
+        # a diverged update goes on to the chunk's end, as on the jax backend; train() reports
+        # the first one that is not finite
+        per_update, stats = jax.device_get((per_update, stats))
+        stacked = np.stack(per_update, axis=-1)  # [S, M, U]
+        stacked = {name: stacked[:, i].T for i, name in enumerate(metric_names)}  # name -> [U, S]
         return HostState(learner, key, obs, stats, norm), ChunkOut(
             {name: v.mean(axis=0) for name, v in stacked.items()}, stats,
-            first_nonfinite(stacked, np), params_finite)
+            first_nonfinite(stacked, np), np.asarray(all_params_finite(learner.params)))
 
     def evaluate(state: HostState, index: int):
         if not eval_envs:
-            eval_envs.extend(gymnasium_backend.make(spec.id, num_eval, eval_env_seed(seed, 0),
-                                                    cfg.env.vectorization) for seed in seeds)
-        key = eval_keys(cfg, index)
+            # one env per episode, env k seeded eval_env_seed + k, so that `rlcli eval` can
+            # replay each with a single env: never the `vector` env (one generator for all)
+            mode = cfg.env.vectorization if cfg.env.vectorization == "async" else "sync"
+            eval_envs.extend(gymnasium_backend.make(spec.id, num_eval, eval_env_seed(seed, 0), mode)
+                             for seed in seeds)
+        key, view = eval_keys(cfg, index), policy_view(state.learner)
         obs = np.stack([env.reset(seed=eval_env_seed(seed, index)) for env, seed in zip(eval_envs, seeds)])
         ret = np.zeros((num_seeds, num_eval), np.float64)
         length = np.zeros((num_seeds, num_eval), np.int64)
         alive = np.ones((num_seeds, num_eval), bool)
         for _ in range(max_eval_steps):
-            key, k_act = split_keys(key)
-            step = step_all(eval_envs, np.asarray(act_det(state.learner, state.norm, obs, k_act)))
+            action, key = eval_act(view, state.norm, obs, key)
+            step = step_all(eval_envs, np.asarray(action))
             obs = step.obs
             ret += step.reward * alive
             length += alive
@@ -604,6 +646,8 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
 
     run_dir = Path(run_dir)
     parts = setup(cfg)
+    if cfg.logger.tensorboard:  # the metrics logger's import (about 0.15 s), before the clock starts
+        importlib.import_module("tensorboardX")
     sizes, backend_name, spec = parts.sizes, parts.backend_name, parts.spec
     num_seeds = int(cfg.num_seeds)
     seeds = [int(cfg.seed) + i for i in range(num_seeds)]

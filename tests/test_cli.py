@@ -18,9 +18,11 @@ def only_run_dir(cwd: Path) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("backend", ["jax", "gymnasium"])
-def test_short_run_writes_every_file(tmp_path, cli, backend):
-    result = cli(["train", "algo=a2c", "env=CartPole-v1", f"env.backend={backend}", *SHORT], tmp_path)
+@pytest.mark.parametrize("backend, vectorization", [("jax", "auto"), ("gymnasium", "auto"), ("gymnasium", "sync")])
+def test_short_run_writes_every_file(tmp_path, cli, backend, vectorization):
+    """(gymnasium backend: `auto` steps CartPole's numpy-vectorised env, `sync` 8 copies.)"""
+    result = cli(["train", "algo=a2c", "env=CartPole-v1", f"env.backend={backend}",
+                  f"env.vectorization={vectorization}", *SHORT], tmp_path)
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path)
     assert run.name.endswith("-a2c-CartPole-v1")
@@ -80,9 +82,10 @@ def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
     assert not np.array_equal(np.asarray(state["key"]), np.asarray(fresh.key))
 
 
-def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli):
-    result = cli(["train", "env=Pendulum-v1", "total_steps=3200", "log_interval=400",
-                  "eval_episodes=1"], tmp_path)
+@pytest.mark.parametrize("backend", ["jax", "gymnasium"])
+def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli, backend):
+    result = cli(["train", "env=Pendulum-v1", f"env.backend={backend}", "total_steps=3200",
+                  "log_interval=400", "eval_episodes=1"], tmp_path)
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -204,6 +204,102 @@ def test_gymnasium_backend_pendulum_truncates_at_200():
         plain.close()
 
 
+def _balance(obs: np.ndarray) -> np.ndarray:
+    """A PD controller that keeps CartPole's pole up for 500 steps: push towards the fall."""
+    return (obs[:, 2] + 0.5 * obs[:, 3] > 0).astype(np.int64)
+
+
+def test_vectorization_auto_picks_the_numpy_vectorised_env_where_rlcli_can_reset_it():
+    assert gymnasium_backend.vector_ids() == ["CartPole-v0", "CartPole-v1"]
+    assert gymnasium_backend.vectorization_mode("CartPole-v1", "auto") == "vector"
+    assert gymnasium_backend.vectorization_mode("CartPole-v1", "sync") == "sync"
+    assert gymnasium_backend.vectorization_mode("Acrobot-v1", "auto") == "sync"
+    assert gymnasium_backend.vectorization_mode("Pendulum-v1", "async") == "async"
+    with pytest.raises(EnvConfigError, match="env.vectorization='vector' is not available for env.id='Acrobot-v1'"):
+        gymnasium_backend.vectorization_mode("Acrobot-v1", "vector")
+
+
+def test_gymnasium_vector_env_is_gymnasiums_next_step_env_without_its_reset_steps():
+    """Reference: gymnasium's own CartPoleVectorEnv in its next-step autoreset mode, where the
+    step after an episode's end returns the reset observation (reward 0, action ignored). With
+    one env both draw the same start states from the same generator, so rlcli's same-step
+    stream is that stream with those reset steps taken out, bit for bit: the first episode
+    balanced to its 500-step time limit, the others with random actions."""
+    seed = 3
+    vec = gymnasium_backend.make("CartPole-v1", num_envs=1, seed=seed, vectorization="vector")
+    ref = gymnasium.make_vec("CartPole-v1", num_envs=1, vectorization_mode="vector_entry_point")
+    assert ref.metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.NEXT_STEP
+    rng = np.random.default_rng(0)
+    try:
+        obs = vec.reset()
+        ref_obs, _ = ref.reset(seed=seed)
+        np.testing.assert_array_equal(obs, ref_obs)
+        ends = []
+        for t in range(1500):
+            action = _balance(obs) if not ends else rng.integers(0, 2, 1)
+            s = vec.step(action.astype(np.int32))
+            o, r, te, tr, _ = ref.step(action)
+            where = f"step {t}"
+            np.testing.assert_array_equal(s.next_obs, o, err_msg=where)
+            np.testing.assert_array_equal(s.reward, r, err_msg=where)
+            np.testing.assert_array_equal(s.terminated, te, err_msg=where)
+            np.testing.assert_array_equal(s.truncated, tr, err_msg=where)
+            if te[0] or tr[0]:
+                ends.append((t, bool(tr[0])))
+                o, r, te, tr, _ = ref.step(np.zeros(1, np.int64))  # gymnasium's reset step
+                assert r[0] == 0.0 and not te[0] and not tr[0]
+                assert np.all(np.abs(o) <= 0.05)
+            np.testing.assert_array_equal(s.obs, o, err_msg=where)
+            obs = s.obs
+        assert ends[0] == (499, True), ends[:2]  # truncated at exactly 500 steps
+        assert len(ends) >= 20 and not any(truncated for _, truncated in ends[1:])
+    finally:
+        vec.close()
+        ref.close()
+
+
+def test_gymnasium_vector_env_resets_each_env_on_its_own():
+    """8 envs, some balanced and some random: every transition is gymnasium's single-env
+    CartPole dynamics from the observation acted on; an env that ends starts again from
+    [-0.05, 0.05]^4 in the same step while the others go on; each env's time limit counts its
+    own episode's steps."""
+    n, steps = 8, 1200
+    vec = gymnasium_backend.make("CartPole-v1", num_envs=n, seed=1, vectorization="vector")
+    ref = gymnasium.make("CartPole-v1").unwrapped
+    ref.reset(seed=0)
+    rng = np.random.default_rng(1)
+    random_envs = np.arange(n) >= 5  # envs 0-4 balance, 5-7 act at random
+    length = np.zeros(n, int)
+    ended = np.zeros(n, int)
+    try:
+        obs = vec.reset()
+        for t in range(steps):
+            action = np.where(random_envs, rng.integers(0, 2, n), _balance(obs)).astype(np.int32)
+            s = vec.step(action)
+            length += 1
+            for i in range(n):
+                where = f"env {i} step {t}"
+                ref.state = np.asarray(obs[i], np.float64)
+                ref.steps_beyond_terminated = None
+                o, r, te, _, _ = ref.step(int(action[i]))
+                np.testing.assert_allclose(s.next_obs[i], o, atol=1e-4, err_msg=where)
+                assert s.terminated[i] == te and s.reward[i] == r == 1.0, where
+                assert s.truncated[i] == (length[i] == 500 and not te), where
+                if s.terminated[i] or s.truncated[i]:
+                    ended[i] += 1
+                    length[i] = 0
+                    assert np.all(np.abs(s.obs[i]) <= 0.05), where
+                    assert not np.array_equal(s.obs[i], s.next_obs[i]), where
+                else:
+                    np.testing.assert_array_equal(s.obs[i], s.next_obs[i], err_msg=where)
+            obs = s.obs
+        # the balanced envs hit the time limit twice, the random ones end many times
+        assert (ended[~random_envs] == 2).all() and (ended[random_envs] >= 20).all(), ended
+    finally:
+        vec.close()
+        ref.close()
+
+
 def _jax_rollout(env_id, actions, seed):
     """vmap over envs, scan over time (as training does). actions: [T, N, ...]."""
     jenv = jax_backend.make(env_id)

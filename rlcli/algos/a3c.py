@@ -214,6 +214,7 @@ def make_backend(cfg, spec, algo: Algorithm, sizes):
         start = time.perf_counter()
         compile_training(state)
         compiled["eval"] = eval_fn.lower(state.learner, state.norm, runner.eval_keys(cfg, 0)).compile()
+        jax.block_until_ready(runner.all_params_finite(state.learner.params))
         return time.perf_counter() - start
 
     def chunk(state: A3CState, num_updates: int):
@@ -277,8 +278,8 @@ def make_backend(cfg, spec, algo: Algorithm, sizes):
         totals = runner.EpisodeStats(episodes.running_return, episodes.running_length,
                                      *(jnp.sum(x, axis=1) for x in (episodes.count, episodes.return_sum,
                                                                     episodes.length_sum)))
-        params_finite = np.asarray(jax.vmap(runner.all_finite)(learner.params))
-        return A3CState(learner, state.norm, workers), runner.ChunkOut(metrics, totals, bad, params_finite)
+        return A3CState(learner, state.norm, workers), runner.ChunkOut(
+            metrics, totals, bad, np.asarray(runner.all_params_finite(learner.params)))
 
     def evaluate(state: A3CState, index: int):
         ret, length = compiled.get("eval", eval_fn)(state.learner, state.norm, runner.eval_keys(cfg, index))
