@@ -301,11 +301,6 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         action, info = algo.act(learner, normalizer.obs(norm, obs), k_act)
         return action, jnp.stack([info.log_prob, info.value]), key
 
-    def policy_view(learner):
-        """What `act` reads of the learner: all but its optimizer state. The host loop calls the
-        policy once per env step, and each array of its arguments costs dispatch time."""
-        return learner._replace(opt_state=None) if "opt_state" in learner._fields else learner
-
     def update_one(learner, norm, batch, key):
         norm, batch = normalizer.prepare(norm, batch)
         learner, metrics = algo.update(learner, batch, key)
@@ -326,23 +321,43 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         metric_names[:] = list(metrics)  # (known once traced, in compile_programs)
         return learner, norm, stats, jnp.stack(list(metrics.values()), axis=-1), keys[:, 0]
 
+    # The calls made per env step and per update take (learner, norm, episode stats) packed
+    # into one array per dtype (`xla.tree_packer`): each array passed costs dispatch time.
+    packer: list = []  # [pack, unpack], made from the first state seen
+
+    def packed(state: HostState, stats=None):
+        if not packer:
+            packer.extend(xla.tree_packer((state.learner, state.norm, state.episodes)))
+        return pack_fn((state.learner, state.norm, state.episodes if stats is None else stats))
+
+    def policy_packed(packed, obs, key):
+        learner, norm, _ = packer[1](packed)
+        return jax.vmap(policy_one)(learner, norm, obs, key)
+
+    def update_packed(packed, batch, key):
+        learner, norm, stats, metrics, key = update_all(*packer[1](packed), batch, key)
+        return packer[0]((learner, norm, stats)), metrics, key
+
+    def eval_act_packed(packed, obs, key):
+        """The evaluation policy's actions for `obs` [S, E, ...], and the next key."""
+        learner, norm, _ = packer[1](packed)
+        keys = jax.vmap(jax.random.split)(key)
+        action = jax.vmap(lambda learner, norm, obs, key: algo.act(
+            learner, normalizer.obs(norm, obs), key, deterministic=deterministic)[0])(learner, norm, obs, keys[:, 1])
+        return action, keys[:, 0]
+
     nan_check = bool(cfg.debug.nan_check)
-    policy_fn, update_fn = jax.vmap(policy_one), update_all
+    policy_fn, update_fn = policy_packed, update_packed
     if nan_check:
         policy_fn, update_fn = checked(policy_fn), checked(update_fn)
     policy_fn = jax.jit(policy_fn)
     update_jit = jax.jit(update_fn, donate_argnums=0)
     unwrap = raise_checked if nan_check else (lambda result: result)
+    pack_fn = jax.jit(lambda tree: packer[0](tree))
+    unpack_fn = jax.jit(lambda packed: packer[1](packed))
+    eval_act = jax.jit(eval_act_packed)
     compiled: dict[str, Any] = {}
     metric_names: list[str] = []
-
-    @jax.jit
-    def eval_act(learner, norm, obs, key):
-        """The evaluation policy's actions for `obs` [S, E, ...], and the next key."""
-        keys = jax.vmap(jax.random.split)(key)
-        action = jax.vmap(lambda learner, norm, obs, key: algo.act(
-            learner, normalizer.obs(norm, obs), key, deterministic=deterministic)[0])(learner, norm, obs, keys[:, 1])
-        return action, keys[:, 0]
 
     def init():
         # the same key split as the jax backend (params, env, run): same seed, same initial params
@@ -360,12 +375,12 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
     def compile_programs(state) -> float:
         start = time.perf_counter()
-        jax.block_until_ready(policy_fn(policy_view(state.learner), state.norm, state.obs, state.key))
+        state_packed = packed(state)
+        jax.block_until_ready((policy_fn(state_packed, state.obs, state.key), unpack_fn(state_packed)))
         log_prob_value = tuple(np.zeros((num_seeds, 2, num_envs), np.float32) for _ in range(num_steps))
-        compiled["update"] = update_jit.lower(state.learner, state.norm, state.episodes, empty_batch()._replace(
-            log_prob=log_prob_value), state.key).compile()
-        jax.block_until_ready(eval_act(policy_view(state.learner), state.norm,
-                                       state.obs[:, :1].repeat(num_eval, 1), state.key))
+        compiled["update"] = update_jit.lower(state_packed, empty_batch()._replace(log_prob=log_prob_value),
+                                              state.key).compile()
+        jax.block_until_ready(eval_act(state_packed, state.obs[:, :1].repeat(num_eval, 1), state.key))
         jax.block_until_ready((all_params_finite(state.learner.params), eval_keys(cfg, 0)))
         return time.perf_counter() - start
 
@@ -394,22 +409,23 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
         return obs[0][None] if num_seeds == 1 else np.stack(obs)
 
     def chunk(state: HostState, num_updates: int):
-        learner, key, obs, norm = state.learner, state.key, state.obs, state.norm
-        stats = EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes)))
+        key, obs = state.key, state.obs
+        carry = packed(state, EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes))))
         per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
-            batch, view, log_prob_value = empty_batch(), policy_view(learner), []
+            batch, log_prob_value = empty_batch(), []
             for t in range(num_steps):
-                action, out, key = unwrap(policy_fn(view, norm, obs, key))
+                action, out, key = unwrap(policy_fn(carry, obs, key))
                 log_prob_value.append(out)
                 batch.obs[t] = obs
                 batch.action[t] = action = np.asarray(action)
                 obs = step_into(batch, t, action)
             batch = batch._replace(log_prob=tuple(log_prob_value))
-            learner, norm, stats, metrics, key = unwrap(compiled["update"](learner, norm, stats, batch, key))
+            carry, metrics, key = unwrap(compiled["update"](carry, batch, key))
             per_update.append(metrics)  # fetched with the chunk's others: no wait per update
         # a diverged update goes on to the chunk's end, as on the jax backend; train() reports
         # the first one that is not finite
+        learner, norm, stats = unpack_fn(carry)
         per_update, stats = jax.device_get((per_update, stats))
         stacked = np.stack(per_update, axis=-1)  # [S, M, U]
         stacked = {name: stacked[:, i].T for i, name in enumerate(metric_names)}  # name -> [U, S]
@@ -424,13 +440,13 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
             mode = cfg.env.vectorization if cfg.env.vectorization == "async" else "sync"
             eval_envs.extend(gymnasium_backend.make(spec.id, num_eval, eval_env_seed(seed, 0), mode)
                              for seed in seeds)
-        key, view = eval_keys(cfg, index), policy_view(state.learner)
+        key, carry = eval_keys(cfg, index), packed(state)
         obs = np.stack([env.reset(seed=eval_env_seed(seed, index)) for env, seed in zip(eval_envs, seeds)])
         ret = np.zeros((num_seeds, num_eval), np.float64)
         length = np.zeros((num_seeds, num_eval), np.int64)
         alive = np.ones((num_seeds, num_eval), bool)
         for _ in range(max_eval_steps):
-            action, key = eval_act(view, state.norm, obs, key)
+            action, key = eval_act(carry, obs, key)
             step = step_all(eval_envs, np.asarray(action))
             obs = step.obs
             ret += step.reward * alive

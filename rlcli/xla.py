@@ -16,6 +16,10 @@
   `lower_cached` keeps each traced program beside that cache as serialized StableHLO
   (`jax.export`, no pickle), keyed by everything that shapes it, and lowers a rerun's program
   from it without tracing.
+* Packed trees: every array passed to or returned from a jitted call costs its dispatch about
+  7 us on the CPU (a 12-array parameter tree: 103 us, the same parameters as one array:
+  25 us). A host loop that calls the device at every env step passes its state through
+  `tree_packer` as one 1-D array per dtype.
 """
 
 from __future__ import annotations
@@ -251,3 +255,40 @@ def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
         except OSError as err:
             log.debug("program %s not kept: %s", path, err)
     return jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
+
+
+# ---- trees as a few arrays ------------------------------------------------------------------
+
+
+def tree_packer(example, max_packed: int = 1 << 16):
+    """(pack, unpack) for trees shaped like `example`, both jittable. `pack(tree)` is
+    `(flat, large)`: `flat` holds one 1-D array per dtype, the leaves of fewer than
+    `max_packed` elements raveled one after another; `large` the other leaves as they are (a
+    replay buffer would otherwise be copied whole at every pack). `unpack` inverts it."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(example)
+    meta = [(tuple(np.shape(x)), np.dtype(x.dtype), int(np.size(x)) < max_packed) for x in leaves]
+    dtypes = sorted({dtype for _, dtype, small in meta if small}, key=str)
+
+    def pack(tree):
+        leaves = jax.tree.leaves(tree)
+        flat = tuple(jnp.concatenate([jnp.ravel(x) for x, (_, d, small) in zip(leaves, meta) if small and d == dtype])
+                     for dtype in dtypes)
+        return flat, tuple(x for x, (_, _, small) in zip(leaves, meta) if not small)
+
+    def unpack(packed):
+        flat, large = packed
+        offset, large, out = dict.fromkeys(dtypes, 0), iter(large), []
+        for shape, dtype, small in meta:
+            if small:
+                k, size = dtypes.index(dtype), int(np.prod(shape, dtype=int))
+                out.append(flat[k][offset[dtype]:offset[dtype] + size].reshape(shape))
+                offset[dtype] += size
+            else:
+                out.append(next(large))
+        return jax.tree.unflatten(treedef, out)
+
+    return pack, unpack

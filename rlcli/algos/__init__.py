@@ -12,8 +12,6 @@ An `Algorithm` is a NamedTuple of pure functions:
 * ``init(key) -> learner``: a NamedTuple pytree with at least a ``params`` field (checked for
   finiteness by the runner); `LearnerState` for the on-policy algorithms;
 * ``act(learner, obs, key, deterministic=False) -> (action, ActInfo)`` over a batch of obs;
-  it never reads ``learner.opt_state`` (the gymnasium backend's host loop passes None there,
-  so that each per-step call has fewer arrays to hand to the device);
 * ``update(learner, batch, key) -> (learner, metrics)``, jit-compiled by the runner and
   vmappable over a leading seed axis; metrics are scalars named ``group/name``.
 """
