@@ -228,7 +228,6 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
         if nan_check:
             return jax.jit(checked(fn), donate_argnums=0).lower(state)
-        xla.register_trees(ChunkOut({}, empty_stats(1, np), {}, None))  # the output's own types
         return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
                                 donate_argnums=0)
 
@@ -264,7 +263,8 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         return RunnerState(**saved)
 
     def init():
-        state = init_fn(seed_keys(cfg))
+        keys = seed_keys(cfg)
+        state = xla.lower_cached(init_fn, (keys,), name="init", cfg=cfg).compile()(keys)
         return xla.shard_seeds(state, int(cfg.num_seeds))
 
     return Backend(init, compile_programs, chunk, evaluate,

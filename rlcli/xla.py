@@ -166,45 +166,57 @@ def program_key(name: str, cfg, args) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
-def register_trees(*trees) -> None:
-    """Let `jax.export` serialize the node types found in `trees`: NamedTuples, and pytree
-    classes without static fields (gymnax's env states), each under its module-qualified name.
-    Others are left unregistered: exporting a program that holds one fails, and
-    `lower_cached` then traces it as usual."""
-    import jax
+def _node_types(*treedefs) -> dict:
+    """{class: aux data} of every node of `treedefs` that is not a builtin container."""
+    found: dict = {}
+    stack = list(treedefs)
+    while stack:
+        treedef = stack.pop()
+        data = treedef.node_data()
+        if data is not None and data[0] not in (tuple, list, dict, type(None)):
+            found.setdefault(data[0], data[1])
+        stack.extend(treedef.children())
+    return found
+
+
+def _register(cls, aux) -> None:
+    """Let `jax.export` serialize node type `cls` under its module-qualified name: a NamedTuple,
+    or a pytree class without static fields (aux () or None, as gymnax's env states); raises
+    ValueError for others."""
     from jax import export
 
-    def register(x, aux) -> None:
-        cls = type(x)
-        name = f"{cls.__module__}.{cls.__qualname__}"
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if cls in _registered:
+        return
+    namedtuple = issubclass(cls, tuple) and hasattr(cls, "_fields")
+    if not namedtuple and aux not in ((), None):
+        raise ValueError(f"{name} has static fields {aux!r}")
 
-        def serialize(value):
-            if value != aux:
-                raise ValueError(f"{name} with static fields {value!r}")
-            return b""
+    def serialize(value):
+        if value != aux:
+            raise ValueError(f"{name} with static fields {value!r}")
+        return b""
 
-        try:
-            if isinstance(x, tuple) and hasattr(x, "_fields"):
-                export.register_namedtuple_serialization(cls, serialized_name=name)
-            elif aux in ((), None):
-                export.register_pytree_node_serialization(cls, serialized_name=name, serialize_auxdata=serialize,
-                                                          deserialize_auxdata=lambda _: aux)
-        except ValueError:  # registered already
-            pass
-        _registered.add(cls)
+    try:
+        if namedtuple:
+            export.register_namedtuple_serialization(cls, serialized_name=name)
+        else:
+            export.register_pytree_node_serialization(cls, serialized_name=name, serialize_auxdata=serialize,
+                                                      deserialize_auxdata=lambda _: aux)
+    except ValueError:  # registered already, by this module or another
+        pass
+    _registered.add(cls)
 
-    def walk(x) -> None:
-        node = jax.tree_util.default_registry.flatten_one_level(x)
-        if node is None:
-            return
-        children, aux = node
-        if type(x) not in (tuple, list, dict, type(None)) and type(x) not in _registered:
-            register(x, aux)
-        for child in children:
-            walk(child)
 
-    for tree in trees:
-        walk(tree)
+def _register_listed(types: list) -> None:
+    """Register the node types a kept program lists (module, qualified name, aux)."""
+    import importlib
+
+    for module, qualname, aux in types:
+        cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        _register(cls, {"()": (), "None": None}[aux])
 
 
 def programs_dir() -> Path | None:
@@ -221,37 +233,46 @@ def programs_dir() -> Path | None:
 def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
     """`jitted.lower(*args)`, through the kept programs: a program kept under the same
     `program_key` is read instead of traced; otherwise it is traced with `jax.export` and
-    kept (written to a temporary file, then renamed). Either way the returned program is
-    `jax.export`'s, so the compilation cache holds the same program for both. The types of
-    `args` are registered here; types found only in the outputs must be registered first
-    (`register_trees`). With no compilation cache, or a program `jax.export` cannot
-    serialize, it is `jitted.lower`."""
+    kept (written to a temporary file, then renamed), with the node types of its argument and
+    result trees listed beside it (`<program>.types.json`, registered before it is read).
+    Either way the returned program is `jax.export`'s, so the compilation cache holds the same
+    program for both. With no compilation cache, or a program `jax.export` cannot serialize,
+    it is `jitted.lower`."""
     import jax
     from jax import export
 
     directory = programs_dir()
     if directory is None:
         return jitted.lower(*args)
-    register_trees(args)
     path = directory / f"{name}-{program_key(name, cfg, args)}.jaxexport"
+    types_path = path.with_name(path.name + ".types.json")
     exported = None
     if path.is_file():
         try:
+            _register_listed(json.loads(types_path.read_text()))
             exported = export.deserialize(bytearray(path.read_bytes()))
         except Exception as err:  # unreadable or from another version: traced again below
             log.debug("kept program %s not used: %s", path, err)
     if exported is None:
         try:
             exported = export.export(jitted)(*args)
+            types = _node_types(exported.in_tree, exported.out_tree)
+            for cls, aux in types.items():
+                _register(cls, aux)
             data = exported.serialize()
+            # what a rerun reads (a result's weak type, for one, is not kept): the same program
+            # for the first run as for the next, and the same arguments for the programs after it
+            exported = export.deserialize(bytearray(data))
         except Exception as err:
             log.debug("program %s traced without export: %s", name, err)
             return jitted.lower(*args)
+        listed = [[cls.__module__, cls.__qualname__, repr(aux)] for cls, aux in types.items()]
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}")
-            temporary.write_bytes(data)
-            temporary.replace(path)
+            for target, content in ((types_path, json.dumps(listed).encode()), (path, data)):
+                temporary = target.with_name(f".{target.name}.{os.getpid()}")
+                temporary.write_bytes(content)
+                temporary.replace(target)
         except OSError as err:
             log.debug("program %s not kept: %s", path, err)
     return jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -89,11 +90,11 @@ def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_
     monkeypatch.setattr(xla, "programs_dir", lambda: directory)
     train(tmp_path, KEPT + ["seed=0"], name="seed0")
     kept = set(directory.glob("*.jaxexport"))
-    assert sorted(p.name.split("-")[0] for p in kept) == ["chunk10", "eval"]
+    assert sorted(p.name.split("-")[0] for p in kept) == ["chunk10", "eval", "init"]
 
     traced, read = _count_calls(monkeypatch, export, "export"), _count_calls(monkeypatch, export, "deserialize")
     _, from_kept = train(tmp_path, KEPT + ["seed=1"], name="seed1")
-    assert (len(traced), len(read)) == (0, 2)
+    assert (len(traced), len(read)) == (0, 3)
     assert set(directory.glob("*.jaxexport")) == kept
 
     monkeypatch.setattr(xla, "programs_dir", lambda: None)  # trace and lower directly, as with no cache
@@ -114,14 +115,55 @@ def test_an_unreadable_kept_program_is_traced_again(tmp_path, monkeypatch):
     monkeypatch.setattr(xla, "programs_dir", lambda: directory)
     _, first = train(tmp_path, overrides, name="first")
     kept = sorted(directory.glob("*.jaxexport"))
-    assert len(kept) == 2
+    assert len(kept) == 3
     for path in kept:
         path.write_bytes(b"not a program")
     traced = _count_calls(monkeypatch, export, "export")
     _, again = train(tmp_path, overrides, name="again")
-    assert len(traced) == 2
+    assert len(traced) == 3
     assert _numbers(again) == _numbers(first)
     assert all(export.deserialize(bytearray(path.read_bytes())) for path in kept)  # written anew
+
+
+FRESH_PROCESS = """
+import json, sys
+from jax import export
+calls = {"export": 0, "deserialize": 0}
+for name in calls:
+    def counted(*args, _name=name, _original=getattr(export, name), **kwargs):
+        calls[_name] += 1
+        return _original(*args, **kwargs)
+    setattr(export, name, counted)
+from rlcli import runner
+from conftest import compose
+summary = runner.train(compose(sys.argv[1:]), sys.argv[1].split("=", 1)[1])
+print(json.dumps(calls))
+"""
+
+
+def test_a_fresh_process_reads_the_kept_programs_without_tracing(tmp_path):
+    """The node types of a kept program's trees (rlcli's states, optax's, gymnax's env state)
+    are listed beside it and registered before it is read: a new interpreter, with none of
+    them registered, reads the init, chunk and eval programs that an earlier process kept."""
+    import json
+    import sys
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+
+    def run(name, seed):
+        (tmp_path / name).mkdir()
+        args = [f"hydra.run.dir={tmp_path / name}", *KEPT, f"seed={seed}", "logger=quiet"]
+        result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert run("first", 0) == {"export": 3, "deserialize": 3}  # traced, then read back as a rerun reads
+    listed = sorted((cache / "rlcli-programs").glob("init-*.types.json"))
+    assert len(listed) == 1 and ["rlcli.runner", "RunnerState", "None"] in json.loads(listed[0].read_text())
+    assert run("second", 1) == {"export": 0, "deserialize": 3}
 
 
 def test_program_key_follows_what_shapes_the_programs(monkeypatch):
