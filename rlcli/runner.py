@@ -325,7 +325,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     # into one array per dtype (`xla.tree_packer`): each array passed costs dispatch time.
     packer: list = []  # [pack, unpack], made from the first state seen
 
-    def packed(state: HostState, stats=None):
+    def pack_state(state: HostState, stats=None):
         if not packer:
             packer.extend(xla.tree_packer((state.learner, state.norm, state.episodes)))
         return pack_fn((state.learner, state.norm, state.episodes if stats is None else stats))
@@ -375,7 +375,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
     def compile_programs(state) -> float:
         start = time.perf_counter()
-        state_packed = packed(state)
+        state_packed = pack_state(state)
         jax.block_until_ready((policy_fn(state_packed, state.obs, state.key), unpack_fn(state_packed)))
         log_prob_value = tuple(np.zeros((num_seeds, 2, num_envs), np.float32) for _ in range(num_steps))
         compiled["update"] = update_jit.lower(state_packed, empty_batch()._replace(log_prob=log_prob_value),
@@ -410,7 +410,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
     def chunk(state: HostState, num_updates: int):
         key, obs = state.key, state.obs
-        carry = packed(state, EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes))))
+        carry = pack_state(state, EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes))))
         per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
             batch, log_prob_value = empty_batch(), []
@@ -440,7 +440,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
             mode = cfg.env.vectorization if cfg.env.vectorization == "async" else "sync"
             eval_envs.extend(gymnasium_backend.make(spec.id, num_eval, eval_env_seed(seed, 0), mode)
                              for seed in seeds)
-        key, carry = eval_keys(cfg, index), packed(state)
+        key, carry = eval_keys(cfg, index), pack_state(state)
         obs = np.stack([env.reset(seed=eval_env_seed(seed, index)) for env, seed in zip(eval_envs, seeds)])
         ret = np.zeros((num_seeds, num_eval), np.float64)
         length = np.zeros((num_seeds, num_eval), np.int64)
