@@ -410,7 +410,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
     def chunk(state: HostState, num_updates: int):
         key, obs = state.key, state.obs
-        carry = pack_state(state, EpisodeStats(*(np.array(x) for x in reset_totals(state.episodes))))
+        carry = pack_state(state, reset_totals(state.episodes))
         per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
             batch, log_prob_value = empty_batch(), []

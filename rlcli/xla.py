@@ -291,22 +291,21 @@ def tree_packer(example, max_packed: int = 1 << 16):
     import numpy as np
 
     leaves, treedef = jax.tree.flatten(example)
-    meta = [(tuple(np.shape(x)), np.dtype(x.dtype), int(np.size(x)) < max_packed) for x in leaves]
-    dtypes = sorted({dtype for _, dtype, small in meta if small}, key=str)
+    meta = [(tuple(np.shape(x)), np.dtype(x.dtype), int(np.size(x))) for x in leaves]  # shape, dtype, size
+    dtypes = sorted({dtype for _, dtype, size in meta if size < max_packed}, key=str)
 
     def pack(tree):
         leaves = jax.tree.leaves(tree)
-        flat = tuple(jnp.concatenate([jnp.ravel(x) for x, (_, d, small) in zip(leaves, meta) if small and d == dtype])
-                     for dtype in dtypes)
-        return flat, tuple(x for x, (_, _, small) in zip(leaves, meta) if not small)
+        flat = tuple(jnp.concatenate([jnp.ravel(x) for x, (_, d, size) in zip(leaves, meta)
+                                      if size < max_packed and d == dtype]) for dtype in dtypes)
+        return flat, tuple(x for x, (_, _, size) in zip(leaves, meta) if size >= max_packed)
 
     def unpack(packed):
         flat, large = packed
-        offset, large, out = dict.fromkeys(dtypes, 0), iter(large), []
-        for shape, dtype, small in meta:
-            if small:
-                k, size = dtypes.index(dtype), int(np.prod(shape, dtype=int))
-                out.append(flat[k][offset[dtype]:offset[dtype] + size].reshape(shape))
+        flat, offset, large, out = dict(zip(dtypes, flat)), dict.fromkeys(dtypes, 0), iter(large), []
+        for shape, dtype, size in meta:
+            if size < max_packed:
+                out.append(flat[dtype][offset[dtype]:offset[dtype] + size].reshape(shape))
                 offset[dtype] += size
             else:
                 out.append(next(large))
