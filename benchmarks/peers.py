@@ -8,6 +8,7 @@ Run from the repository root:
     python benchmarks/peers.py --scale 0.2          # throughput budgets (rows 1, 3, 4, 5) x 0.2
     python benchmarks/peers.py --quick --reps 1     # smoke test: tiny budgets
     python benchmarks/peers.py --only rlcli         # rlcli rows only (peers skipped, with the reason)
+    python benchmarks/peers.py --seeds 1024 --seed-counts 1,32,1024   # on a GPU: many seeds
 
 The table is printed after every repetition (medians so far), so a long run stopped early still
 leaves one. Stable-Baselines3 runs with torch.set_num_threads(1) (--torch-threads): its small
@@ -20,8 +21,8 @@ so a change in background load hits every row alike):
    500k env steps): wall time including compilation, compile time and run-phase env steps/s,
    for one seed (rlcli twice: a cold and a warm persistent compilation cache, a fresh
    cache directory per pair, rlcli's compile_cache; every other rlcli run compiles cold) and
-   for 8 seeds (rlcli num_seeds=8; rejax jit(vmap), and rejax pmap over 2 host devices x
-   vmap 4, the reference of the 8-seed goal).
+   for 8 seeds (--seeds; rlcli num_seeds=8; rejax jit(vmap), and, where JAX runs on the CPU,
+   rejax pmap over 2 host devices x vmap 4, the reference of the 8-seed goal).
 2. Wall time from the start of training (compilation included) to the first mean evaluation
    return >= 475 on CartPole-v1 (10 deterministic episodes every 10k env steps): rlcli PPO and
    A2C with their shipped tuned configs (cold and warm cache) against Stable-Baselines3 PPO and
@@ -32,7 +33,8 @@ so a change in background load hits every row alike):
    achieved GFLOP/s of rlcli's update beside the machine's measured f32 matmul GFLOP/s.
 4. gymnasium backend: rlcli A2C on CartPole-v1 with 64 envs, env steps/s, against the host-loop
    ceiling "gymnasium vector env (64 envs, vector_entry_point) + a jitted flax policy per step".
-5. num_seeds=K for K = 1, 4, 16 (PPO, row 1's settings): wall per seed, against one run.
+5. num_seeds=K for K = 1, 4, 16 (--seed-counts; PPO, row 1's settings): wall per seed, against
+   one run, and run-phase env steps/s over all seeds.
 6. Peak resident memory of a default `rlcli train algo=ppo env=CartPole-v1` (getrusage of the
    child process).
 
@@ -87,7 +89,8 @@ BUDGET = {  # env steps (per seed)
     "quick": {"ppo": 25_000, "ppo8": 25_000, "solve_ppo": 20_000, "solve_a2c": 20_000,
               "sac": 600, "gym": 10_000, "ceiling": 300, "seeds": 5_000, "rss": 5_000},
 }
-SEED_COUNTS = (1, 4, 16)
+SEED_COUNTS = (1, 4, 16)  # row 5 (the first, 1, is the reference)
+SEEDS = 8  # row 1's many-seed runs
 ROWS = (1, 2, 3, 4, 5, 6)
 
 
@@ -189,9 +192,8 @@ def work_rss(p: dict) -> dict:
     no other child)."""
     import resource
 
-    rlcli = Path(sys.executable).parent / "rlcli"
     with tempfile.TemporaryDirectory(prefix="rlcli-peers-rss-") as run_dir:
-        args = [str(rlcli), "train", *p["overrides"], f"hydra.run.dir={run_dir}"]
+        args = [sys.executable, "-m", "rlcli", "train", *p["overrides"], f"hydra.run.dir={run_dir}"]
         out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {out.stderr[-2000:]}")
@@ -412,8 +414,10 @@ class Bench:
     """Collects the repetitions of every measurement under a name."""
 
     def __init__(self, mode: str, peers_python: str, peers: dict[str, str | None],
-                 rows: set[int] = frozenset(ROWS), scale: float = 1.0, torch_threads: int = 1):
+                 rows: set[int] = frozenset(ROWS), scale: float = 1.0, torch_threads: int = 1,
+                 seeds: int = SEEDS, seed_counts: tuple[int, ...] = SEED_COUNTS):
         self.mode, self.peers_python, self.peers, self.selected = mode, peers_python, peers, rows
+        self.seeds, self.seed_counts = seeds, seed_counts
         self.runs: dict[str, list[dict]] = {}
         self.errors: dict[str, str] = {}
         self.budget = budget(mode, scale)
@@ -470,7 +474,7 @@ class Bench:
             self.measure("ceiling64", {"kind": "ceiling", "num_envs": 64, "iters": b["ceiling"]})
         # 5. num_seeds=K in one process
         if 5 in rows:
-            for k in SEED_COUNTS:
+            for k in self.seed_counts:
                 self.rlcli(f"seeds{k}", RLCLI_PPO + [f"total_steps={b['seeds']}", f"num_seeds={k}"])
         # 6. peak RSS of a default run
         if 6 in rows:
@@ -483,11 +487,22 @@ class Bench:
             self.rlcli("ppo1", RLCLI_PPO + [f"total_steps={b['ppo']}"], cache)
             self.rlcli("ppo1_warm", RLCLI_PPO + [f"total_steps={b['ppo']}"], cache)
         self.peer("rejax_ppo1", "rejax", {"kind": "rejax_ppo", "steps": b["ppo"], "num_seeds": 1})
-        self.rlcli("ppo8", RLCLI_PPO + [f"total_steps={b['ppo8']}", "num_seeds=8"])
-        self.peer("rejax_ppo8", "rejax", {"kind": "rejax_ppo", "steps": b["ppo8"], "num_seeds": 8})
-        self.peer("rejax_ppo8_pmap", "rejax", {"kind": "rejax_ppo", "steps": b["ppo8"], "num_seeds": 8,
-                                               "devices": 2},
-                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+        self.rlcli("ppo8", RLCLI_PPO + [f"total_steps={b['ppo8']}", f"num_seeds={self.seeds}"])
+        self.peer("rejax_ppo8", "rejax", {"kind": "rejax_ppo", "steps": b["ppo8"], "num_seeds": self.seeds})
+        if self.pmap_reason() is None:
+            self.peer("rejax_ppo8_pmap", "rejax", {"kind": "rejax_ppo", "steps": b["ppo8"],
+                                                   "num_seeds": self.seeds, "devices": 2},
+                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+
+    def pmap_reason(self) -> str | None:
+        """Why rejax's pmap over 2 host devices is not measured (None: it is)."""
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return f"host devices stand in for cores on a CPU only (JAX runs on {jax.default_backend()})"
+        if self.seeds % 2:
+            return f"--seeds {self.seeds} does not split over 2 devices"
+        return None
 
     def row2(self, b: dict) -> None:
         for algo in ("ppo", "a2c"):
@@ -512,6 +527,8 @@ class Bench:
     def skip_reason(self, name: str, package: str | None) -> str | None:
         if package is not None and not self.peers.get(package):
             return self.peers.get(f"why:{package}") or f"{package} not importable"
+        if name == "rejax_ppo8_pmap":
+            return self.errors.get(name) or self.pmap_reason()
         return self.errors.get(name)
 
     def rows(self) -> tuple[list[list[str]], list[str]]:
@@ -543,7 +560,7 @@ class Bench:
         add("1", f"{ppo}: wall, warm cache", "ppo1_warm", "wall_s", "rejax", "rejax_ppo1", "wall_s", "rejax", "<= 0.4", "s")
         add("1", f"{ppo}: compile, warm cache", "ppo1_warm", "compile_s", "rejax", "rejax_ppo1", "compile_s", "rejax", "", "s")
         add("1", f"{ppo}: final return", "ppo1", "return", "rejax", "rejax_ppo1", "return", "rejax", "", "return")
-        ppo8 = f"PPO CartPole rejax cfg, 8 seeds x {b['ppo8']:,}"
+        ppo8 = f"PPO CartPole rejax cfg, {self.seeds} seeds x {b['ppo8']:,}"
         add("1", f"{ppo8}: wall incl. compile", "ppo8", "wall_s", "rejax vmap", "rejax_ppo8", "wall_s", "rejax", "", "s")
         add("1", f"{ppo8}: run-phase steps/s", "ppo8", "steps_per_s", "rejax vmap", "rejax_ppo8", "steps_per_s", "rejax",
             "", "steps/s")
@@ -571,14 +588,17 @@ class Bench:
         add("3", f"{sac}: final return", "sac", "return", "rejax SAC", "rejax_sac", "return", "rejax", "", "return")
         add("4", "gymnasium A2C CartPole 64 envs: steps/s", "gym64", "steps_per_s", "host-loop ceiling", "ceiling64",
             "steps_per_s", None, ">= 0.6", "steps/s")
-        for k in SEED_COUNTS:
+        for k in self.seed_counts:
             add("5", f"PPO rejax cfg num_seeds={k}, {b['seeds']:,} steps/seed: wall per seed", f"seeds{k}", "wall_s",
                 "rlcli num_seeds=1", "seeds1", "wall_s", None, "<= 1.0" if k > 1 else "", "s")
             if rows[-1]:
                 rows[-1][3] = fmt(self.get(f"seeds{k}", "wall_s") / k)
                 rows[-1][6] = ratio(self.get(f"seeds{k}", "wall_s") / k, self.get("seeds1", "wall_s"))
-        for k in SEED_COUNTS:
+        for k in self.seed_counts:
             add("5", f"PPO rejax cfg num_seeds={k}: compile", f"seeds{k}", "compile_s", "-", None, "", None, "", "s")
+        for k in self.seed_counts:
+            add("5", f"PPO rejax cfg num_seeds={k}: run-phase steps/s, all seeds", f"seeds{k}", "steps_per_s", "-",
+                None, "", None, "", "steps/s")
         rss = "default" if not b["rss"] else f"total_steps={b['rss']:,}"
         add("6", f"peak RSS, rlcli train algo=ppo env=CartPole-v1 ({rss})", "rss", "rss_gib", "limit", None, "",
             None, "<= 1.0", "GiB")
@@ -607,7 +627,7 @@ def header(mode: str, reps: int, peers_python: str, peers: dict, rows: set[int],
     return "\n".join([
         f"date:     {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"machine:  {cpu_model()}, {os.cpu_count()} CPU cores, {platform.platform()}, "
-        f"jax devices: {', '.join(str(d) for d in jax.devices())}",
+        f"jax devices: {', '.join(f'{d} ({d.device_kind})' for d in jax.devices())}",
         f"versions: python {platform.python_version()}, rlcli {version('rlcli')}, jax {version('jax')}, "
         f"flax {version('flax')}, gymnasium {version('gymnasium')}",
         f"peers:    {peers_python}: {peer_versions}; torch threads for SB3: {torch_threads}",
@@ -631,6 +651,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated rows to run (default: all, 1-6)")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the throughput budgets (rows 1, 3, 4, 5) by this (default 1)")
+    parser.add_argument("--seeds", type=int, default=SEEDS,
+                        help=f"row 1's many-seed runs: num_seeds (default {SEEDS})")
+    parser.add_argument("--seed-counts", default=",".join(map(str, SEED_COUNTS)),
+                        help="row 5's num_seeds values, comma-separated (default: "
+                             f"{','.join(map(str, SEED_COUNTS))}; 1, the reference, is always run)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch.set_num_threads for Stable-Baselines3 (default 1: its small MLPs run "
                              "fastest on one thread, and torch's thread pool stalls badly on a busy machine)")
@@ -642,6 +667,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = {int(r) for r in args.rows.split(",") if r.strip()}
     if not rows <= set(ROWS):
         parser.error(f"--rows={args.rows}: rows are {', '.join(map(str, ROWS))}")
+    try:
+        counts = sorted({1, *(int(k) for k in args.seed_counts.split(",") if k.strip())})
+    except ValueError:
+        counts = [0]
+    if min(counts) < 1 or args.seeds < 1:
+        parser.error(f"--seeds={args.seeds} --seed-counts={args.seed_counts}: seed counts are positive integers")
     start = time.perf_counter()
 
     peers: dict[str, str | None] = {}
@@ -656,7 +687,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"skipping the {dist} rows: {why}", flush=True)
 
     print(header(mode, args.reps, args.peers_python, peers, rows, args.scale, args.torch_threads), flush=True)
-    bench = Bench(mode, args.peers_python, peers, rows, args.scale, args.torch_threads)
+    bench = Bench(mode, args.peers_python, peers, rows, args.scale, args.torch_threads, args.seeds,
+                  tuple(counts))
     if 3 in rows:
         bench.measure("matmul", {"kind": "matmul", "n": 1024})
     from rlcli.sweep import aligned

@@ -76,12 +76,18 @@ class MetricsLogger:
             if self._csv_file is not None:
                 self._write_csv(record)
             if self._tb:
-                writer = self._tb[record["seed_index"]]
-                for key, value in plotted(record).items():
-                    writer.add_scalar(key, value, record["env_steps"])
+                self._tensorboard(record)
         self._jsonl.flush()
         for remote in self._remote:
             remote.write(records)
+
+    def _tensorboard(self, record: dict) -> None:
+        """The record's scalars as ONE event of its seed's writer (a Summary holds many values;
+        `add_scalar` per key costs a queue hand-off each: about 1 s per record at 1024 seeds)."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in plotted(record).items()]
+        self._tb[record["seed_index"]]._get_file_writer().add_summary(Summary(value=values), record["env_steps"])
 
     def _write_csv(self, record: dict) -> None:
         if self._csv_writer is None:

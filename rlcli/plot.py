@@ -60,6 +60,7 @@ DEFAULTS = {"x": "env_steps", "group_by": "algo,env,estimator", "metric": "episo
 RESAMPLES = 2000
 LEVEL = 0.95
 WALL_TIME_POINTS = 100
+MAX_SEED_LINES = 10  # the run's curve.png: one line per seed up to this many, else mean and range
 DIRS_ALLOWED = ("allowed: a run directory with .hydra/config.yaml, or a multirun directory "
                 "holding run directories")
 
@@ -452,26 +453,59 @@ def main(args: list[str]) -> int:
 
 
 def learning_curve(records: list[dict], path: Path, title: str) -> None:
+    """The run's curve.png: `curve_figure`, saved."""
+    save_figure(curve_figure(records, title), Path(path))
+
+
+def curve_figure(records: list[dict], title: str):
     """Training episode return (finished episodes, mean per record) as lines, evaluation
-    returns as markers, one colour per seed."""
+    returns as markers: one colour per seed, or, beyond MAX_SEED_LINES seeds, the mean over
+    the seeds with their range shaded (a line and a legend entry per seed would be unreadable,
+    and took seconds to draw at 256 seeds)."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    seeds = sorted({r["seed_index"] for r in records})
-    for i in seeds:
-        colour = f"C{i % 10}"
-        mine = [r for r in records if r["seed_index"] == i]
-        train = [(r["env_steps"], r["episode/return"]) for r in mine if r.get("episode/return") is not None]
-        evals = [(r["env_steps"], r["eval/return_mean"]) for r in mine if r.get("eval/return_mean") is not None]
-        label = f"seed {mine[0]['seed']}" if mine else f"seed index {i}"
-        if train:
-            ax.plot(*zip(*train), color=colour, lw=1.2, label=label)
-        if evals:
-            ax.plot(*zip(*evals), color=colour, ls="none", marker="o", ms=4,
-                    label=f"{label} (eval)" if len(seeds) <= 4 else None)
+    by_seed: dict[int, list[dict]] = {}
+    for r in records:
+        by_seed.setdefault(int(r["seed_index"]), []).append(r)
+    if len(by_seed) <= MAX_SEED_LINES:
+        for i, mine in sorted(by_seed.items()):
+            colour = f"C{i % 10}"
+            train = [(r["env_steps"], r["episode/return"]) for r in mine if r.get("episode/return") is not None]
+            evals = [(r["env_steps"], r["eval/return_mean"]) for r in mine if r.get("eval/return_mean") is not None]
+            label = f"seed {mine[0]['seed']}"
+            if train:
+                ax.plot(*zip(*train), color=colour, lw=1.2, label=label)
+            if evals:
+                ax.plot(*zip(*evals), color=colour, ls="none", marker="o", ms=4,
+                        label=f"{label} (eval)" if len(by_seed) <= 4 else None)
+    else:
+        for metric, colour, what in (("episode/return", "C0", "training"), ("eval/return_mean", "C1", "evaluation")):
+            xs, mean, low, high = seed_mean(records, metric)
+            if xs.size == 0:
+                continue
+            ax.fill_between(xs, low, high, color=colour, alpha=0.2, lw=0, label=f"{what}: range of the seeds")
+            ax.plot(xs, mean, color=colour, lw=1.5, marker="o" if what == "evaluation" else None, ms=4,
+                    label=f"{what}: mean of {len(by_seed)} seeds")
     ax.set_xlabel("env steps (per seed)")
     ax.set_ylabel("episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if seeds:
-        ax.legend(fontsize=7, ncol=2 if len(seeds) > 4 else 1)
+    if by_seed:
+        ax.legend(fontsize=7, ncol=2 if 4 < len(by_seed) <= MAX_SEED_LINES else 1)
     fig.tight_layout()
-    save_figure(fig, Path(path))
+    return fig
+
+
+def seed_mean(records: list[dict], metric: str) -> tuple[np.ndarray, ...]:
+    """(env steps, mean, min, max) of `metric` across the seeds at each logged env step,
+    over the seeds that logged it there (records without it, e.g. no finished episode, skip)."""
+    curves = list(seed_curves(records, metric, "env_steps").values())
+    if not curves:
+        return (np.array([]),) * 4
+    xs = grid(curves, "env_steps")
+    points = {x: [] for x in xs}
+    for cx, cy in curves:
+        for x, y in zip(cx, cy):
+            points[x].append(y)
+    values = [np.array(points[x]) for x in xs]
+    return (xs, np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
+            np.array([v.max() for v in values]))

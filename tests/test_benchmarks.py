@@ -49,7 +49,7 @@ def test_quick_run_prints_rlcli_rows_and_skip_reasons(tmp_path):
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--reps", "1", "--rows", "1,4,6", "--scale", "0.2",
+        [sys.executable, str(SCRIPT), "--quick", "--reps", "1", "--rows", "1,4,6", "--scale", "0.2", "--seeds", "3",
          "--peers-python", str(fake)],
         capture_output=True, text=True, cwd=tmp_path, timeout=900,
         env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -64,6 +64,7 @@ def test_quick_run_prints_rlcli_rows_and_skip_reasons(tmp_path):
         if len(cells) >= 4 and cells[0] in {"1", "2", "3", "4", "5", "6"}:
             lines[cells[1]] = cells
     assert {c[0] for c in lines.values()} == {"1", "4", "6"}  # only the rows asked for
+    assert any(what.startswith("PPO CartPole rejax cfg, 3 seeds x") for what in lines)  # --seeds
     ours = [c for what, c in lines.items() if "final return" not in what]
     assert len(ours) >= 8
     for cells in ours:

@@ -118,6 +118,12 @@ def test_help_lists_groups_and_keys(tmp_path, cli):
     assert top.returncode == 0 and "train" in top.stdout
     unknown = cli(["bogus"], tmp_path)
     assert unknown.returncode == 2 and "unknown command 'bogus'" in unknown.stderr
+    # python -m rlcli: the same command and exit codes
+    import subprocess
+    import sys
+
+    module = subprocess.run([sys.executable, "-m", "rlcli", "bogus"], capture_output=True, text=True, cwd=tmp_path)
+    assert module.returncode == 2 and module.stderr == unknown.stderr
 
 
 def test_tuned_values_beat_defaults_and_lose_to_the_command_line(tmp_path):

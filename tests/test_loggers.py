@@ -227,6 +227,34 @@ RECORDS = [[{"seed_index": i, "seed": 7 + i, "update": u, "env_steps": 100 * u, 
              "loss/total": float("nan") if u == 2 else 0.5} for i in range(2)] for u in (1, 2)]
 
 
+def tensorboard_events(directory):
+    """[(step, {tag: value})] of the events with scalars in a TensorBoard log directory."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in directory.glob("events.out.tfevents.*"):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            if event.summary.value:
+                events.append((event.step, {v.tag: v.simple_value for v in event.summary.value}))
+            pos += 12 + length + 4
+    return events
+
+
+def test_tensorboard_gets_one_event_per_record_with_its_scalars(tmp_path):
+    logger = MetricsLogger(tmp_path, compose(["logger=default"]).logger, num_seeds=2)
+    for records in RECORDS:
+        logger.write(records)
+    logger.close()
+    # seed index 1: returns 10 u + 1; the NaN loss of update 2 is left out, not written as NaN
+    assert tensorboard_events(tmp_path / "tb" / "seed_1") == [
+        (100, {"episode/return": 11.0, "loss/total": 0.5}), (200, {"episode/return": 21.0})]
+    assert tensorboard_events(tmp_path / "tb" / "seed_0") == [
+        (100, {"episode/return": 10.0, "loss/total": 0.5}), (200, {"episode/return": 20.0})]
+
+
 class Stopped(BaseException):
     """Like rlcli.runner.Interrupted: SIGTERM after a checkpoint."""
     exit_code = 143

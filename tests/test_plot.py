@@ -180,3 +180,39 @@ def test_real_run_vmapped_seeds(tmp_path, cli):
     summary = json.loads((run / "summary.json").read_text())
     assert int(final["n_seeds"]) == 2 and float(final["mean"]) == pytest.approx(summary["final_eval_return_mean"])
     assert_png(run / "plots" / "curves.png")
+
+
+def test_the_runs_curve_shows_seed_lines_or_beyond_ten_seeds_their_mean_and_range():
+    from matplotlib import pyplot as plt
+
+    from rlcli.plot import MAX_SEED_LINES, curve_figure
+
+    def records(num_seeds):
+        # seed i: training returns i and 2 i at steps 100, 200 (none finished at 100 for seed 0);
+        # evaluation 10 i at step 200
+        out = []
+        for i in range(num_seeds):
+            out.append({"seed_index": i, "seed": 5 + i, "env_steps": 100, "episode/return": None if i == 0 else float(i)})
+            out.append({"seed_index": i, "seed": 5 + i, "env_steps": 200, "episode/return": 2.0 * i,
+                        "eval/return_mean": 10.0 * i})
+        return out
+
+    fig = curve_figure(records(MAX_SEED_LINES), "t")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines[::2][:2]] == ["seed 5", "seed 6"]
+    assert len(lines) == 2 * MAX_SEED_LINES  # a line and eval markers per seed
+    plt.close(fig)
+
+    n = MAX_SEED_LINES + 2
+    fig = curve_figure(records(n), "t")
+    ax = fig.axes[0]
+    train, evals = ax.get_lines()
+    assert train.get_label() == f"training: mean of {n} seeds"
+    # step 100: seeds 1..n-1 (seed 0 had no finished episode); step 200: seeds 0..n-1
+    np.testing.assert_allclose(train.get_xdata(), [100, 200])
+    np.testing.assert_allclose(train.get_ydata(), [n / 2, n - 1])
+    np.testing.assert_allclose(evals.get_ydata(), [5.0 * (n - 1)])
+    # the training range: 1 .. n - 1 at step 100, 0 .. 2 (n - 1) at step 200
+    shaded = {tuple(v) for v in ax.collections[0].get_paths()[0].vertices}
+    assert {(100.0, 1.0), (100.0, n - 1.0), (200.0, 0.0), (200.0, 2.0 * (n - 1))} <= shaded
+    plt.close(fig)

@@ -137,3 +137,38 @@ def test_tree_packer_round_trips_mixed_dtypes_and_keeps_large_leaves_apart():
         for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_seed_and_eval_keys_equal_per_seed_prng_keys_in_one_call():
+    from types import SimpleNamespace
+
+    from rlcli import runner
+
+    # jax.random.PRNGKey(seed + i) for a Python int, which wraps at 2^32 (here from 2^32 - 2)
+    for seed in (0, 7, 2**31 - 1, 2**32 - 2):
+        cfg = SimpleNamespace(seed=seed, num_seeds=4)
+        expected = np.stack([np.asarray(jax.random.PRNGKey(seed + i)) for i in range(4)])
+        np.testing.assert_array_equal(np.asarray(runner.seed_keys(cfg)), expected)
+        for index in (0, 3):
+            expected = np.stack([np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed + i), 1_000_003 + index))
+                                 for i in range(4)])
+            np.testing.assert_array_equal(np.asarray(runner.eval_keys(cfg, index)), expected)
+
+
+def test_init_seeds_maps_on_the_cpu_and_batches_on_an_accelerator(monkeypatch):
+    from rlcli import runner
+
+    def init_one(key):
+        return jax.random.normal(key, (3,))
+
+    def primitives(keys):
+        return {eqn.primitive.name for eqn in jax.make_jaxpr(lambda k: runner.init_seeds(init_one, k))(keys).eqns}
+
+    keys = jnp.stack([jax.random.PRNGKey(i) for i in range(4)])
+    expected = np.stack([np.asarray(jax.random.normal(k, (3,))) for k in keys])
+    on_cpu, cpu_ops = runner.init_seeds(init_one, keys), primitives(keys)
+    monkeypatch.setattr(runner.jax, "default_backend", lambda: "gpu")
+    batched, gpu_ops = runner.init_seeds(init_one, keys), primitives(keys)
+    np.testing.assert_allclose(np.asarray(on_cpu), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-6)
+    assert "scan" in cpu_ops and "scan" not in gpu_ops  # a sequential loop on the CPU only
