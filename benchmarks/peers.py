@@ -667,12 +667,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = {int(r) for r in args.rows.split(",") if r.strip()}
     if not rows <= set(ROWS):
         parser.error(f"--rows={args.rows}: rows are {', '.join(map(str, ROWS))}")
-    try:
-        counts = sorted({1, *(int(k) for k in args.seed_counts.split(",") if k.strip())})
-    except ValueError:
-        counts = [0]
-    if min(counts) < 1 or args.seeds < 1:
+    counts = [k.strip() for k in args.seed_counts.split(",") if k.strip()]
+    if args.seeds < 1 or not all(k.isdigit() and int(k) > 0 for k in counts):
         parser.error(f"--seeds={args.seeds} --seed-counts={args.seed_counts}: seed counts are positive integers")
+    counts = sorted({1, *map(int, counts)})
     start = time.perf_counter()
 
     peers: dict[str, str | None] = {}

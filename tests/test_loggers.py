@@ -65,19 +65,25 @@ def history_row(record):
     return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
 
 
-def tensorboard_tags(directory):
-    """Scalar tags in a TensorBoard log directory (TFRecord files of Event protos)."""
+def tensorboard_events(directory):
+    """[(step, {tag: value})] of the events with scalars in a TensorBoard log directory."""
     from tensorboardX.proto import event_pb2
 
-    tags = set()
+    events = []
     for path in directory.glob("events.out.tfevents.*"):
         data, pos = path.read_bytes(), 0
         while pos + 12 <= len(data):
             (length,) = struct.unpack("<Q", data[pos:pos + 8])
             event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            tags |= {value.tag for value in event.summary.value}
+            if event.summary.value:
+                events.append((event.step, {v.tag: v.simple_value for v in event.summary.value}))
             pos += 12 + length + 4
-    return tags
+    return events
+
+
+def tensorboard_tags(directory):
+    """Scalar tags in a TensorBoard log directory."""
+    return {tag for _, values in tensorboard_events(directory) for tag in values}
 
 
 # ---- one run logged to both, then resumed ----------------------------------------------------
@@ -225,22 +231,6 @@ def test_flatten_gives_dotted_keys_and_json_values():
 
 RECORDS = [[{"seed_index": i, "seed": 7 + i, "update": u, "env_steps": 100 * u, "episode/return": 10.0 * u + i,
              "loss/total": float("nan") if u == 2 else 0.5} for i in range(2)] for u in (1, 2)]
-
-
-def tensorboard_events(directory):
-    """[(step, {tag: value})] of the events with scalars in a TensorBoard log directory."""
-    from tensorboardX.proto import event_pb2
-
-    events = []
-    for path in directory.glob("events.out.tfevents.*"):
-        data, pos = path.read_bytes(), 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            if event.summary.value:
-                events.append((event.step, {v.tag: v.simple_value for v in event.summary.value}))
-            pos += 12 + length + 4
-    return events
 
 
 def test_tensorboard_gets_one_event_per_record_with_its_scalars(tmp_path):
