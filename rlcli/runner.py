@@ -101,7 +101,7 @@ all_params_finite = jax.jit(jax.vmap(all_finite))
 class Backend(NamedTuple):
     """What `train` needs from a backend; `state` has a leading seed axis."""
 
-    init: Callable[[], Any]
+    init: Callable[..., Any]  # init(prepare=False): with prepare (training) it may start compiling the programs
     compile: Callable[[Any], float]  # compile chunk/eval programs; returns seconds
     chunk: Callable[[Any, int], tuple[Any, ChunkOut]]  # (state, num_updates)
     evaluate: Callable[[Any, int], tuple[np.ndarray, np.ndarray]]  # (state, eval index) -> [S, E] returns, lengths
@@ -109,6 +109,18 @@ class Backend(NamedTuple):
     restore: Callable[[Any, Any, dict], Any]  # (fresh state, restored pytree, meta) -> state
     close: Callable[[], None]
     programs: dict | None = None  # jax backend: compiled chunk programs by number of updates (to inspect)
+
+
+def per_seed(fn, num_seeds: int):
+    """`jax.vmap(fn)` over the leading seed axis; for one seed, `fn` on the seed's slice."""
+    if num_seeds > 1:
+        return jax.vmap(fn)
+
+    def one(*args):
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+
+    return one
 
 
 def init_seeds(init_one, keys):
@@ -127,22 +139,30 @@ def _seed_array(cfg) -> np.ndarray:
     return (np.arange(int(cfg.num_seeds), dtype=np.uint64) + int(cfg.seed)).astype(np.uint32)
 
 
-@jax.jit
-def _prng_keys(seeds, fold):
+def prng_keys(seeds, fold=None):
+    """[S, 2]: `jax.random.PRNGKey(seed)` of each of `seeds`, folded with `fold` unless None."""
     keys = jax.vmap(jax.random.PRNGKey)(seeds)
     return keys if fold is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, fold)
+
+
+_prng_keys = jax.jit(prng_keys)
 
 
 def seed_keys(cfg) -> jax.Array:
     """[S, 2]: `jax.random.PRNGKey(seed + i)` for seed index i, in one call (per-seed eager
     calls cost a dispatch each: seconds for 1024 seeds on a GPU)."""
-    return _prng_keys(_seed_array(cfg), None)
+    return _prng_keys(_seed_array(cfg))
+
+
+def eval_fold(index: int) -> np.uint32:
+    """What the seeds' keys are folded with for evaluation number `index` (0 = the first)."""
+    return np.uint32(1_000_003 + index)
 
 
 def eval_keys(cfg, index: int) -> jax.Array:
     """Per seed, the key of evaluation number `index` (0 = the first of the run):
     `fold_in(PRNGKey(seed + i), 1_000_003 + index)`."""
-    return _prng_keys(_seed_array(cfg), np.uint32(1_000_003 + index))
+    return _prng_keys(_seed_array(cfg), eval_fold(index))
 
 
 def eval_reset_keys(key: jax.Array, num_eval: int) -> jax.Array:
@@ -235,13 +255,18 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
 
     evaluate_one = jax_evaluate_one(cfg, spec, algo, env, normalizer)
 
-    init_fn = jax.jit(partial(init_seeds, init_one))
+    # the init and evaluation programs make the seeds' keys themselves (`seed_keys`, `eval_keys`):
+    # a jitted call of its own would be traced on every run, also when the programs come from the cache
+    init_fn = jax.jit(lambda seeds: init_seeds(init_one, prng_keys(seeds)))
     chunk_fns: dict[int, Any] = {}
-    eval_fn = jax.jit(jax.vmap(evaluate_one))
+    eval_fn = jax.jit(lambda learner, norm, seeds, fold: jax.vmap(evaluate_one)(learner, norm, prng_keys(seeds, fold)))
     compiled: dict[str, Any] = {}
+    pending: dict[Any, Any] = {}  # programs compiling: {number of updates or "eval": Future}
+    deferred: dict[Any, Callable] = {}  # programs to lower and compile once training starts
+    pool = ThreadPoolExecutor(4)  # compiles: init, two chunk programs and the evaluation at most
 
     def lower_chunk(state, num_updates):
-        fn = jax.vmap(partial(chunk_one, num_updates=num_updates))
+        fn = per_seed(partial(chunk_one, num_updates=num_updates), int(cfg.num_seeds))
         if nan_check:
             return jax.jit(checked(fn), donate_argnums=0).lower(state)
         return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
@@ -249,22 +274,45 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
 
     def chunk_program(state, num_updates):
         if num_updates not in chunk_fns:
-            chunk_fns[num_updates] = lower_chunk(state, num_updates).compile()
+            future = pending.pop(num_updates, None)
+            chunk_fns[num_updates] = future.result() if future else lower_chunk(state, num_updates).compile()
         return chunk_fns[num_updates]
 
-    def compile_programs(state) -> float:
-        """Trace every program, then compile them side by side: XLA's compiler releases the GIL,
-        so on two or more cores the wall time is that of the largest program."""
-        start = time.perf_counter()
-        lowered = {sizes.updates_per_log: lower_chunk(state, sizes.updates_per_log)}
-        if sizes.num_updates % sizes.updates_per_log:  # a shorter last chunk is its own program
+    def start_compiling(state) -> None:
+        """Lower the chunk and evaluation programs for `state` (its arrays or their shapes) one
+        after the other, and start compiling each in a thread of its own as soon as it is
+        lowered (XLA's compiler releases the GIL: the programs compile side by side, and beside
+        the tracing of the next ones). Where training leaves a core free (fewer seed devices
+        than CPU devices, or an accelerator), the programs the first chunk does not need (a
+        shorter last chunk; the evaluation when the first one comes after the second chunk or
+        later) are lowered and compiled once the first chunk program is ready, beside training."""
+        shapes = xla.seed_shapes(state, int(cfg.num_seeds))  # the arrays are donated to the first chunk
+        pending[sizes.updates_per_log] = pool.submit(lower_chunk(shapes, sizes.updates_per_log).compile)
+        chunks = math.ceil(sizes.num_updates / sizes.updates_per_log)
+        others = [("eval", partial(xla.lower_cached, eval_fn, (shapes.learner, shapes.norm, _seed_array(cfg),
+                                                                eval_fold(0)), name="eval", cfg=cfg),
+                   min(sizes.eval_every_chunks or chunks, chunks) >= 2)]  # (name, lower, needed after chunk 1)
+        if sizes.num_updates % sizes.updates_per_log:
             last = sizes.num_updates % sizes.updates_per_log
-            lowered[last] = lower_chunk(state, last)
-        lowered["eval"] = xla.lower_cached(eval_fn, (state.learner, state.norm, eval_keys(cfg, 0)), name="eval", cfg=cfg)
-        with ThreadPoolExecutor(len(lowered)) as pool:
-            done = dict(zip(lowered, pool.map(lambda program: program.compile(), lowered.values())))
-        compiled["eval"] = done.pop("eval")
-        chunk_fns.update(done)
+            others.append((last, partial(lower_chunk, shapes, last), True))
+        spare = jax.default_backend() != "cpu" or xla.seed_devices(int(cfg.num_seeds)) < jax.device_count()
+        for name, lower, later in others:
+            if spare and later:
+                deferred[name] = lambda lower=lower: lower().compile()
+            else:
+                pending[name] = pool.submit(lower().compile)
+
+    def compile_programs(state) -> float:
+        """Wait for the first chunk program (compiling it and the others unless
+        `init(prepare=True)` started them), then start the deferred ones. The evaluation and
+        the last chunk are waited for when first used: they may compile while training runs.
+        Returns the seconds this took."""
+        start = time.perf_counter()
+        if not pending:
+            start_compiling(state)
+        chunk_program(state, sizes.updates_per_log)
+        pending.update({name: pool.submit(compile_) for name, compile_ in deferred.items()})
+        deferred.clear()
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
@@ -272,19 +320,30 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
 
     def evaluate(state, index):
         # compiled with the chunk programs when training; jitted on first use otherwise (rlcli eval)
-        ret, length = compiled.get("eval", eval_fn)(state.learner, state.norm, eval_keys(cfg, index))
+        if "eval" in pending:
+            compiled["eval"] = pending.pop("eval").result()
+        ret, length = compiled.get("eval", eval_fn)(state.learner, state.norm, _seed_array(cfg), eval_fold(index))
         return np.asarray(ret), np.asarray(length)
 
     def restore(state, saved, meta):
         return RunnerState(**saved)
 
-    def init():
-        keys = seed_keys(cfg)
-        state = xla.lower_cached(init_fn, (keys,), name="init", cfg=cfg).compile()(keys)
-        return xla.shard_seeds(state, int(cfg.num_seeds))
+    def init(prepare: bool = False):
+        """The seeds' initial state. With `prepare` (training), the chunk and evaluation programs
+        are traced while the init program compiles, and start compiling themselves: on two or
+        more cores tracing and compiling overlap (`compile_programs` waits for them)."""
+        seeds = _seed_array(cfg)
+        lowered = xla.lower_cached(init_fn, (seeds,), name="init", cfg=cfg)
+        if not prepare:
+            program = lowered.compile()
+        else:
+            init_future = pool.submit(lowered.compile)
+            start_compiling(xla.seed_shapes(lowered.out_info, int(cfg.num_seeds)))
+            program = init_future.result()
+        return xla.shard_seeds(program(seeds), int(cfg.num_seeds))
 
-    return Backend(init, compile_programs, chunk, evaluate,
-                   lambda state: state._asdict(), restore, lambda: None, chunk_fns)
+    return Backend(init, compile_programs, chunk, evaluate, lambda state: state._asdict(), restore,
+                   lambda: pool.shutdown(wait=False, cancel_futures=True), chunk_fns)
 
 
 # ---- gymnasium backend -----------------------------------------------------------------------
@@ -375,7 +434,7 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
     compiled: dict[str, Any] = {}
     metric_names: list[str] = []
 
-    def init():
+    def init(prepare: bool = False):  # the programs compile in compile_programs either way
         # the same key split as the jax backend (params, env, run): same seed, same initial params
         keys = jax.vmap(lambda key: jax.random.split(key, 3))(seed_keys(cfg))
         learner = jax.jit(partial(init_seeds, algo.init))(keys[:, 0])
@@ -689,7 +748,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
     backend = make_backend(cfg, parts)
     # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
     with StopSignals() as signals, contextlib.closing(backend):
-        state = backend.init()
+        state = backend.init(prepare=True)
         init_time = time.perf_counter() - start  # mostly compiling the init program: counted as compile time
         updates_done, eval_index, wall_before = 0, 0, 0.0
         if resume:

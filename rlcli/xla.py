@@ -70,18 +70,37 @@ def seed_devices(num_seeds: int) -> int:
     return max(d for d in range(1, min(available, num_seeds) + 1) if num_seeds % d == 0)
 
 
+def seed_sharding(num_seeds: int):
+    """The sharding of a run's state (leading axis: seeds): split over `seed_devices(num_seeds)`
+    devices, or, on one device, the default device."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+
+    count = seed_devices(num_seeds)
+    if count == 1:
+        return SingleDeviceSharding(jax.devices()[0])
+    return NamedSharding(Mesh(np.array(jax.devices()[:count]), ("seeds",)), PartitionSpec("seeds"))
+
+
 def shard_seeds(tree, num_seeds: int):
     """Place `tree` (leading axis: seeds) split over `seed_devices(num_seeds)` devices; the
     jitted programs that take it follow its sharding (each device runs its seeds)."""
     import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    count = seed_devices(num_seeds)
-    if count == 1:
+    if seed_devices(num_seeds) == 1:
         return tree
-    mesh = Mesh(np.array(jax.devices()[:count]), ("seeds",))
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("seeds")))
+    return jax.device_put(tree, seed_sharding(num_seeds))
+
+
+def seed_shapes(tree, num_seeds: int):
+    """The shapes and dtypes of `tree` (arrays or jax.ShapeDtypeStruct, leading axis: seeds)
+    with the sharding `shard_seeds` gives the arrays: what a program is lowered for before
+    the arrays exist, or after they were donated."""
+    import jax
+
+    sharding = seed_sharding(num_seeds)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def devices_of(state) -> int:

@@ -9,8 +9,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from conftest import rlcli_executable, train
+from conftest import compose, rlcli_executable, train
 from rlcli import xla
 
 RANDOM = """
@@ -172,3 +173,49 @@ def test_init_seeds_maps_on_the_cpu_and_batches_on_an_accelerator(monkeypatch):
     np.testing.assert_allclose(np.asarray(on_cpu), expected, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-6)
     assert "scan" in cpu_ops and "scan" not in gpu_ops  # a sequential loop on the CPU only
+
+
+def test_per_seed_runs_one_seed_unbatched_and_vmaps_more():
+    from rlcli import runner
+
+    fn = lambda x, y: {"s": x.sum() + y, "x": 2 * x}  # noqa: E731
+    one = runner.per_seed(fn, 1)(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([10.0]))
+    np.testing.assert_array_equal(np.asarray(one["s"]), [16.0])
+    np.testing.assert_array_equal(np.asarray(one["x"]), [[2.0, 4.0, 6.0]])
+    two = runner.per_seed(fn, 2)(jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]), jnp.array([10.0, 20.0]))
+    np.testing.assert_array_equal(np.asarray(two["s"]), [16.0, 21.0])
+    # one seed: the product runs on the seed's [2, 3] slice, not batched over a seed axis of 1
+    eqns = jax.make_jaxpr(runner.per_seed(lambda x: x @ x.T, 1))(jnp.ones((1, 2, 3))).eqns
+    assert [e.outvars[0].aval.shape for e in eqns if e.primitive.name == "dot_general"] == [(2, 2)]
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_programs_compiled_beside_init_match_programs_compiled_after_it(tmp_path, num_seeds):
+    """`init(prepare=True)` lowers the chunk and evaluation programs from the init program's
+    output shapes and compiles them while init compiles; the last, shorter chunk program
+    compiles once training starts. Every chunk and evaluation gives the numbers of the
+    programs compiled from the arrays after init (`init()`, then `compile`)."""
+    from rlcli import runner
+
+    cfg = compose(["algo=ppo", "env=CartPole-v1", "num_envs=4", "algo.num_steps=16", "total_steps=640",
+                   "log_interval=256", "eval_episodes=2", f"num_seeds={num_seeds}", "compile_cache=null"])
+    parts = runner.setup(cfg)
+    assert parts.sizes.num_updates % parts.sizes.updates_per_log  # a last chunk program of its own
+    results = []
+    for prepare in (True, False):
+        backend = runner.make_backend(cfg, parts)
+        state = backend.init(prepare=prepare)
+        backend.compile(state)
+        out, done = [], 0
+        while done < parts.sizes.num_updates:
+            n = min(parts.sizes.updates_per_log, parts.sizes.num_updates - done)
+            state, chunk = backend.chunk(state, n)
+            out.append(jax.tree.map(np.asarray, chunk))
+            done += n
+        out.append(backend.evaluate(state, 0))
+        assert sorted(backend.programs) == [parts.sizes.num_updates % parts.sizes.updates_per_log,
+                                            parts.sizes.updates_per_log]
+        backend.close()
+        results.append(out)
+    for a, b in zip(*results):
+        jax.tree.map(np.testing.assert_array_equal, a, b)

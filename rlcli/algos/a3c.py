@@ -290,5 +290,5 @@ def make_backend(cfg, spec, algo: Algorithm, sizes):
         # a resumed run finds them in JAX's compilation cache
         return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), A3CState(**saved))
 
-    return runner.Backend(lambda: init_fn(runner.seed_keys(cfg)), compile_programs, chunk, evaluate,
+    return runner.Backend(lambda prepare=False: init_fn(runner.seed_keys(cfg)), compile_programs, chunk, evaluate,
                           lambda state: state._asdict(), restore, lambda: None)
