@@ -288,7 +288,7 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         later) are lowered and compiled once the first chunk program is ready, beside training."""
         shapes = xla.seed_shapes(state, int(cfg.num_seeds))  # the arrays are donated to the first chunk
         pending[sizes.updates_per_log] = pool.submit(lower_chunk(shapes, sizes.updates_per_log).compile)
-        chunks = math.ceil(sizes.num_updates / sizes.updates_per_log)
+        chunks = sizes.num_chunks
         others = [("eval", partial(xla.lower_cached, eval_fn, (shapes.learner, shapes.norm, _seed_array(cfg),
                                                                 eval_fold(0)), name="eval", cfg=cfg),
                    min(sizes.eval_every_chunks or chunks, chunks) >= 2)]  # (name, lower, needed after chunk 1)
