@@ -292,8 +292,8 @@ def make_jax_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes) -> B
         others = [("eval", partial(xla.lower_cached, eval_fn, (shapes.learner, shapes.norm, _seed_array(cfg),
                                                                 eval_fold(0)), name="eval", cfg=cfg),
                    min(sizes.eval_every_chunks or chunks, chunks) >= 2)]  # (name, lower, needed after chunk 1)
-        if sizes.num_updates % sizes.updates_per_log:
-            last = sizes.num_updates % sizes.updates_per_log
+        last = sizes.num_updates % sizes.updates_per_log  # a shorter last chunk is its own program
+        if last:
             others.append((last, partial(lower_chunk, shapes, last), True))
         spare = jax.default_backend() != "cpu" or xla.seed_devices(int(cfg.num_seeds)) < jax.device_count()
         for name, lower, later in others:

@@ -190,7 +190,7 @@ def test_per_seed_runs_one_seed_unbatched_and_vmaps_more():
 
 
 @pytest.mark.parametrize("num_seeds", [1, 2])
-def test_programs_compiled_beside_init_match_programs_compiled_after_it(tmp_path, num_seeds):
+def test_programs_compiled_beside_init_match_programs_compiled_after_it(num_seeds):
     """`init(prepare=True)` lowers the chunk and evaluation programs from the init program's
     output shapes and compiles them while init compiles; the last, shorter chunk program
     compiles once training starts. Every chunk and evaluation gives the numbers of the
