@@ -16,13 +16,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(Exception):
-    """One-line message: which checkpoint and why it cannot be used."""
+from rlcli.errors import CheckpointError
 
 
 def manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
@@ -50,31 +48,78 @@ def steps(directory: str | Path) -> list[int]:
                   if p.is_dir() and p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file())
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose files cannot be read back: `step`, and `part`, what cannot be read."""
+
+    def __init__(self, directory: Path, step: int, part: str):
+        super().__init__(f"checkpoint {Path(directory) / str(step)} is damaged: {part} cannot be read")
+        self.step, self.part = step, part
+
+
 def read_meta(directory: str | Path, step: int) -> dict:
-    """The JSON record of checkpoint `step` (raises CheckpointError if unreadable)."""
+    """The JSON record of checkpoint `step` (raises DamagedCheckpoint if unreadable)."""
     import json
 
     path = Path(directory) / str(step) / "meta" / "metadata"
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {Path(directory) / str(step)} is corrupted "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else path})") from None
+    except (OSError, ValueError):
+        raise DamagedCheckpoint(directory, step, "its record (meta/metadata)") from None
 
 
-def restore(directory: str | Path, like: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restore (state, meta) of `step` (default: the latest); `like` gives the tree structure,
-    shapes and dtypes (e.g. a freshly initialised state). Raises CheckpointError with a
-    one-line reason if the checkpoint is missing, corrupted or of another shape."""
+def restore(directory: str | Path, like: Any, step: int | None = None,
+            notice: Callable[[str], None] | None = None) -> tuple[Any, dict]:
+    """Restore (state, meta) of `step`, or of the newest checkpoint that can be read; `like`
+    gives the tree structure, shapes and dtypes (e.g. a freshly initialised state). Without
+    `step`, damaged newer checkpoints are skipped with one line naming them, given to `notice`
+    (default: printed to stderr). Raises
+    CheckpointError with a one-line reason if the checkpoint is missing, damaged (every one,
+    without `step`) or of another shape."""
     directory = Path(directory)
     available = steps(directory)
-    if step is None:
-        if not available:
-            raise CheckpointError(f"no checkpoint in {directory}")
-        step = available[-1]
-    elif step not in available:
-        raise CheckpointError(f"no checkpoint {step} in {directory} (available: "
-                              f"{', '.join(map(str, available)) or 'none'})")
+    if step is not None:
+        if step not in available:
+            raise CheckpointError(f"no checkpoint {step} in {directory} (available: "
+                                  f"{', '.join(map(str, available)) or 'none'})")
+        return _restore_step(directory, like, step)
+    if not available:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    damaged: list[DamagedCheckpoint] = []
+    for step in reversed(available):
+        try:
+            state, meta = _restore_step(directory, like, step)
+        except DamagedCheckpoint as err:
+            damaged.append(err)
+            continue
+        if damaged:
+            plural = "s" * (len(damaged) > 1)
+            (notice or _print_notice)(
+                f"the checkpoint{plural} at env step{plural} {', '.join(str(err.step) for err in damaged)} in "
+                f"{directory} cannot be read ({'; '.join(f'{err.part} of {err.step}' for err in damaged)}); "
+                f"using the one at env step {step}")
+        return state, meta
+    raise CheckpointError(f"no checkpoint in {directory} can be read (the newest: {damaged[0]})")
+
+
+def _print_notice(text: str) -> None:
+    print(f"rlcli: {text}", file=sys.stderr)
+
+
+def set_aside_after(directory: str | Path, step: int) -> list[Path]:
+    """Rename the checkpoints newer than `step` (damaged ones a resume skipped) to
+    `<step>.damaged`, so that training writes those steps anew; returns the new paths."""
+    moved = []
+    for newer in (s for s in steps(directory) if s > step):
+        source = Path(directory) / str(newer)
+        target, n = source.with_name(f"{newer}.damaged"), 1
+        while target.exists():
+            target, n = source.with_name(f"{newer}.damaged-{n}"), n + 1
+        source.rename(target)
+        moved.append(target)
+    return moved
+
+
+def _restore_step(directory: Path, like: Any, step: int) -> tuple[Any, dict]:
     meta = read_meta(directory, step)
     try:
         with _quiet_stderr(), manager(directory, keep=1_000_000) as mngr:
@@ -85,9 +130,7 @@ def restore(directory: str | Path, like: Any, step: int | None = None) -> tuple[
         if "not compatible with the stored shape" in text or "tree structure" in text.lower():
             raise CheckpointError(f"checkpoint {directory / str(step)} does not fit this config: "
                                   f"{text.splitlines()[0]}") from None
-        detail = text[text.rfind("Error "):] if "Error " in text else (text.splitlines() or [""])[0]
-        raise CheckpointError(f"checkpoint {directory / str(step)} is corrupted "
-                              f"({type(err).__name__}: {detail[:200]})") from None
+        raise DamagedCheckpoint(directory, step, "its array data") from None
     return restored.state, meta
 
 

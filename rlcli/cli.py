@@ -44,38 +44,12 @@ On the jax backend a resumed run gives the same metrics as one never interrupted
 gymnasium backend the episodes in flight restart. run=<multirun dir> resumes every job of a
 sweep in turn (finished jobs say so; jobs without a checkpoint are skipped)."""
 
-EXIT_BAD_INPUT = 2
+from rlcli.errors import EXIT_BAD_INPUT, report
+from rlcli.errors import print_error as _error
+from rlcli.paths import check_output_dir as _check_output_dir
+from rlcli.paths import config_dir
 
-
-def config_dir() -> Path:
-    """conf/ ships inside the wheel as rlcli/conf; in a source checkout it is ../conf."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError("rlcli: cannot find the config directory (rlcli/conf or conf/)")
-
-
-def _error(command: str, message: str) -> None:
-    print(f"rlcli {command}: error: {message}", file=sys.stderr)
-
-
-def report(command: str, err: BaseException) -> int:
-    """Print the one-line message of an rlcli error and return its exit code (None: not ours)."""
-    from rlcli.checkpoint import CheckpointError
-    from rlcli.config import ConfigError
-    from rlcli.runner import Interrupted, RunError
-
-    if isinstance(err, (ConfigError, CheckpointError)):
-        _error(command, str(err))
-        return EXIT_BAD_INPUT
-    if isinstance(err, RunError):
-        _error(command, str(err))
-        return err.exit_code
-    if isinstance(err, Interrupted):
-        print(f"rlcli {command}: {err}", file=sys.stderr)
-        return err.exit_code
-    return None
+__all__ = ["EXIT_BAD_INPUT", "config_dir", "main", "report"]
 
 
 # ---- checks before Hydra runs -----------------------------------------------------------------
@@ -130,21 +104,6 @@ def _parses(parser, arg: str) -> bool:
         return False
 
 
-def _check_output_dir(key: str, path: str) -> None:
-    """Refuse a run directory that cannot be created, before anything is written."""
-    from rlcli.config import ConfigError
-
-    target = Path(path).absolute()
-    parent = target
-    while not parent.exists():
-        parent = parent.parent
-    if target.exists() and not target.is_dir():
-        raise ConfigError(f"{key}={path} cannot be used: it is a file (allowed: a writable directory)")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={path} cannot be created: {parent} is not a writable directory "
-                          "(allowed: a path under a writable directory)")
-
-
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override list of every job of a basic-sweeper multirun (the cartesian product of
     the `key=a,b,c` lists, as Hydra's BasicSweeper forms it). Where another sweeper (e.g.
@@ -160,18 +119,21 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def preflight(args: list[str]) -> int | None:
+def preflight(args: list[str]) -> tuple[int | None, str | None, Path | None]:
     """Parse, compose and validate `rlcli train` overrides as Hydra will; on bad input print one
-    line and return the exit code. For a sweep (-m) every job of the basic sweeper is composed
-    and validated before the first one starts; a bad job refuses the whole sweep. Under
-    another sweeper the overrides its jobs share are checked."""
+    line and return (exit code, None, None). For a sweep (-m) every job of the basic sweeper is
+    composed and validated before the first one starts; a bad job refuses the whole sweep.
+    Under another sweeper the overrides its jobs share are checked. Once all is well, the run
+    (or sweep) directory is claimed for this process alone (`paths.claim_dir`): (None,
+    'hydra.run.dir' or 'hydra.sweep.dir', the directory)."""
+    from rlcli.paths import claim_dir
     from rlcli.config import ConfigError, validate
     from rlcli.sweep import limit_threads
 
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     if any(f not in ("-m", "--multirun") for f in flags):
-        return None  # --help, --cfg, --info ...: Hydra's own
+        return None, None, None  # --help, --cfg, --info ...: Hydra's own
     job = ""
     try:
         jobs = sweep_jobs(overrides) if flags else [overrides]
@@ -187,14 +149,15 @@ def preflight(args: list[str]) -> int | None:
                     limit_threads(cfg)
                 validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         key = "hydra.sweep.dir" if flags else "hydra.run.dir"
-        _check_output_dir(key, str(OmegaConf.select(cfg, key)))
+        named = any(o.lstrip("+").startswith(key + "=") for o in overrides)
+        claimed = claim_dir(key, str(OmegaConf.select(cfg, key)), named_by_user=named)
     except ConfigError as err:
         _error("train", job + str(err))
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None, None
     except Exception as err:  # Hydra's parse and composition errors
         _error("train", job + _composition_error(err, overrides))
-        return EXIT_BAD_INPUT
-    return None
+        return EXIT_BAD_INPUT, None, None
+    return None, key, claimed
 
 
 # ---- train ------------------------------------------------------------------------------------
@@ -266,16 +229,23 @@ class SweepSummary(Callback):
 def train(args: list[str]) -> int:
     import hydra
 
+    from rlcli.paths import release_if_empty
+
     _quiet_logging()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    code = preflight(args)
+    code, dir_key, claimed = preflight(args)
     if code is not None:
         return code
     main = hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_train_task)
     saved_argv = sys.argv
     # -m may stand anywhere among the overrides (Hydra's parser wants it before them)
     multirun = [a for a in args if a in ("-m", "--multirun")]
-    sys.argv = ["rlcli train", *multirun, *[a for a in args if a not in multirun]]
+    overrides = [a for a in args if a not in multirun]
+    if claimed is not None:  # the directory preflight claimed replaces the user's or the default
+        quoted = str(claimed).replace("\\", "\\\\").replace("'", "\\'")
+        overrides = [a for a in overrides if not a.lstrip("+").startswith(dir_key + "=")]
+        overrides.append(f"{dir_key}='{quoted}'")
+    sys.argv = ["rlcli train", *multirun, *overrides]
     try:
         main()
     except SystemExit as exit_:
@@ -293,6 +263,8 @@ def train(args: list[str]) -> int:
         raise
     finally:
         sys.argv = saved_argv
+        if claimed is not None:  # Hydra stopped before writing anything
+            release_if_empty(claimed)
     return 1 if _failed_jobs else 0
 
 

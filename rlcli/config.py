@@ -13,9 +13,7 @@ from typing import Any, Callable, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """One-line message: key, bad value, what is allowed."""
+from rlcli.errors import ConfigError  # noqa: F401  (config.ConfigError: the name callers use)
 
 
 class Sizes(NamedTuple):
@@ -133,7 +131,7 @@ def compose_default() -> DictConfig:
     """The train config with no overrides (for key suggestions)."""
     from hydra import compose, initialize_config_dir
 
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("train")

@@ -64,6 +64,7 @@ class Options(NamedTuple):
     batch_episodes: int
     reference_episodes: int
     gamma: float
+    out_named: bool = False  # out= given: written into as it is; else a new directory is claimed
 
 
 def parse(args: list[str]) -> Options:
@@ -126,7 +127,7 @@ def parse(args: list[str]) -> Options:
     else:
         out = Path("outputs") / "diagnose" / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{cfg.env.id}"
     return Options(cfg, run_dir, out, int(values["batches"]), int(values["batch_episodes"]),
-                   int(values["reference_episodes"]), float(values["gamma"]))
+                   int(values["reference_episodes"]), float(values["gamma"]), "out" in own)
 
 
 def _jax_ports():
@@ -359,11 +360,14 @@ def main(args: list[str]) -> int:
         print(USAGE)
         return 0
     from rlcli.cli import _quiet_logging, report
+    from rlcli.paths import claim_dir
 
     _quiet_logging()
     try:
         opts = parse(args)
         result = run(opts)
+        # a directory diagnose names itself is claimed for this process (-1, -2, ... when taken)
+        opts = opts._replace(out=opts.out if opts.out_named else claim_dir("out", opts.out, named_by_user=False))
         write(result, opts.out)
     except Exception as err:
         code = report("diagnose", err)

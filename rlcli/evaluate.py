@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 USAGE = """usage: rlcli eval run=<run dir> [episodes=N] [deterministic=true|false] [checkpoint=<env step>]
                  [seed_index=i] [eval_seed=K] [video=true] [video_format=gif|mp4] [video_episodes=M]
 
-Restores the latest checkpoint of the run (or checkpoint=<env steps>, one of checkpoints/),
+Restores the newest checkpoint of the run that can be read (a damaged newer one is skipped
+with a one-line notice), or checkpoint=<env steps>, one of checkpoints/; it then
 runs N episodes per seed (default: the run's eval_episodes) with the policy's mode
 (deterministic; default: the run's eval_deterministic), prints mean +- std of the return and
 length per seed and over all, and writes eval.json into the run directory. seed_index=i
@@ -47,7 +48,7 @@ KEYS = ("run", "episodes", "deterministic", "checkpoint", "seed_index", "eval_se
 class Options(NamedTuple):
     run_dir: Path
     cfg: Any  # the run's saved config, eval_episodes and eval_deterministic set to these options
-    checkpoint: int  # env steps
+    checkpoint: int | None  # env steps; None: the newest that can be read
     seed_indices: tuple[int, ...]
     episodes: int
     deterministic: bool
@@ -96,7 +97,7 @@ def parse(args: list[str]) -> Options:
     rules = {
         "episodes": (int(cfg.eval_episodes), *int_at_least(1), "is not allowed"),
         "deterministic": (bool(cfg.eval_deterministic), *boolean(), "is not allowed"),
-        "checkpoint": (available[-1], lambda v: v in available,
+        "checkpoint": (None, lambda v: v is None or v in available,
                        f"one of {', '.join(map(str, available))}",
                        f"is not a checkpoint of run={run_dir}"),
         "seed_index": (None, lambda v: v is None or in_range(v), f"an integer in [0, {num_seeds - 1}]",
@@ -317,6 +318,7 @@ def run(opts: Options) -> dict:
         if renderer is not None:
             cleanup.callback(renderer.close)
         state, meta = runner.restore_checkpoint(backend, opts.run_dir / "checkpoints", opts.checkpoint)
+        opts = opts._replace(checkpoint=int(meta["env_steps"]))  # the newest readable, by default
         returns, lengths = backend.evaluate(state, opts.eval_seed)
         seeds = [int(opts.cfg.seed) + i for i in range(int(opts.cfg.num_seeds))]
         result = {"algo": opts.cfg.algo.name, "env": parts.spec.id, "backend": parts.backend_name,
@@ -353,7 +355,7 @@ def main(args: list[str]) -> int:
         return code
     kind = "deterministic" if opts.deterministic else "stochastic"
     print(f"rlcli eval: {result['algo']} on {result['env']} ({result['backend']} backend), checkpoint at "
-          f"env step {opts.checkpoint} of {opts.run_dir}; {opts.episodes} {kind} episode{'s' * (opts.episodes != 1)} per seed, "
+          f"env step {result['checkpoint']} of {opts.run_dir}; {opts.episodes} {kind} episode{'s' * (opts.episodes != 1)} per seed, "
           f"eval_seed={opts.eval_seed}")
     for seed in result["seeds"]:
         print(_line(f"seed {seed['seed']} (seed_index {seed['seed_index']})", seed))

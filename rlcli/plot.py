@@ -421,9 +421,10 @@ def compute(options: Options, runs: list[Run]):
 
 def main(args: list[str]) -> int:
     """`rlcli plot`: see USAGE."""
-    from rlcli.cli import _check_output_dir, report
     from rlcli.config import ConfigError
+    from rlcli.errors import report
     from rlcli.logger import write_atomic
+    from rlcli.paths import check_output_dir, claim_dir
 
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
@@ -433,11 +434,14 @@ def main(args: list[str]) -> int:
         runs, notes = collect(options)
         groups, bands, finals = compute(options, runs)
         out = Path(options.out) if options.out else default_out(options.dirs[0])
-        _check_output_dir("out", str(out))
+        check_output_dir("out", str(out))
     except ConfigError as err:
         return report("plot", err)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if options.out or not is_run_dir(out.parent):
+            out.mkdir(parents=True, exist_ok=True)  # out= (or a sweep directory) is written into
+        else:  # <run>/plots is claimed for this process (plots-1, plots-2, ... when taken)
+            out = claim_dir("out", out, named_by_user=False)
         plot_bands(bands, groups, options.x, options.metric, out / "curves.png")
         write_atomic(out / "curves.csv", curves_csv(bands))
         write_atomic(out / "final_returns.csv", finals_csv(finals))

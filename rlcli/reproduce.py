@@ -1,6 +1,10 @@
 """`rlcli reproduce run=<run dir> [out=<dir>] [rtol=...]`: train the run's saved config again
 into a new run directory and compare the metrics record by record.
 
+A run that was resumed (to a larger budget, or after a stop) is replayed as it was trained:
+leg by leg from its legs.json, each leg with its own config, stopped with a checkpoint at the
+update where the next leg resumed, and resumed from there.
+
 Compared are every metric of every record of the original's metrics.jsonl (update, env steps,
 episode statistics, losses, evaluations), except the timings `wall_time` and
 `perf/steps_per_s`. On CPU, where rlcli's programs are deterministic, they must be equal bit for
@@ -21,7 +25,7 @@ from pathlib import Path
 USAGE = """usage: rlcli reproduce run=<run dir> [out=<new run dir>] [rtol=<relative tolerance>]
 
 Re-runs the run's saved config (.hydra/config.yaml, seed included) into a new run directory
-(default: <run dir>-reproduced, or -reproduced-2, ...) and reports whether its metrics match
+(default: <run dir>-reproduced, or -reproduced-1, ... when taken) and reports whether its metrics match
 the original's: bit for bit when both ran on CPU, within rtol (default 1e-3) otherwise.
 Writes reproduce.json (match, first difference, versions and git commits of both runs) into
 the new directory. Exit code 0: the metrics match; 1: they differ; 2: bad input.
@@ -29,15 +33,6 @@ run=<multirun dir> reproduces every job J into <multirun dir>-reproduced/J (or <
 
 VOLATILE = ("wall_time", "perf/steps_per_s")
 DEFAULT_RTOL = 1e-3
-
-
-def _new_dir(run_dir: Path) -> Path:
-    candidate = run_dir.with_name(run_dir.name + "-reproduced")
-    n = 2
-    while candidate.exists():
-        candidate = run_dir.with_name(f"{run_dir.name}-reproduced-{n}")
-        n += 1
-    return candidate
 
 
 def compare(original: list[dict], reproduced: list[dict], rtol: float | None) -> dict:
@@ -67,10 +62,26 @@ def compare(original: list[dict], reproduced: list[dict], rtol: float | None) ->
     return {"match": True, "records": len(original), "values": values, "first_difference": None}
 
 
+def replay_plan(run_dir: Path, cfg) -> list[tuple]:
+    """[(config, stop update or None)] per leg of the run: a run that was resumed is replayed
+    as it was trained, each leg with its own config, stopped at the update where the next leg
+    resumed (legs.json). A run without legs.json is one leg with its saved config."""
+    from omegaconf import OmegaConf
+
+    from rlcli import runner
+
+    legs = runner.read_legs(run_dir)
+    if len(legs) < 2 or legs[0]["start_update"] != 0:
+        return [(cfg, None)]
+    starts = [leg["start_update"] for leg in legs[1:]]
+    return [(OmegaConf.create(leg["config"]), stop) for leg, stop in zip(legs, [*starts, None])]
+
+
 def _parse(args: list[str]):
     """(run_dir, cfg, out_dir, rtol or None) from the arguments; ConfigError for bad input."""
-    from rlcli.cli import _check_output_dir, load_run
+    from rlcli.cli import load_run
     from rlcli.config import ConfigError, validate
+    from rlcli.paths import claim_dir
 
     keep, out, rtol = [], None, None
     for arg in args:
@@ -95,10 +106,8 @@ def _parse(args: list[str]):
         raise ConfigError(f"run={run_dir} has no metrics.jsonl to compare with (allowed: a run directory "
                           "written by rlcli train)")
     validate(cfg)
-    out = out or _new_dir(run_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"out={out} already exists and is not empty (allowed: a new directory)")
-    _check_output_dir("out", str(out))
+    # claimed for this process alone: <run dir>-reproduced, or -reproduced-1, ... when taken
+    out = claim_dir("out", out or run_dir.with_name(run_dir.name + "-reproduced"), named_by_user=out is not None)
     return run_dir, cfg, out, rtol
 
 
@@ -119,15 +128,19 @@ def main(args: list[str]) -> int:
         run_dir, cfg, out, rtol = _parse(args)
     except ConfigError as err:
         return report("reproduce", err)
+    legs = replay_plan(run_dir, cfg)
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
-    write_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(legs[0][0]))
     for name in ("overrides.yaml", "hydra.yaml"):
         if (run_dir / ".hydra" / name).is_file():
             shutil.copyfile(run_dir / ".hydra" / name, out / ".hydra" / name)
     _configure_logging(out)
-    print(f"rlcli reproduce: training the config of {run_dir} again into {out}", file=sys.stderr)
+    print(f"rlcli reproduce: training the config of {run_dir} again into {out}"
+          + (f", in its {len(legs)} legs (resumed at updates "
+             f"{', '.join(str(stop) for _, stop in legs[:-1])})" if len(legs) > 1 else ""), file=sys.stderr)
     try:
-        summary = runner.train(cfg, out)
+        for number, (leg_cfg, stop) in enumerate(legs):
+            summary = runner.train(leg_cfg, out, resume=number > 0, stop_at_update=stop)
     except (Exception, runner.Interrupted) as err:
         code = report("reproduce", err)
         if code is None:

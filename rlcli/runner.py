@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlcli import algos, checkpoint, config, envs, normalize, xla
+from rlcli.errors import EXIT_DIVERGED, EXIT_FAILED, Interrupted, RunError  # noqa: F401  (runner.RunError, ...)
 from rlcli.algos import Batch
 
 log = logging.getLogger("rlcli")
@@ -549,25 +550,6 @@ def make_gymnasium_backend(cfg, spec, algo: algos.Algorithm, sizes: config.Sizes
 
 # ---- faults --------------------------------------------------------------------------------
 
-EXIT_FAILED, EXIT_DIVERGED = 1, 3
-
-
-class RunError(Exception):
-    """A run that cannot go on: a one-line message and the process exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM: a checkpoint was written and the run stopped (a BaseException, so a
-    sweep stops too rather than going on to its next job)."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
 
 def checked(fn):
     """`debug.nan_check`: checkify `fn` so that the first primitive producing a NaN is reported
@@ -726,12 +708,42 @@ def restore_checkpoint(backend: Backend, ckpt_dir: str | Path, step: int | None 
     return backend.restore(state, saved, meta), meta
 
 
-def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
+LEGS = "legs.json"
+
+
+def config_container(cfg) -> dict:
+    """The config as plain, resolved data (what legs.json keeps of each leg)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def read_legs(run_dir: str | Path) -> list[dict]:
+    """legs.json of a run: [{"start_update", "config"}] in order; [] when it has none (a run
+    written before rlcli kept it, or one that has not started)."""
+    path = Path(run_dir) / LEGS
+    try:
+        return json.loads(path.read_text())["legs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def write_legs(run_dir: Path, legs: list[dict]) -> None:
+    from rlcli.logger import write_atomic
+
+    write_atomic(Path(run_dir) / LEGS, json.dumps({"legs": legs}, indent=1) + "\n")
+
+
+def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | None = None) -> dict | None:
     """Train as configured, writing metrics, checkpoints, curve.png and summary.json into
-    run_dir. With `resume`, continue from run_dir's latest checkpoint: metrics recorded after
-    it are dropped and written again, so the file has no duplicate or missing steps.
-    Returns the summary. Raises config.ConfigError / checkpoint.CheckpointError for bad input,
-    RunError for a failure while running and Interrupted after SIGINT/SIGTERM."""
+    run_dir. With `resume`, continue from run_dir's newest readable checkpoint: metrics
+    recorded after it are dropped and written again, so the file has no duplicate or missing
+    steps. Every start of training (a leg) is recorded in legs.json with its config and first
+    update, so that `rlcli reproduce` can replay a resumed run leg by leg; `stop_at_update`
+    (a replayed leg that was stopped there) ends training at that update with a checkpoint, as
+    a signal would, and returns None. Otherwise returns the summary. Raises
+    config.ConfigError / checkpoint.CheckpointError for bad input, RunError for a failure
+    while running and Interrupted after SIGINT/SIGTERM."""
     from rlcli import plot
     from rlcli.logger import read_metrics, truncate_metrics, write_atomic
 
@@ -752,7 +764,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         init_time = time.perf_counter() - start  # mostly compiling the init program: counted as compile time
         updates_done, eval_index, wall_before = 0, 0, 0.0
         if resume:
-            saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state))
+            saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state), notice=log.warning)
             updates_done, eval_index = int(meta["update"]), int(meta.get("eval_index", 0))
             wall_before = float(meta.get("wall_time", 0.0))
             if updates_done > sizes.num_updates:
@@ -763,11 +775,16 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
                 log.info("the run is already complete at %d env steps (pass total_steps= to "
                          "extend it)", sizes.total_steps)
                 return json.loads((run_dir / "summary.json").read_text())
+            # damaged checkpoints newer than the one restored are renamed <step>.damaged, so
+            # training writes those steps again
+            checkpoint.set_aside_after(ckpt_dir, int(meta["env_steps"]))
             state = backend.restore(state, saved, meta)
             truncate_metrics(run_dir, updates_done)
             from omegaconf import OmegaConf
 
             write_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_legs(run_dir, [leg for leg in read_legs(run_dir) if leg["start_update"] < updates_done] + [
+            {"start_update": updates_done, "config": config_container(cfg)}])
         log.info("rlcli %s: %s on %s (%s backend), %s estimator, %d seed(s), %d env steps each -> %s",
                  "resume" if resume else "train", cfg.algo.name, spec.id, backend_name,
                  cfg.estimator.name, num_seeds, sizes.total_steps, run_dir)
@@ -780,8 +797,12 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
         devices = xla.devices_of(state)
         log.info("compiled in %.1f s%s", compile_time,
                  f"; the seeds train on {devices} devices in parallel" if devices > 1 else "")
+        end = sizes.num_updates if stop_at_update is None else min(stop_at_update, sizes.num_updates)
         last_eval = _loop(cfg, run_dir, backend, state, sizes, seeds, updates_done, eval_index,
-                          wall_before - start, signals)
+                          wall_before - start, signals, end)
+    if end < sizes.num_updates:
+        log.info("stopped at update %d with a checkpoint, as the replayed run was", end)
+        return None
     run_time = time.perf_counter() - start - compile_time
     wall_time = wall_before + time.perf_counter() - start
     plot.learning_curve(read_metrics(run_dir), run_dir / "curve.png",
@@ -822,9 +843,9 @@ def train(cfg, run_dir: str | Path, resume: bool = False) -> dict:
 
 
 def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seeds, updates_done: int,
-          eval_index: int, wall_offset: float, signals: StopSignals):
-    """Chunks from update `updates_done` to the end: log, evaluate, checkpoint. Returns the last
-    evaluation's (returns, lengths)."""
+          eval_index: int, wall_offset: float, signals: StopSignals, end: int):
+    """Chunks from update `updates_done` to update `end`: log, evaluate, checkpoint (always at
+    `end`). Returns the last evaluation's (returns, lengths), or None if there was none."""
     from rlcli.logger import MetricsLogger, Progress
 
     num_seeds = len(seeds)
@@ -854,8 +875,8 @@ def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seed
         last_saved = env_steps
 
     try:
-        while updates_done < sizes.num_updates:
-            n = min(sizes.updates_per_log, sizes.num_updates - updates_done)
+        while updates_done < end:
+            n = min(sizes.updates_per_log, end - updates_done)
             chunk_start = time.perf_counter()
             state, out = backend.chunk(state, n)
             bad = _divergence(out, seeds, updates_done, n)
@@ -896,7 +917,8 @@ def _loop(cfg, run_dir: Path, backend: Backend, state, sizes: config.Sizes, seed
                     f"{update * sizes.steps_per_update}, seed {seed}); {_resume_hint(run_dir, last_saved)}; "
                     "try a smaller algo.learning_rate, or debug.nan_check=true to find the "
                     "operation that first produced a NaN", EXIT_DIVERGED)
-            if last or chunk_number % sizes.checkpoint_every_chunks == 0 or signals.received:
+            if (last or updates_done == end or chunk_number % sizes.checkpoint_every_chunks == 0
+                    or signals.received):
                 save(env_steps)
             rate = (updates_done - start_updates) * sizes.steps_per_update * num_seeds / max(
                 time.perf_counter() - loop_start, 1e-9)
