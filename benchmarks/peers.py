@@ -110,7 +110,7 @@ def budget(mode: str, scale: float = 1.0) -> dict:
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("train", overrides=overrides)
@@ -118,9 +118,9 @@ def _compose(overrides: list[str]):
 
 def work_rlcli(p: dict) -> dict:
     """One rlcli training run in-process (this subprocess), into a temporary directory."""
-    from rlcli import runner
+    from rlcli import train as training
     from rlcli.logger import read_metrics
-    from rlcli.sweep import limit_threads
+    from rlcli.runtime import limit_threads
 
     overrides = list(p["overrides"]) + ["logger=quiet", "checkpoint_interval=100000000"]
     if "compile_cache" in _compose([]):  # rlcli's persistent compilation cache: the given directory
@@ -128,7 +128,7 @@ def work_rlcli(p: dict) -> dict:
     cfg = _compose(overrides)
     limit_threads(cfg)  # as `rlcli train` does before JAX starts: threads, one CPU device per core
     with tempfile.TemporaryDirectory(prefix="rlcli-peers-") as run_dir:
-        summary = runner.train(cfg, Path(run_dir))
+        summary = training.train(cfg, Path(run_dir))
         records = read_metrics(Path(run_dir))
     solve = next(((r["wall_time"], r["env_steps"]) for r in records
                   if r.get("eval/return_mean") is not None and r["eval/return_mean"] >= TARGET_RETURN),
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> None:
                   tuple(counts))
     if 3 in rows:
         bench.measure("matmul", {"kind": "matmul", "n": 1024})
-    from rlcli.sweep import aligned
+    from rlcli.commands.common import aligned
 
     for rep in range(args.reps):
         print(f"repetition {rep + 1}/{args.reps}", file=sys.stderr, flush=True)

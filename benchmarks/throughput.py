@@ -63,7 +63,7 @@ def compose(overrides: list[str]):
     """The train config as `rlcli train <overrides>` composes it."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)
@@ -71,7 +71,7 @@ def compose(overrides: list[str]):
 
 def train(backend: str, num_envs: int, total_steps: int, eval_interval: int | None):
     """Train in-process into a temporary directory; returns (summary, metric records)."""
-    from rlcli import runner
+    from rlcli import train as training
     from rlcli.logger import read_metrics
 
     overrides = [
@@ -81,7 +81,7 @@ def train(backend: str, num_envs: int, total_steps: int, eval_interval: int | No
         "checkpoint_interval=10000000",  # only the final checkpoint
     ]
     with tempfile.TemporaryDirectory(prefix="rlcli-bench-") as run_dir:
-        summary = runner.train(compose(overrides), Path(run_dir))
+        summary = training.train(compose(overrides), Path(run_dir))
         return summary, read_metrics(Path(run_dir))
 
 
@@ -194,21 +194,21 @@ DEFAULT_STEPS = (200_000, 20_000)
 
 def measure_algo(name: str, quick: bool) -> dict:
     """One seed of `algo=name` with its shipped settings, no periodic evaluation."""
-    from rlcli import runner
+    from rlcli import train as training
 
     env = ALGO_ENVS.get(name, "CartPole-v1")
     steps = ALGO_STEPS.get(name, DEFAULT_STEPS)[1 if quick else 0]
     overrides = [f"algo={name}", f"env={env}", "env.backend=jax", "logger=quiet", f"total_steps={steps}",
                  "eval_interval=null", "eval_episodes=1", "checkpoint_interval=100000000"]
     with tempfile.TemporaryDirectory(prefix="rlcli-bench-") as run_dir:
-        summary = runner.train(compose(overrides), Path(run_dir))
+        summary = training.train(compose(overrides), Path(run_dir))
     return {"env": env, "steps": summary["total_steps"], "steps_per_s": summary["steps_per_second"],
             "updates_per_s": summary["num_updates"] / max(summary["run_time_s"], 1e-9),
             "compile_s": summary["compile_time_s"]}
 
 
 def algo_table(results: dict) -> str:
-    from rlcli.sweep import aligned
+    from rlcli.commands.common import aligned
 
     rows = []
     for name, runs in results.items():

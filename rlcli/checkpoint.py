@@ -34,7 +34,7 @@ def manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     """Save under `step` (env steps per seed); returns when the checkpoint is complete."""
-    with _quiet_stderr():
+    with quiet_stderr():
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
@@ -122,7 +122,7 @@ def set_aside_after(directory: str | Path, step: int) -> list[Path]:
 def _restore_step(directory: Path, like: Any, step: int) -> tuple[Any, dict]:
     meta = read_meta(directory, step)
     try:
-        with _quiet_stderr(), manager(directory, keep=1_000_000) as mngr:
+        with quiet_stderr(), manager(directory, keep=1_000_000) as mngr:
             restored = mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
     except Exception as err:
@@ -135,7 +135,7 @@ def _restore_step(directory: Path, like: Any, step: int) -> tuple[Any, dict]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """When a save or restore fails, tensorstore's reader threads go on completing futures for orbax's
     closed event loop and print a traceback each, straight to file descriptor 2. Send fd 2 to
     a scratch file meanwhile, so the user sees the one-line error instead."""

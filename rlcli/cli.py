@@ -1,7 +1,7 @@
 """`rlcli <command> [options] [overrides]`.
 
-Commands: `train`, `resume` (here), `eval` (rlcli.evaluate), `reproduce` (rlcli.reproduce),
-`plot` (rlcli.plot), `diagnose` (rlcli.diagnose) and `list` (rlcli.catalog). Before Hydra
+Commands: `train`, `resume` (here), and `eval`, `reproduce`, `plot`, `diagnose` and `list`
+(rlcli.commands.evaluate, .reproduce, .plot, .diagnose, .catalog). Before Hydra
 runs a single `train`, the overrides are parsed, the config is composed and validated and the
 run directory's parent is checked, so bad input costs one line on stderr, exit code 2, and
 nothing on disk.
@@ -13,7 +13,6 @@ checkpoint is written.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from pathlib import Path
@@ -44,64 +43,27 @@ On the jax backend a resumed run gives the same metrics as one never interrupted
 gymnasium backend the episodes in flight restart. run=<multirun dir> resumes every job of a
 sweep in turn (finished jobs say so; jobs without a checkpoint are skipped)."""
 
-from rlcli.errors import EXIT_BAD_INPUT, report
+from rlcli.commands.common import (
+    composition_error,
+    configure_logging,
+    load_run,
+    quiet_logging,
+)
+from rlcli.errors import (
+    EXIT_BAD_INPUT,
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    report,
+)
 from rlcli.errors import print_error as _error
-from rlcli.paths import check_output_dir as _check_output_dir
 from rlcli.paths import config_dir
+from rlcli.rules import flat_keys
 
 __all__ = ["EXIT_BAD_INPUT", "config_dir", "main", "report"]
 
 
 # ---- checks before Hydra runs -----------------------------------------------------------------
-
-
-def _flat_keys(cfg, prefix: str = "") -> list[str]:
-    """Dotted names of the config's leaf keys."""
-    from omegaconf import DictConfig
-
-    keys = []
-    for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else []:
-        name = f"{prefix}{key}"
-        keys += _flat_keys(value, name + ".") if isinstance(value, DictConfig) else [name]
-    return keys
-
-
-def _composition_error(err: Exception, args: list[str]) -> str:
-    """One line for a Hydra parse or composition error."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    if isinstance(err, OverrideParseException):
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        bad = next((a for a in args if not _parses(OverridesParser.create(), a)), None)
-        reason = "; ".join(line for line in lines if not line.startswith(("See https", "Error parsing")))
-        return (f"malformed override {bad!r}: {reason} (allowed: key=value, group=option, "
-                "+key=value, key=a,b,c with -m)")
-    if isinstance(err, MissingConfigException) and getattr(err, "options", None):
-        group, _, option = (err.missing_cfg_file or "").rpartition("/")
-        close = difflib.get_close_matches(option, err.options, n=1)
-        hint = f"; did you mean {group}={close[0]}?" if close else ""
-        if group in ("hydra/launcher", "hydra/sweeper"):
-            hint += ("; Optuna and the joblib, submitit and Ray launchers are install extras: "
-                     'pip install "rlcli[sweeps]"')
-        return f"{group}={option} is not an option of {group} (allowed: one of {', '.join(err.options)}){hint}"
-    if lines and lines[0].startswith("Could not override '"):
-        key = lines[0].split("'")[1]
-        from rlcli.config import compose_default
-
-        close = difflib.get_close_matches(key, _flat_keys(compose_default()), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return f"{key} is not a config key ({hint}allowed: the keys listed by rlcli train --help; +{key}=... adds a new key)"
-    return " ".join(lines[:2]) or type(err).__name__
-
-
-def _parses(parser, arg: str) -> bool:
-    try:
-        parser.parse_overrides([arg])
-        return True
-    except Exception:
-        return False
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -126,9 +88,9 @@ def preflight(args: list[str]) -> tuple[int | None, str | None, Path | None]:
     Under another sweeper the overrides its jobs share are checked. Once all is well, the run
     (or sweep) directory is claimed for this process alone (`paths.claim_dir`): (None,
     'hydra.run.dir' or 'hydra.sweep.dir', the directory)."""
+    from rlcli.config import validate
     from rlcli.paths import claim_dir
-    from rlcli.config import ConfigError, validate
-    from rlcli.sweep import limit_threads
+    from rlcli.runtime import limit_threads
 
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
@@ -155,7 +117,7 @@ def preflight(args: list[str]) -> tuple[int | None, str | None, Path | None]:
         _error("train", job + str(err))
         return EXIT_BAD_INPUT, None, None
     except Exception as err:  # Hydra's parse and composition errors
-        _error("train", job + _composition_error(err, overrides))
+        _error("train", job + composition_error(err, overrides))
         return EXIT_BAD_INPUT, None, None
     return None, key, claimed
 
@@ -175,16 +137,18 @@ def _train_task(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from rlcli import runner, sweep
+    from rlcli import train as training
+    from rlcli.commands import sweeps as sweep
+    from rlcli.runtime import limit_threads
 
     global _task_started
     _task_started = True
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        sweep.limit_threads(cfg)
-        return runner.train(cfg, run_dir)["final_eval_return_mean"]
-    except runner.Interrupted as err:  # a sweep stops as well, and summarises the jobs so far
+        limit_threads(cfg)
+        return training.train(cfg, run_dir)["final_eval_return_mean"]
+    except Interrupted as err:  # a sweep stops as well, and summarises the jobs so far
         if hydra_cfg.mode == RunMode.MULTIRUN:
             print(sweep.table(sweep.summarize(Path(hydra_cfg.sweep.dir))))
         raise SystemExit(report("train", err)) from None
@@ -218,7 +182,7 @@ class SweepSummary(Callback):
         _sweep_dir = Path(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from rlcli import sweep
+        from rlcli.commands import sweeps as sweep
 
         rows = sweep.summarize(Path(config.hydra.sweep.dir))
         print(sweep.table(rows))
@@ -231,7 +195,7 @@ def train(args: list[str]) -> int:
 
     from rlcli.paths import release_if_empty
 
-    _quiet_logging()
+    quiet_logging()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     code, dir_key, claimed = preflight(args)
     if code is not None:
@@ -252,7 +216,7 @@ def train(args: list[str]) -> int:
         # Hydra reports a bad override or an unknown group option, then exits 1, before the
         # task starts: that is bad input, so exit 2. (Jobs in other processes leave
         # _task_started unset here; their directories show that they started.)
-        from rlcli import sweep
+        from rlcli.commands import sweeps as sweep
 
         if exit_.code == 1 and not _task_started and not (_sweep_dir and sweep.job_dirs(_sweep_dir)):
             return EXIT_BAD_INPUT
@@ -271,91 +235,15 @@ def train(args: list[str]) -> int:
 # ---- resume -----------------------------------------------------------------------------------
 
 
-def _quiet_logging() -> None:
-    import logging
-    import warnings
-
-    # JAX logs a warning when it probes for a TPU runtime that a CPU/GPU machine lacks
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
-    # a failed checkpoint write is reported once, as one line; orbax's asyncio tasks would
-    # also log it, with tracebacks, and a full disk would make every log write complain
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
-    logging.raiseExceptions = False
-    # importing optuna (hydra/sweeper=optuna) makes alembic log its plugin setup
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # JAX warns at every fork once it runs; subprocess (the Ray launcher starting its
-    # processes) forks and execs at once, which is safe
-    warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning, "subprocess")
-
-
-def _configure_logging(run_dir: Path) -> None:
-    """The same console and train.log handlers as a Hydra run (conf/hydra/job_logging)."""
-    import logging.config
-
-    from omegaconf import OmegaConf
-
-    spec = OmegaConf.load(config_dir() / "hydra" / "job_logging" / "rlcli.yaml")
-    spec.handlers.file.filename = str(run_dir / "train.log")
-    logging.config.dictConfig(OmegaConf.to_container(spec, resolve=False))
-    _quiet_logging()
-
-
-def load_run(args: list[str]):
-    """(run_dir, saved config with the overrides applied) from `run=<dir> [key=value ...]`;
-    raises ConfigError (one line) for a missing run, a malformed or unknown override."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from rlcli import checkpoint
-    from rlcli.config import ConfigError
-
-    pairs = []
-    for arg in args:
-        key, eq, value = arg.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"malformed argument {arg!r} (allowed: run=<run dir> and key=value overrides)")
-        pairs.append((key, value))
-    runs = [value for key, value in pairs if key == "run"]
-    if len(runs) != 1 or not runs[0]:
-        raise ConfigError("run= is required once (allowed: run=<run dir written by rlcli train>)")
-    run_dir = Path(runs[0])
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not run_dir.is_dir():
-        raise ConfigError(f"run={runs[0]} does not exist (allowed: a run directory written by rlcli train)")
-    if not saved.is_file():
-        raise ConfigError(f"run={runs[0]} is not a run directory: it has no .hydra/config.yaml "
-                          "(allowed: a run directory written by rlcli train)")
-    if not checkpoint.steps(run_dir / "checkpoints"):
-        raise ConfigError(f"run={runs[0]} has no checkpoint (allowed: a run directory with "
-                          "checkpoints/; the run stopped before its first checkpoint)")
-    try:
-        cfg = OmegaConf.load(saved)
-    except (OmegaConfBaseException, ValueError, OSError) as err:
-        raise ConfigError(f"run={runs[0]}: .hydra/config.yaml cannot be read: {str(err).splitlines()[0]}") from None
-    OmegaConf.set_struct(cfg, True)
-    for key, value in pairs:
-        if key == "run":
-            continue
-        try:
-            cfg.merge_with(OmegaConf.from_dotlist([f"{key}={value}"]))
-        except OmegaConfBaseException:
-            close = difflib.get_close_matches(key, _flat_keys(cfg), n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"{key} is not a config key of this run ({hint}allowed: a key of "
-                              f"{saved})") from None
-    return run_dir, cfg
-
-
 def _config_difference(run_dir: Path, cfg) -> str:
     """`key=new (the run has old)` for the keys the overrides changed."""
     from omegaconf import OmegaConf
 
-    from rlcli.config import format_value
+    from rlcli.rules import format_value
 
     old = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     changed = []
-    for key in _flat_keys(cfg):
+    for key in flat_keys(cfg):
         a, b = OmegaConf.select(old, key), OmegaConf.select(cfg, key)
         if a != b:
             changed.append(f"{key}={format_value(b)} (the run has {format_value(a)})")
@@ -366,10 +254,9 @@ def resume(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(RESUME_USAGE)
         return 0
-    from rlcli import runner
-    from rlcli.checkpoint import CheckpointError
-    from rlcli.config import ConfigError, validate
-    from rlcli.sweep import limit_threads
+    from rlcli import train as training
+    from rlcli.config import validate
+    from rlcli.runtime import limit_threads
 
     try:
         run_dir, cfg = load_run(args)
@@ -377,16 +264,16 @@ def resume(args: list[str]) -> int:
         validate(cfg)
     except ConfigError as err:
         return report("resume", err)
-    _configure_logging(run_dir)
+    configure_logging(run_dir)
     try:
-        runner.train(cfg, run_dir, resume=True)
+        training.train(cfg, run_dir, resume=True)
     except CheckpointError as err:
         changed = _config_difference(run_dir, cfg) if "does not fit" in str(err) else ""
         if changed:
             err = CheckpointError(f"{changed} does not fit the checkpoint of run={run_dir} "
                                   "(allowed: the run's own network and algorithm settings)")
         return report("resume", err)
-    except (Exception, runner.Interrupted) as err:
+    except (Exception, Interrupted) as err:
         code = report("resume", err)
         if code is None:
             raise
@@ -405,7 +292,7 @@ def _lazy(module: str):
 
 def _multirun(args: list[str]) -> tuple[Path, list[Path]] | None:
     """(sweep dir, its job run dirs) when `run=` names a multirun directory, else None."""
-    from rlcli.sweep import job_dirs
+    from rlcli.commands.sweeps import job_dirs
 
     runs = [a.partition("=")[2] for a in args if a.startswith("run=")]
     if len(runs) != 1 or not Path(runs[0]).is_dir() or (Path(runs[0]) / ".hydra" / "config.yaml").is_file():
@@ -452,9 +339,10 @@ def each_job(name: str, command):
 
 
 COMMANDS = {"train": train, "resume": each_job("resume", resume),
-            "eval": each_job("eval", _lazy("rlcli.evaluate")),
-            "reproduce": each_job("reproduce", _lazy("rlcli.reproduce")), "plot": _lazy("rlcli.plot"),
-            "list": _lazy("rlcli.catalog"), "diagnose": _lazy("rlcli.diagnose")}
+            "eval": each_job("eval", _lazy("rlcli.commands.evaluate")),
+            "reproduce": each_job("reproduce", _lazy("rlcli.commands.reproduce")),
+            "plot": _lazy("rlcli.commands.plot"), "list": _lazy("rlcli.commands.catalog"),
+            "diagnose": _lazy("rlcli.commands.diagnose")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,24 @@ value and what is allowed.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlcli.errors import ConfigError  # noqa: F401  (config.ConfigError: the name callers use)
+from rlcli.rules import (
+    Rule,
+    boolean,
+    check,
+    format_value,
+    in_unit_interval,
+    int_at_least,
+    int_list,
+    is_num,
+    one_of,
+    optional_int_at_least,
+    positive,
+)
 
 
 class Sizes(NamedTuple):
@@ -28,66 +41,9 @@ class Sizes(NamedTuple):
     checkpoint_every_chunks: int
 
 
-_MISSING = object()
-
-
-def _get(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _is_int(v) -> bool:
-    if isinstance(v, bool):
-        return False
-    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
-
-
-def _is_num(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
-
-
-def optional_int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v is None or (_is_int(v) and v >= lo)), f"null or an integer >= {lo}"
-
-
-def in_unit_interval() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_num(v) and 0.0 <= v <= 1.0), "a number in [0, 1]"
-
-
-def positive() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_num(v) and v > 0), "a number > 0"
-
-
-def non_negative() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_num(v) and v >= 0), "a number >= 0"
-
-
-def one_of(*options) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in options), "one of " + ", ".join(map(str, options))
-
-
-def boolean() -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-def int_list() -> tuple[Callable[[Any], bool], str]:
-    return (
-        lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(_is_int(x) and x >= 1 for x in v),
-        "a non-empty list of integers >= 1, e.g. [64,64]",
-    )
-
-
 # key -> (check, what is allowed); estimator keys apply when that estimator is chosen, and
 # each algorithm's own keys are its module's RULES (rlcli.algos).
-COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+COMMON_RULES: dict[str, Rule] = {
     "seed": int_at_least(0),
     "num_seeds": int_at_least(1),
     "num_envs": int_at_least(1),
@@ -108,13 +64,13 @@ COMMON_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "network.hidden_sizes": int_list(),
     "network.activation": one_of("tanh", "relu", "elu", "gelu", "silu"),
     "network.shared": boolean(),
-    "network.log_std_init": (_is_num, "a number"),
+    "network.log_std_init": (is_num, "a number"),
     "logger.csv": boolean(),
     "logger.tensorboard": boolean(),
     "logger.progress": one_of("auto", "bar", "lines", "none"),
     "estimator.name": one_of("td", "nstep", "gae", "total_return", "reward_to_go", "none"),
 }
-ESTIMATOR_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+ESTIMATOR_RULES: dict[str, dict[str, Rule]] = {
     "td": {},
     "nstep": {"estimator.n": optional_int_at_least(1)},
     "gae": {"estimator.lambda": in_unit_interval()},
@@ -137,21 +93,6 @@ def compose_default() -> DictConfig:
         return compose("train")
 
 
-def format_value(value: Any) -> str:
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value)
-    return repr(value) if isinstance(value, str) else str(value).replace(" ", "")
-
-
-def _check(cfg: DictConfig, rules: dict) -> None:
-    for key, (ok, allowed) in rules.items():
-        value = _get(cfg, key)
-        if value is _MISSING:
-            raise ConfigError(f"{key} is missing (allowed: {allowed})")
-        if not ok(value):
-            raise ConfigError(f"{key}={format_value(value)} is not allowed (allowed: {allowed})")
-
-
 def _chunks(interval_steps: int, steps_per_chunk: int) -> int:
     return max(1, math.ceil(interval_steps / steps_per_chunk))
 
@@ -164,18 +105,18 @@ def validate(cfg: DictConfig) -> Sizes:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
-    from rlcli import algos, sweep
+    from rlcli import algos, runtime
 
-    _check(cfg, {"algo.name": one_of(*algos.names())})
-    _check(cfg, COMMON_RULES)
-    sweep.threads_of(cfg)  # null or an int >= 1; missing in runs saved before the key existed
-    sweep.cache_dir_of(cfg)  # auto, null or a directory; likewise
-    from rlcli.logger import check_config as check_logger
+    check(cfg, {"algo.name": one_of(*algos.names())})
+    check(cfg, COMMON_RULES)
+    runtime.threads_of(cfg)  # null or an int >= 1; missing in runs saved before the key existed
+    runtime.cache_dir_of(cfg)  # auto, null or a directory; likewise
+    from rlcli.remote import check_config as check_logger
 
     check_logger(cfg)
-    _check(cfg, ESTIMATOR_RULES[cfg.estimator.name])
+    check(cfg, ESTIMATOR_RULES[cfg.estimator.name])
     algo = algos.module(cfg.algo.name)
-    _check(cfg, algo.RULES)
+    check(cfg, algo.RULES)
     if cfg.estimator.name not in algo.ESTIMATORS:
         raise ConfigError(
             f"estimator={cfg.estimator.name} does not fit algo={cfg.algo.name} (allowed with "

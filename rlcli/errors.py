@@ -16,6 +16,10 @@ class ConfigError(ValueError):
     """Bad input. One-line message: key, bad value, what is allowed."""
 
 
+class EnvConfigError(ValueError):
+    """A bad env choice; the message is one line naming the key, the value and what is allowed."""
+
+
 class CheckpointError(Exception):
     """One-line message: which checkpoint and why it cannot be used (bad input: exit 2)."""
 

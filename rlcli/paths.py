@@ -65,3 +65,10 @@ def release_if_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -29,37 +29,9 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 log = logging.getLogger("rlcli")
-
-HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-_MARK = "RLCLI_HOST_DEVICES"  # set beside our flag, so that a child process knows the flag is ours
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def set_host_devices() -> None:
-    """Ask XLA for one CPU device per core this process may use, by adding the flag to
-    XLA_FLAGS; call it before JAX starts its backend. The count is NPROC when it is set (by
-    `threads=`, or by the user: the size of XLA's CPU thread pool), else the usable cores. A
-    count the user put in XLA_FLAGS is left alone; one this module set (in a parent process)
-    is replaced."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if HOST_DEVICES_FLAG in flags and _MARK not in os.environ:
-        return  # the user's own
-    nproc = os.environ.get("NPROC", "")
-    count = int(nproc) if nproc.isdigit() and int(nproc) > 0 else usable_cores()
-    flags = re.sub(rf"\s*{HOST_DEVICES_FLAG}=\S*", "", flags).strip()
-    os.environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICES_FLAG}={count}".strip()
-    os.environ[_MARK] = str(count)
-
 
 def seed_devices(num_seeds: int) -> int:
     """How many of this process's devices the seeds are split over: the most that divide
@@ -111,27 +83,6 @@ def devices_of(state) -> int:
     return max((len(x.sharding.device_set) for x in leaves), default=1)
 
 
-_unrolled = False
-
-
-def unroll_threefry() -> bool:
-    """Lower jax.random's threefry2x32 hash without a loop on the CPU (idempotent). Returns
-    whether the unrolled lowering is in place; with a JAX whose internals moved it logs
-    why and keeps JAX's own lowering (same numbers, slower)."""
-    global _unrolled
-    if not _unrolled:
-        try:
-            from jax._src.interpreters import mlir
-            from jax._src.random import threefry2x32
-
-            mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_lowering_rule,
-                                   platform="cpu")
-            _unrolled = True
-        except (ImportError, AttributeError) as err:
-            log.debug("keeping JAX's rolled threefry lowering: %s", err)
-    return _unrolled
-
-
 # ---- traced programs kept beside the compilation cache -------------------------------------
 
 PROGRAMS_DIR = "rlcli-programs"  # under JAX's compilation cache directory
@@ -165,8 +116,9 @@ def _source_digest() -> str:
 
 def program_key(name: str, cfg, args) -> str:
     """What shapes the program `name` traced for `args` under `cfg`: rlcli's sources, the
-    versions of its libraries, the devices and XLA flags, the config (less the keys of
-    `_NOT_IN_PROGRAMS`), and the tree, shapes, dtypes and shardings of the arguments."""
+    versions of its libraries, the devices and XLA flags, every `jax.config` value, the config
+    (less the keys of `_NOT_IN_PROGRAMS`), and the tree, shapes, dtypes and shardings of the
+    arguments."""
     import jax
     from omegaconf import OmegaConf
 
@@ -179,6 +131,8 @@ def program_key(name: str, cfg, args) -> str:
         "versions": package_versions(("jax", "jaxlib", "flax", "optax", "gymnax", "numpy")),
         "devices": [f"{d.platform}:{d.id}:{d.device_kind}" for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "config": conf, "tree": str(tree),
+        # every process-wide jax.config value (x64, the PRNG implementation, matmul precision, ...)
+        "jax_config": {k: repr(v) for k, v in sorted(jax.config.values.items())},
         "args": [(tuple(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)),
                   str(getattr(x, "sharding", None))) for x in leaves],
     }
@@ -271,7 +225,7 @@ def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
             _register_listed(json.loads(types_path.read_text()))
             exported = export.deserialize(bytearray(path.read_bytes()))
         except Exception as err:  # unreadable or from another version: traced again below
-            log.debug("kept program %s not used: %s", path, err)
+            log.info("kept program %s not used (traced again): %s", path, err)
     if exported is None:
         try:
             exported = export.export(jitted)(*args)
@@ -283,7 +237,7 @@ def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
             # for the first run as for the next, and the same arguments for the programs after it
             exported = export.deserialize(bytearray(data))
         except Exception as err:
-            log.debug("program %s traced without export: %s", name, err)
+            log.info("program %s traced without export (not kept): %s", name, err)
             return jitted.lower(*args)
         listed = [[cls.__module__, cls.__qualname__, repr(aux)] for cls, aux in types.items()]
         try:
@@ -293,7 +247,7 @@ def lower_cached(jitted, args: tuple, *, name: str, cfg, donate_argnums=()):
                 temporary.write_bytes(content)
                 temporary.replace(target)
         except OSError as err:
-            log.debug("program %s not kept: %s", path, err)
+            log.info("program %s not kept: %s", path, err)
     return jax.jit(exported.call, donate_argnums=donate_argnums).lower(*args)
 
 

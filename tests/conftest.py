@@ -29,20 +29,20 @@ def compose(overrides=()):
     """The train config as `rlcli train <overrides>` composes it."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))
 
 
 def train(tmp_path, overrides=(), name="run"):
-    """Run rlcli.runner.train in-process into tmp_path/name; returns (summary, records)."""
-    from rlcli import runner
+    """Run rlcli.train.train in-process into tmp_path/name; returns (summary, records)."""
+    from rlcli import train as training
     from rlcli.logger import read_metrics
 
     run_dir = tmp_path / name
     run_dir.mkdir()
-    summary = runner.train(compose(["logger=quiet", *overrides]), run_dir)
+    summary = training.train(compose(["logger=quiet", *overrides]), run_dir)
     return summary, read_metrics(run_dir)
 
 

@@ -11,15 +11,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose, train
-from rlcli import config, runner
+from rlcli import config, train as training
 
 SMALL = ["logger=quiet", "algo=a3c", "num_envs=4", "algo.num_steps=8", "eval_episodes=2"]
 
 
 def backend_of(overrides):
     cfg = compose(overrides)
-    parts = runner.setup(cfg)
-    return runner.make_backend(cfg, parts)
+    parts = training.setup(cfg)
+    return training.make_loop(cfg, parts)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -107,14 +107,14 @@ def test_resume_is_exact_and_rlcli_eval_reads_the_checkpoint(tmp_path):
     """W = 1 (reproducible): a run resumed from its checkpoint gives the training metrics of an
     uninterrupted one (worker env states, keys, optimizer state come back); `rlcli eval`
     restores the final checkpoint and reproduces the run's final evaluation. W = 2 resumes too."""
-    from rlcli import evaluate
+    from rlcli.commands import evaluate
 
     common = [*SMALL, "algo.num_workers=1", "log_interval=320", "checkpoint_interval=640"]
     for run in ("whole", "part"):
         (tmp_path / run / ".hydra").mkdir(parents=True)
-    runner.train(compose([*common, "total_steps=1280"]), tmp_path / "whole")
-    runner.train(compose([*common, "total_steps=640"]), tmp_path / "part")
-    summary = runner.train(compose([*common, "total_steps=1280"]), tmp_path / "part", resume=True)
+    training.train(compose([*common, "total_steps=1280"]), tmp_path / "whole")
+    training.train(compose([*common, "total_steps=640"]), tmp_path / "part")
+    summary = training.train(compose([*common, "total_steps=1280"]), tmp_path / "part", resume=True)
     assert summary["resumed_from_update"] == 20
 
     def numbers(run):
@@ -134,8 +134,8 @@ def test_resume_is_exact_and_rlcli_eval_reads_the_checkpoint(tmp_path):
 
     (tmp_path / "two" / ".hydra").mkdir(parents=True)
     two = [*SMALL, "algo.num_workers=2", "num_seeds=2", "log_interval=320", "checkpoint_interval=640"]
-    runner.train(compose([*two, "total_steps=640"]), tmp_path / "two")
-    resumed = runner.train(compose([*two, "total_steps=1280"]), tmp_path / "two", resume=True)
+    training.train(compose([*two, "total_steps=640"]), tmp_path / "two")
+    resumed = training.train(compose([*two, "total_steps=1280"]), tmp_path / "two", resume=True)
     assert resumed["resumed_from_update"] == 20 and resumed["num_updates"] == 40
 
 

@@ -8,19 +8,19 @@ import optax
 import pytest
 
 from conftest import compose, train
-from rlcli import config, losses, runner
+from rlcli import config, losses, train as training
 from rlcli.algos import Batch, q_ac
 
 
 def _parts(overrides):
     cfg = compose(["env=CartPole-v1", "env.backend=jax", "num_envs=4", "total_steps=100000", *overrides])
     config.validate(cfg)
-    return cfg, runner.setup(cfg)
+    return cfg, training.setup(cfg)
 
 
 def _batch(cfg, parts, seed=0):
     """A batch of the initial policy: one chunk of rollout collected by the jax backend."""
-    backend = runner.make_backend(cfg, parts)
+    backend = training.make_loop(cfg, parts)
     state = jax.tree.map(lambda x: x[0], backend.init())  # seed 0
     from rlcli.envs import jax_backend
 

@@ -62,7 +62,8 @@ def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
     the restored params act like the run's final policy."""
     import jax
 
-    from rlcli import algos, checkpoint, config, envs, runner
+    from rlcli import algos, checkpoint, config, envs
+    from rlcli.loops.jax import make as make_jax_loop
 
     result = cli(["train", "total_steps=2000", "log_interval=400", "checkpoint_interval=800"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -70,7 +71,7 @@ def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
     cfg = compose(["total_steps=2000", "log_interval=400", "checkpoint_interval=800"])
     sizes = config.validate(cfg)
     spec = envs.make_spec("CartPole-v1", "jax")
-    backend = runner.make_jax_backend(cfg, spec, algos.make("a2c", spec, cfg, sizes.num_updates), sizes)
+    backend = make_jax_loop(cfg, spec, algos.make("a2c", spec, cfg, sizes.num_updates), sizes)
     fresh = backend.init()
     state, meta = checkpoint.restore(run / "checkpoints", backend.checkpoint_state(fresh))
     assert meta["env_steps"] == 2000 and meta["update"] == 50
@@ -108,7 +109,7 @@ def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli, back
 def test_help_lists_groups_and_keys(tmp_path, cli):
     result = cli(["train", "--help"], tmp_path)
     assert result.returncode == 0
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     estimators = ", ".join(sorted(p.stem for p in (config_dir() / "estimator").glob("*.yaml")))
     for text in ("algo: a2c", f"estimator: {estimators}", "network: mlp", "logger:",
@@ -133,7 +134,7 @@ def test_tuned_values_beat_defaults_and_lose_to_the_command_line(tmp_path):
 
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     conf = tmp_path / "conf"
     shutil.copytree(config_dir(), conf)

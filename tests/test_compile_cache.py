@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose, rlcli_executable
-from rlcli import config, sweep
+from rlcli import config, runtime
 
 
 def _train(tmp_path, name, cache):
@@ -50,7 +50,7 @@ def test_bad_value(tmp_path):
         with pytest.raises(config.ConfigError) as info:
             config.validate(compose([f"compile_cache={value}"]))
         assert str(info.value).startswith(message)
-    assert sweep.cache_dir_of(compose(["compile_cache=null"])) is None
+    assert runtime.cache_dir_of(compose(["compile_cache=null"])) is None
 
 
 # ---- traced programs kept beside the cache (rlcli/xla.py: lower_cached) ----------------------
@@ -134,9 +134,9 @@ for name in calls:
         calls[_name] += 1
         return _original(*args, **kwargs)
     setattr(export, name, counted)
-from rlcli import runner
+from rlcli import train as training
 from conftest import compose
-summary = runner.train(compose(sys.argv[1:]), sys.argv[1].split("=", 1)[1])
+summary = training.train(compose(sys.argv[1:]), sys.argv[1].split("=", 1)[1])
 print(json.dumps(calls))
 """
 
@@ -162,7 +162,7 @@ def test_a_fresh_process_reads_the_kept_programs_without_tracing(tmp_path):
 
     assert run("first", 0) == {"export": 3, "deserialize": 3}  # traced, then read back as a rerun reads
     listed = sorted((cache / "rlcli-programs").glob("init-*.types.json"))
-    assert len(listed) == 1 and ["rlcli.runner", "RunnerState", "None"] in json.loads(listed[0].read_text())
+    assert len(listed) == 1 and ["rlcli.loops.jax", "RunnerState", "None"] in json.loads(listed[0].read_text())
     assert run("second", 1) == {"export": 0, "deserialize": 3}
 
 
@@ -180,3 +180,24 @@ def test_program_key_follows_what_shapes_the_programs(monkeypatch):
     assert key != xla.program_key("chunk10", compose(KEPT), (jnp.zeros(3, jnp.int32),))
     monkeypatch.setattr(xla, "_source_digest", lambda: "an edited rlcli")
     assert key != xla.program_key("chunk10", compose(KEPT), args)
+
+
+@pytest.mark.parametrize("flag, value", [("jax_enable_x64", True), ("jax_default_prng_impl", "rbg"),
+                                         ("jax_default_matmul_precision", "highest")])
+def test_program_key_follows_process_wide_jax_flags(flag, value):
+    """A process-wide jax.config value that changes lowering gives another key, so a program
+    traced under the old value is never read back under the new one."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlcli import xla
+
+    args = (jnp.zeros(3),)
+    key = xla.program_key("chunk10", compose(KEPT), args)
+    before = jax.config.values[flag]
+    jax.config.update(flag, value)
+    try:
+        assert xla.program_key("chunk10", compose(KEPT), args) != key
+    finally:
+        jax.config.update(flag, before)
+    assert xla.program_key("chunk10", compose(KEPT), args) == key

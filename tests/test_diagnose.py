@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from rlcli import diagnose
+from rlcli.commands import diagnose
 
 TINY = ["env=CartPole-v1", "network.hidden_sizes=[16]", "batches=32", "batch_episodes=8",
         "reference_episodes=512"]

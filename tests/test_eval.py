@@ -48,7 +48,7 @@ def gym_run(tmp_path_factory):
 
 
 def evaluate(run: Path, *args: str) -> dict:
-    from rlcli.evaluate import main
+    from rlcli.commands.evaluate import main
 
     assert main([f"run={run}", *args]) == 0
     return json.loads((run / "eval.json").read_text())
@@ -205,7 +205,7 @@ BAD = [
 
 @pytest.mark.parametrize("args,says,allowed", BAD, ids=[" ".join(a) for a, _, _ in BAD])
 def test_bad_input(jax_run, capsys, args, says, allowed):
-    from rlcli.evaluate import main
+    from rlcli.commands.evaluate import main
 
     before = snapshot(jax_run)
     assert main([f"run={jax_run}", *args]) == 2
@@ -222,7 +222,7 @@ def test_bad_run_dir(jax_run, tmp_path, capsys):
 
     import gymnasium
 
-    from rlcli.evaluate import main
+    from rlcli.commands.evaluate import main
 
     assert main([f"run={tmp_path / 'nowhere'}"]) == 2
     assert "does not exist" in capsys.readouterr().err

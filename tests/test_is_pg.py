@@ -83,11 +83,11 @@ COMMON = ["env=CartPole-v1", "env.backend=jax", "num_envs=2", "total_steps=1000"
 @functools.lru_cache(maxsize=None)
 def _one_update(overrides):
     """Parameters and metrics after one update on the first batch (seed 0); overrides: a tuple."""
-    from rlcli import runner
+    from rlcli import train as training
 
     cfg = compose([*COMMON, *overrides])
-    parts = runner.setup(cfg)
-    backend = runner.make_backend(cfg, parts)
+    parts = training.setup(cfg)
+    backend = training.make_loop(cfg, parts)
     state, out = backend.chunk(backend.init(), 1)
     return jax.tree.leaves(state.learner.params), {k: float(np.asarray(v)[0]) for k, v in out.metrics.items()}
 

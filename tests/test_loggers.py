@@ -12,7 +12,8 @@ import pytest
 
 from conftest import compose, rlcli_executable
 from rlcli.config import ConfigError
-from rlcli.logger import MetricsLogger, check_config, flatten, plotted, read_metrics
+from rlcli.logger import MetricsLogger, read_metrics
+from rlcli.remote import check_config, flatten, plotted
 
 TRAIN = ["train", "algo=a2c", "env=CartPole-v1", "total_steps=2048", "num_envs=4", "log_interval=512",
          "checkpoint_interval=1024", "num_seeds=2", "eval_episodes=2", "logger=wandb",
@@ -246,7 +247,7 @@ def test_tensorboard_gets_one_event_per_record_with_its_scalars(tmp_path):
 
 
 class Stopped(BaseException):
-    """Like rlcli.runner.Interrupted: SIGTERM after a checkpoint."""
+    """Like rlcli.errors.Interrupted: SIGTERM after a checkpoint."""
     exit_code = 143
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import compose
-from rlcli import normalize, runner
+from rlcli import normalize, train as training
 from rlcli.algos import Batch
 
 
@@ -86,9 +86,9 @@ def test_statistics_are_checkpointed_and_resume_is_exact(tmp_path):
               "checkpoint_interval=2000", "eval_episodes=2"]
     for run in ("whole", "part"):
         (tmp_path / run / ".hydra").mkdir(parents=True)
-    runner.train(compose([*common, "total_steps=4000"]), tmp_path / "whole")
-    runner.train(compose([*common, "total_steps=2000"]), tmp_path / "part")
-    runner.train(compose([*common, "total_steps=4000"]), tmp_path / "part", resume=True)
+    training.train(compose([*common, "total_steps=4000"]), tmp_path / "whole")
+    training.train(compose([*common, "total_steps=2000"]), tmp_path / "part")
+    training.train(compose([*common, "total_steps=4000"]), tmp_path / "part", resume=True)
 
     def numbers(run):
         rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]

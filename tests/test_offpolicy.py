@@ -96,13 +96,13 @@ def test_the_compiled_chunk_writes_the_buffer_in_place():
     env step per update: XLA writes the added row in place, and no copy of a whole buffer
     column is left in the optimised program (one per add made a 1M-row buffer cost 3x a 20k
     one; the rows are 7 fields wide here)."""
-    from rlcli import runner
+    from rlcli import train as training
 
     cfg = compose(["algo=sac", "env=Pendulum-v1", "num_envs=1", "algo.num_steps=1", "algo.buffer_size=123457",
                    "algo.learning_starts=0", "network.hidden_sizes=[16]", "total_steps=1000",
                    "log_interval=10", "logger=quiet", "compile_cache=null"])
-    parts = runner.setup(cfg)
-    backend = runner.make_backend(cfg, parts)
+    parts = training.setup(cfg)
+    backend = training.make_loop(cfg, parts)
     state = backend.init()
     backend.compile(state)
     text = backend.programs[10].as_text()
@@ -299,7 +299,7 @@ def test_update_waits_for_learning_starts_and_explores_uniformly(algo, env):
 def test_sac_resume_continues_the_same_run(tmp_path):
     """A run stopped at a checkpoint and resumed gives the numbers of the uninterrupted run: the
     buffer, the counters and the gSDE noise are part of the saved learner."""
-    from rlcli import runner
+    from rlcli import train as training
     from rlcli.logger import read_metrics
 
     common = ["logger=quiet", "algo=sac", "env=MountainCarContinuous-v0", "num_envs=2", "algo.num_steps=4",
@@ -307,9 +307,9 @@ def test_sac_resume_continues_the_same_run(tmp_path):
               "network.hidden_sizes=[16,16]", "log_interval=40", "checkpoint_interval=40", "eval_episodes=1"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir(), (parts / ".hydra").mkdir(parents=True)  # resume rewrites .hydra/config.yaml
-    runner.train(compose([*common, "total_steps=120"]), whole)
-    runner.train(compose([*common, "total_steps=80"]), parts)
-    runner.train(compose([*common, "total_steps=120"]), parts, resume=True)
+    training.train(compose([*common, "total_steps=120"]), whole)
+    training.train(compose([*common, "total_steps=80"]), parts)
+    training.train(compose([*common, "total_steps=120"]), parts, resume=True)
     # training metrics only: the stopped run's final evaluation is an extra one
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time", "perf/steps_per_s") and not k.startswith("eval/")}  # noqa: E731
                         for r in rs]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rlcli.plot import main
+from rlcli.commands.plot import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -166,7 +166,7 @@ def test_real_run_vmapped_seeds(tmp_path, cli):
     trained = cli(["train", "algo=a2c", "env=CartPole-v1", "total_steps=4096", "num_envs=4", "num_seeds=2",
                    "log_interval=1024", "logger=quiet", f"hydra.run.dir={run}"], tmp_path)
     assert trained.returncode == 0, trained.stderr
-    assert (run / "curve.png").read_bytes()[:8] == PNG_SIGNATURE  # the runner's own plot
+    assert (run / "curve.png").read_bytes()[:8] == PNG_SIGNATURE  # train's own plot
     plotted = cli(["plot", str(run)], tmp_path)
     assert plotted.returncode == 0, plotted.stderr
     rows = rows_of(read_csv(run / "plots" / "curves.csv"), A2C)
@@ -185,7 +185,7 @@ def test_real_run_vmapped_seeds(tmp_path, cli):
 def test_the_runs_curve_shows_seed_lines_or_beyond_ten_seeds_their_mean_and_range():
     from matplotlib import pyplot as plt
 
-    from rlcli.plot import MAX_SEED_LINES, curve_figure
+    from rlcli.curves import MAX_SEED_LINES, curve_figure
 
     def records(num_seeds):
         # seed i: training returns i and 2 i at steps 100, 200 (none finished at 100 for seed 0);

@@ -70,13 +70,13 @@ def test_reinforce_with_gae_lambda_1_is_reward_to_go_minus_value(tmp_path):
     REINFORCE update with it gives the parameters of reward_to_go with the value baseline."""
     import jax
 
-    from rlcli import runner
+    from rlcli import train as training
 
     def one_update(overrides):
         cfg = compose(["algo=reinforce", "env=CartPole-v1", "env.backend=jax", "num_envs=2",
                        "total_steps=1000", *overrides])
-        parts = runner.setup(cfg)
-        backend = runner.make_backend(cfg, parts)
+        parts = training.setup(cfg)
+        backend = training.make_loop(cfg, parts)
         state, _ = backend.chunk(backend.init(), 1)
         return jax.tree.leaves(state.learner.params)
 

@@ -149,15 +149,15 @@ def test_optuna_maximises_the_final_return_and_records_a_failed_trial(tmp_path):
 POOL = """
 import os, sys
 from omegaconf import OmegaConf
-from rlcli import sweep
+from rlcli import runtime
 from rlcli.config import ConfigError
-sweep.limit_threads(OmegaConf.create({"threads": None if sys.argv[1] == "null" else int(sys.argv[1])}))
+runtime.limit_threads(OmegaConf.create({"threads": None if sys.argv[1] == "null" else int(sys.argv[1])}))
 import jax
 jax.jit(lambda x: x @ x)(jax.numpy.ones((64, 64))).block_until_ready()
 pool = sum(open(f"/proc/self/task/{t}/comm").read().startswith("tf_XLAEigen")
            for t in os.listdir("/proc/self/task"))
 try:
-    sweep.limit_threads(OmegaConf.create({"threads": 5}))
+    runtime.limit_threads(OmegaConf.create({"threads": 5}))
     again = "accepted"
 except ConfigError as err:
     again = str(err)
@@ -205,7 +205,7 @@ def test_slurm_example_renders_an_sbatch_script(tmp_path, monkeypatch):
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     (tmp_path / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "srun").chmod(0o755)

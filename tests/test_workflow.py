@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlcli.reproduce import compare
+from rlcli.commands.reproduce import compare
 
 TINY = ["algo=a2c", "env=CartPole-v1", "total_steps=1600", "num_envs=4", "log_interval=400",
         "eval_episodes=2", "num_seeds=2", "logger=quiet"]
@@ -78,7 +78,7 @@ def test_reproduce_bad_input(run, cli, tmp_path, args, message):
 
 def test_list_names_every_choice_with_its_seed_reference(cli, tmp_path):
     from rlcli import algos
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     result = cli(["list"], tmp_path)
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import compose, rlcli_executable, train
-from rlcli import xla
+from rlcli import runtime, xla
 
 RANDOM = """
 import jax, jax.numpy as jnp, numpy as np
@@ -33,11 +33,22 @@ def _random_numbers() -> dict:
     return {k: np.asarray(v).tolist() for k, v in scope["out"].items()}
 
 
+@pytest.mark.parametrize("key, count, expected", [
+    # Random123's known-answer vectors of Threefry-2x32 with 20 rounds (as in JAX's own tests)
+    ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+])
+def test_the_unrolled_hash_gives_the_known_answers(key, count, expected):
+    args = [jnp.asarray(np.uint32(v)) for v in (*key, *count)]
+    assert tuple(int(x) for x in runtime.threefry2x32_unrolled(*args)) == expected
+
+
 def test_unrolled_threefry_gives_jaxs_own_bits_without_a_loop():
     """With rlcli's lowering the random numbers are bit for bit those of JAX's own lowering
     (computed in a fresh interpreter that never imports rlcli), and a key split compiles to a
     program without a while loop."""
-    assert xla.unroll_threefry()
+    assert runtime.unroll_threefry()
     reference = subprocess.run(
         [sys.executable, "-c", RANDOM + "import json; print(json.dumps({k: np.asarray(v).tolist() "
          "for k, v in out.items()}))"], capture_output=True, text=True, timeout=300, check=True)
@@ -48,14 +59,14 @@ def test_unrolled_threefry_gives_jaxs_own_bits_without_a_loop():
 
 def test_set_host_devices_adds_replaces_and_respects_the_users_flag(monkeypatch):
     monkeypatch.setattr(os, "environ", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false", "NPROC": "3"})
-    xla.set_host_devices()  # NPROC (set by threads=3 or by the user): 3 devices
+    runtime.set_host_devices()  # NPROC (set by threads=3 or by the user): 3 devices
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=3"
     del os.environ["NPROC"]
-    xla.set_host_devices()  # ours: replaced, one per usable core
+    runtime.set_host_devices()  # ours: replaced, one per usable core
     assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
-                                       f"--xla_force_host_platform_device_count={xla.usable_cores()}")
+                                       f"--xla_force_host_platform_device_count={runtime.usable_cores()}")
     monkeypatch.setattr(os, "environ", {"XLA_FLAGS": "--xla_force_host_platform_device_count=5", "NPROC": "2"})
-    xla.set_host_devices()  # the user's: kept
+    runtime.set_host_devices()  # the user's: kept
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=5"
 
 
@@ -70,7 +81,7 @@ def test_the_cli_trains_seeds_on_two_host_devices_without_flags(tmp_path):
     single-seed run on one device (to float32 rounding)."""
     common = ["algo=ppo", "env=CartPole-v1", "total_steps=4096", "num_envs=4", "algo.num_steps=64",
               "log_interval=1024", "eval_episodes=2", "logger=quiet", "threads=2"]
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla._MARK)}
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime._DEVICES_MARK)}
     result = subprocess.run([rlcli_executable(), "train", *common, "num_seeds=2",
                              f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
@@ -143,49 +154,49 @@ def test_tree_packer_round_trips_mixed_dtypes_and_keeps_large_leaves_apart():
 def test_seed_and_eval_keys_equal_per_seed_prng_keys_in_one_call():
     from types import SimpleNamespace
 
-    from rlcli import runner
+    from rlcli import rollout
 
     # jax.random.PRNGKey(seed + i) for a Python int, which wraps at 2^32 (here from 2^32 - 2)
     for seed in (0, 7, 2**31 - 1, 2**32 - 2):
         cfg = SimpleNamespace(seed=seed, num_seeds=4)
         expected = np.stack([np.asarray(jax.random.PRNGKey(seed + i)) for i in range(4)])
-        np.testing.assert_array_equal(np.asarray(runner.seed_keys(cfg)), expected)
+        np.testing.assert_array_equal(np.asarray(rollout.seed_keys(cfg)), expected)
         for index in (0, 3):
             expected = np.stack([np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed + i), 1_000_003 + index))
                                  for i in range(4)])
-            np.testing.assert_array_equal(np.asarray(runner.eval_keys(cfg, index)), expected)
+            np.testing.assert_array_equal(np.asarray(rollout.eval_keys(cfg, index)), expected)
 
 
 def test_init_seeds_maps_on_the_cpu_and_batches_on_an_accelerator(monkeypatch):
-    from rlcli import runner
+    from rlcli import rollout
 
     def init_one(key):
         return jax.random.normal(key, (3,))
 
     def primitives(keys):
-        return {eqn.primitive.name for eqn in jax.make_jaxpr(lambda k: runner.init_seeds(init_one, k))(keys).eqns}
+        return {eqn.primitive.name for eqn in jax.make_jaxpr(lambda k: rollout.init_seeds(init_one, k))(keys).eqns}
 
     keys = jnp.stack([jax.random.PRNGKey(i) for i in range(4)])
     expected = np.stack([np.asarray(jax.random.normal(k, (3,))) for k in keys])
-    on_cpu, cpu_ops = runner.init_seeds(init_one, keys), primitives(keys)
-    monkeypatch.setattr(runner.jax, "default_backend", lambda: "gpu")
-    batched, gpu_ops = runner.init_seeds(init_one, keys), primitives(keys)
+    on_cpu, cpu_ops = rollout.init_seeds(init_one, keys), primitives(keys)
+    monkeypatch.setattr(rollout.jax, "default_backend", lambda: "gpu")
+    batched, gpu_ops = rollout.init_seeds(init_one, keys), primitives(keys)
     np.testing.assert_allclose(np.asarray(on_cpu), expected, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-6)
     assert "scan" in cpu_ops and "scan" not in gpu_ops  # a sequential loop on the CPU only
 
 
 def test_per_seed_runs_one_seed_unbatched_and_vmaps_more():
-    from rlcli import runner
+    from rlcli import rollout
 
     fn = lambda x, y: {"s": x.sum() + y, "x": 2 * x}  # noqa: E731
-    one = runner.per_seed(fn, 1)(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([10.0]))
+    one = rollout.per_seed(fn, 1)(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([10.0]))
     np.testing.assert_array_equal(np.asarray(one["s"]), [16.0])
     np.testing.assert_array_equal(np.asarray(one["x"]), [[2.0, 4.0, 6.0]])
-    two = runner.per_seed(fn, 2)(jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]), jnp.array([10.0, 20.0]))
+    two = rollout.per_seed(fn, 2)(jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]]), jnp.array([10.0, 20.0]))
     np.testing.assert_array_equal(np.asarray(two["s"]), [16.0, 21.0])
     # one seed: the product runs on the seed's [2, 3] slice, not batched over a seed axis of 1
-    eqns = jax.make_jaxpr(runner.per_seed(lambda x: x @ x.T, 1))(jnp.ones((1, 2, 3))).eqns
+    eqns = jax.make_jaxpr(rollout.per_seed(lambda x: x @ x.T, 1))(jnp.ones((1, 2, 3))).eqns
     assert [e.outvars[0].aval.shape for e in eqns if e.primitive.name == "dot_general"] == [(2, 2)]
 
 
@@ -195,15 +206,15 @@ def test_programs_compiled_beside_init_match_programs_compiled_after_it(num_seed
     output shapes and compiles them while init compiles; the last, shorter chunk program
     compiles once training starts. Every chunk and evaluation gives the numbers of the
     programs compiled from the arrays after init (`init()`, then `compile`)."""
-    from rlcli import runner
+    from rlcli import train as training
 
     cfg = compose(["algo=ppo", "env=CartPole-v1", "num_envs=4", "algo.num_steps=16", "total_steps=640",
                    "log_interval=256", "eval_episodes=2", f"num_seeds={num_seeds}", "compile_cache=null"])
-    parts = runner.setup(cfg)
+    parts = training.setup(cfg)
     assert parts.sizes.num_updates % parts.sizes.updates_per_log  # a last chunk program of its own
     results = []
     for prepare in (True, False):
-        backend = runner.make_backend(cfg, parts)
+        backend = training.make_loop(cfg, parts)
         state = backend.init(prepare=prepare)
         backend.compile(state)
         out, done = [], 0

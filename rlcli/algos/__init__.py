@@ -5,7 +5,7 @@
 * ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none);
 * ``ACTION_SPACES``: ``"discrete"`` and/or ``"continuous"``;
 * optionally ``check(cfg, spec)``: cross-key checks (the env spec at hand) raising
-  `rlcli.config.ConfigError`.
+  `rlcli.errors.ConfigError`.
 
 An `Algorithm` is a NamedTuple of pure functions:
 
@@ -26,35 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-class Batch(NamedTuple):
-    """Time-major rollout [T, N, ...] (see `rlcli.envs.Step` for the flag semantics)."""
-
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    truncated: jax.Array
-    log_prob: jax.Array
-    value: jax.Array
-    next_obs: jax.Array
-
-
-class ActInfo(NamedTuple):
-    log_prob: jax.Array
-    value: jax.Array
-
-
-class LearnerState(NamedTuple):
-    params: Any
-    opt_state: Any
-    update_step: jax.Array  # number of updates applied
-
-
-class Algorithm(NamedTuple):
-    init: Callable[[jax.Array], LearnerState]
-    act: Callable[..., tuple[jax.Array, ActInfo]]
-    update: Callable[[LearnerState, Batch, jax.Array], tuple[LearnerState, dict]]
+from rlcli.types import ActInfo, Algorithm, Batch, LearnerState  # noqa: F401  (what the algorithms import)
 
 
 def names() -> tuple[str, ...]:
@@ -99,7 +71,15 @@ def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation) -> ActorCri
 
 
 def _rules():
-    from rlcli.config import _is_num, boolean, in_unit_interval, int_at_least, non_negative, one_of, positive
+    from rlcli.rules import (
+        boolean,
+        in_unit_interval,
+        int_at_least,
+        is_num,
+        non_negative,
+        one_of,
+        positive,
+    )
 
     base = {"algo.gamma": in_unit_interval(), "algo.num_steps": int_at_least(1)}
     optimizer = {
@@ -107,7 +87,7 @@ def _rules():
         "algo.anneal_lr": boolean(),
         "algo.optimizer": one_of("adam", "rmsprop", "sgd"),
         "algo.eps": positive(),
-        "algo.rmsprop_decay": ((lambda v: _is_num(v) and 0.0 <= v < 1.0), "a number in [0, 1)"),
+        "algo.rmsprop_decay": ((lambda v: is_num(v) and 0.0 <= v < 1.0), "a number in [0, 1)"),
         "algo.max_grad_norm": positive(),
     }
     actor_critic = {"algo.vf_coef": non_negative(), "algo.ent_coef": non_negative(),

@@ -45,18 +45,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlcli import config, estimators, losses
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, OPTIMIZER_RULES, Algorithm,
-                         Batch, actor_critic_policy, make_optimizer)
-from rlcli.algos import reinforce
+from rlcli import estimators, losses, rules
+from rlcli.algos import (
+    ACTOR_CRITIC_RULES,
+    BASE_RULES,
+    MONTE_CARLO_ESTIMATORS,
+    OPTIMIZER_RULES,
+    Algorithm,
+    Batch,
+    actor_critic_policy,
+    make_optimizer,
+    reinforce,
+)
 from rlcli.algos.reinforce import ReinforceState, episode_mask
+from rlcli.errors import ConfigError
 
 RATIOS = ("trajectory", "per_decision", "first_order", "step")
 RULES = {
     **BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES,
-    "algo.num_epochs": config.int_at_least(1),
-    "algo.ratio": config.one_of(*RATIOS),
-    "algo.ratio_clip": ((lambda v: v is None or config.positive()[0](v)), "null or a number > 0"),
+    "algo.num_epochs": rules.int_at_least(1),
+    "algo.ratio": rules.one_of(*RATIOS),
+    "algo.ratio_clip": ((lambda v: v is None or rules.positive()[0](v)), "null or a number > 0"),
 }
 ESTIMATORS = MONTE_CARLO_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
@@ -67,10 +76,10 @@ def check(cfg, spec) -> None:
     rewards of a reward-to-go."""
     try:
         reinforce.check(cfg, spec)
-    except config.ConfigError as err:
-        raise config.ConfigError(str(err).replace("algo=reinforce", f"algo={cfg.algo.name}")) from None
+    except ConfigError as err:
+        raise ConfigError(str(err).replace("algo=reinforce", f"algo={cfg.algo.name}")) from None
     if cfg.algo.ratio == "per_decision" and cfg.estimator.name != "reward_to_go":
-        raise config.ConfigError(
+        raise ConfigError(
             f"algo.ratio=per_decision does not fit estimator={cfg.estimator.name} (allowed with "
             "algo.ratio=per_decision: estimator=reward_to_go; 000 eq. 3.2.8 weights each future "
             "reward, which needs causality)")

@@ -21,17 +21,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlcli import config, estimators, losses
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm,
-                         Batch, LearnerState, actor_critic_policy, make_optimizer)
+from rlcli import estimators, losses, rules
+from rlcli.algos import (
+    ACTOR_CRITIC_RULES,
+    BASE_RULES,
+    ON_POLICY_ESTIMATORS,
+    OPTIMIZER_RULES,
+    Algorithm,
+    Batch,
+    LearnerState,
+    actor_critic_policy,
+    make_optimizer,
+)
+from rlcli.errors import ConfigError
 
 RULES = {
     **BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES,
-    "algo.update_epochs": config.int_at_least(1),
-    "algo.num_minibatches": config.int_at_least(1),
-    "algo.clip_coef": config.positive(),
-    "algo.clip_value_loss": config.boolean(),
-    "algo.target_kl": ((lambda v: v is None or config.positive()[0](v)), "null or a number > 0"),
+    "algo.update_epochs": rules.int_at_least(1),
+    "algo.num_minibatches": rules.int_at_least(1),
+    "algo.clip_coef": rules.positive(),
+    "algo.clip_value_loss": rules.boolean(),
+    "algo.target_kl": ((lambda v: v is None or rules.positive()[0](v)), "null or a number > 0"),
 }
 ESTIMATORS = ON_POLICY_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
@@ -41,7 +51,7 @@ def check(cfg, spec) -> None:
     batch = int(cfg.num_envs) * int(cfg.algo.num_steps)
     minibatches = int(cfg.algo.num_minibatches)
     if batch % minibatches:
-        raise config.ConfigError(
+        raise ConfigError(
             f"algo.num_minibatches={minibatches} does not divide the batch of num_envs x algo.num_steps = "
             f"{cfg.num_envs} x {cfg.algo.num_steps} = {batch} (allowed: a divisor of {batch})")
 

@@ -34,9 +34,17 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import losses, networks
-from rlcli.algos import BASE_RULES, OPTIMIZER_RULES, ActInfo, Algorithm, Batch, actor_critic_policy, make_optimizer
+from rlcli.algos import (
+    BASE_RULES,
+    OPTIMIZER_RULES,
+    ActInfo,
+    Algorithm,
+    Batch,
+    actor_critic_policy,
+    make_optimizer,
+)
 from rlcli.algos.batch_ac import ACTOR_RULES
-from rlcli.config import one_of, positive
+from rlcli.rules import one_of, positive
 
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_RULES, "algo.critic_learning_rate": positive(),
          "algo.weight": one_of("q", "advantage")}

@@ -53,8 +53,17 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, ON_POLICY_ESTIMATORS,
-                         OPTIMIZER_RULES, Algorithm, Batch, actor_critic_policy, make_optimizer)
+from rlcli.algos import (
+    ACTOR_CRITIC_RULES,
+    BASE_RULES,
+    MONTE_CARLO_ESTIMATORS,
+    ON_POLICY_ESTIMATORS,
+    OPTIMIZER_RULES,
+    Algorithm,
+    Batch,
+    actor_critic_policy,
+    make_optimizer,
+)
 
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
 ESTIMATORS = MONTE_CARLO_ESTIMATORS + ON_POLICY_ESTIMATORS
@@ -76,7 +85,8 @@ BASELINE_ESTIMATOR = {"optimal": "total_return", "q_control_variate": "reward_to
 
 
 def check(cfg, spec) -> None:
-    from rlcli.config import ConfigError, format_value
+    from rlcli.errors import ConfigError
+    from rlcli.rules import format_value
 
     limit = spec.max_episode_steps
     if limit is not None and int(cfg.algo.num_steps) < int(limit):

@@ -42,7 +42,8 @@ import optax
 
 from rlcli import distributions, networks, replay
 from rlcli.algos import BASE_RULES, ActInfo, Algorithm
-from rlcli.config import ConfigError, _is_num, boolean, int_at_least, positive
+from rlcli.errors import ConfigError
+from rlcli.rules import boolean, int_at_least, is_num, positive
 
 # ---- shared with offpolicy_ac: replay keys, learner state, the replay update loop -------------
 
@@ -53,16 +54,16 @@ REPLAY_RULES = {
     "algo.batch_size": int_at_least(1),
     "algo.learning_starts": int_at_least(0),
     "algo.gradient_steps": int_at_least(1),
-    "algo.tau": ((lambda v: _is_num(v) and 0.0 < v <= 1.0), "a number in (0, 1]"),
+    "algo.tau": ((lambda v: is_num(v) and 0.0 < v <= 1.0), "a number in (0, 1]"),
 }
 ESTIMATORS = ("none",)
 ACTION_SPACES = ("discrete", "continuous")
 RULES = {
     **REPLAY_RULES,
-    "algo.ent_coef": ((lambda v: v == "auto" or (_is_num(v) and v > 0)), "auto or a number > 0"),
+    "algo.ent_coef": ((lambda v: v == "auto" or (is_num(v) and v > 0)), "auto or a number > 0"),
     "algo.ent_coef_init": positive(),
-    "algo.target_entropy": ((lambda v: v == "auto" or _is_num(v)), "auto or a number"),
-    "algo.target_entropy_scale": ((lambda v: _is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
+    "algo.target_entropy": ((lambda v: v == "auto" or is_num(v)), "auto or a number"),
+    "algo.target_entropy_scale": ((lambda v: is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
     "algo.use_sde": boolean(),
 }
 

@@ -27,9 +27,18 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses, natural_gradient
-from rlcli.algos import (BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch, LearnerState,
-                         actor_critic_policy, make_optimizer)
-from rlcli.config import ConfigError, _is_num, boolean, int_at_least, positive
+from rlcli.algos import (
+    BASE_RULES,
+    ON_POLICY_ESTIMATORS,
+    OPTIMIZER_RULES,
+    Algorithm,
+    Batch,
+    LearnerState,
+    actor_critic_policy,
+    make_optimizer,
+)
+from rlcli.errors import ConfigError
+from rlcli.rules import boolean, int_at_least, is_num, positive
 
 NATURAL_STEP_RULES = {
     "algo.normalize_advantages": boolean(),
@@ -41,7 +50,7 @@ NATURAL_STEP_RULES = {
 }
 LINE_SEARCH_RULES = {
     "algo.backtrack_iters": int_at_least(1),
-    "algo.backtrack_coef": ((lambda v: _is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
+    "algo.backtrack_coef": ((lambda v: is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
 }
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **NATURAL_STEP_RULES, **LINE_SEARCH_RULES}
 ESTIMATORS = ON_POLICY_ESTIMATORS

@@ -18,30 +18,9 @@ to the action bounds inside ``step``; the agent keeps the unclipped sample for i
 from __future__ import annotations
 
 import difflib
-from typing import Any, NamedTuple
 
-
-class EnvSpec(NamedTuple):
-    id: str
-    backend: str  # "jax" | "gymnasium"
-    obs_shape: tuple[int, ...]
-    discrete: bool
-    num_actions: int  # Discrete: number of actions; Box: action dimension
-    action_low: tuple[float, ...] | None  # Box bounds (None for Discrete)
-    action_high: tuple[float, ...] | None
-    max_episode_steps: int | None
-
-
-class Step(NamedTuple):
-    obs: Any
-    reward: Any
-    terminated: Any
-    truncated: Any
-    next_obs: Any
-
-
-class EnvConfigError(ValueError):
-    """A bad env choice; the message is one line naming the key, the value and what is allowed."""
+from rlcli.errors import EnvConfigError  # noqa: F401  (envs.EnvConfigError)
+from rlcli.types import EnvSpec, Step  # noqa: F401  (envs.EnvSpec, envs.Step)
 
 
 def jax_ports() -> tuple[str, ...]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlcli.envs import EnvConfigError, EnvSpec, Step
+from rlcli.errors import EnvConfigError
+from rlcli.types import EnvSpec, Step
 
 
 def spec(env_id: str) -> EnvSpec:

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlcli.envs import EnvSpec, Step
+from rlcli.types import EnvSpec, Step
 
 PORTS = (
     "CartPole-v1",

@@ -1,8 +1,8 @@
 """`rlcli eval run=<run dir> [key=value ...]`: evaluate a checkpoint of a run written by
 `rlcli train`, and optionally record videos of its episodes.
 
-The run's backend is rebuilt from its saved config (`runner.setup`, `runner.make_backend`),
-the checkpoint is restored into it (`runner.restore_checkpoint`) and `Backend.evaluate` runs,
+The run's loop is rebuilt from its saved config (`train.setup`, `train.make_loop`), the
+checkpoint is restored into it (`train.restore_checkpoint`) and `Loop.evaluate` runs,
 so the episodes are those of training's evaluation: the same act function, the checkpoint's
 observation-normalisation statistics frozen, raw returns. `eval_seed=K` picks the episodes of
 training's evaluation number K (0 = the first; a run without `eval_interval` has only the
@@ -76,9 +76,10 @@ def _value(text: str):
 def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
     from rlcli import checkpoint
-    from rlcli.cli import load_run
-    from rlcli.config import ConfigError, boolean, int_at_least, one_of
+    from rlcli.commands.common import load_run
     from rlcli.envs import render
+    from rlcli.errors import ConfigError
+    from rlcli.rules import boolean, int_at_least, one_of
 
     given: dict[str, str] = {}
     for arg in args:
@@ -225,13 +226,13 @@ def gymnasium_episode(env, spec, act, learner, norm, reset_seed: int, key, write
 
 
 def eval_start(cfg, backend_name: str, eval_seed: int, seed_index: int, episode: int):
-    """Where evaluation episode `episode` of seed `seed_index` starts, as the runner's
+    """Where evaluation episode `episode` of seed `seed_index` starts, as training's
     evaluation draws it: its reset key (jax backend) or reset seed (gymnasium backend)."""
-    from rlcli import runner
+    from rlcli import rollout
 
     if backend_name == "jax":
-        return runner.eval_reset_keys(runner.eval_keys(cfg, eval_seed)[seed_index], int(cfg.eval_episodes))[episode]
-    return runner.eval_env_seed(int(cfg.seed) + seed_index, eval_seed) + episode
+        return rollout.eval_reset_keys(rollout.eval_keys(cfg, eval_seed)[seed_index], int(cfg.eval_episodes))[episode]
+    return rollout.eval_env_seed(int(cfg.seed) + seed_index, eval_seed) + episode
 
 
 def record_videos(opts: Options, parts, state, renderer, staging: Path) -> list[dict]:
@@ -239,12 +240,11 @@ def record_videos(opts: Options, parts, state, renderer, staging: Path) -> list[
     each holds (its final name under videos/, frames, return, length)."""
     import jax
 
+    from rlcli import rollout
     from rlcli.envs import render
 
-    from rlcli import runner
-
     act = make_act(opts.cfg, parts.algo)
-    eval_keys = runner.eval_keys(opts.cfg, opts.eval_seed)
+    eval_keys = rollout.eval_keys(opts.cfg, opts.eval_seed)
     videos = []
     for i in opts.seed_indices:
         learner, norm = _seed_slice(state.learner, i), _seed_slice(state.norm, i)
@@ -301,23 +301,23 @@ def run(opts: Options) -> dict:
     import shutil
     import tempfile
 
-    from rlcli import runner
-    from rlcli.config import ConfigError
+    from rlcli import train
     from rlcli.envs import render
+    from rlcli.errors import ConfigError, RunError
     from rlcli.logger import write_atomic
 
-    parts = runner.setup(opts.cfg)
+    parts = train.setup(opts.cfg)
     renderer = None
     if opts.video:
         try:
             renderer = render.make_env(parts.spec.id)
         except render.RenderError as err:
             raise ConfigError(f"video=true: {err} (allowed: video=false, or pip install 'rlcli[video]')") from None
-    backend = runner.make_backend(opts.cfg, parts)
+    backend = train.make_loop(opts.cfg, parts)
     with contextlib.closing(backend), contextlib.ExitStack() as cleanup:
         if renderer is not None:
             cleanup.callback(renderer.close)
-        state, meta = runner.restore_checkpoint(backend, opts.run_dir / "checkpoints", opts.checkpoint)
+        state, meta = train.restore_checkpoint(backend, opts.run_dir / "checkpoints", opts.checkpoint)
         opts = opts._replace(checkpoint=int(meta["env_steps"]))  # the newest readable, by default
         returns, lengths = backend.evaluate(state, opts.eval_seed)
         seeds = [int(opts.cfg.seed) + i for i in range(int(opts.cfg.num_seeds))]
@@ -329,7 +329,7 @@ def run(opts: Options) -> dict:
             try:
                 result["videos"] = record_videos(opts, parts, state, renderer, staging)
             except (render.RenderError, OSError) as err:
-                raise runner.RunError(f"cannot record the videos of run={opts.run_dir}: {err}") from None
+                raise RunError(f"cannot record the videos of run={opts.run_dir}: {err}") from None
             videos = opts.run_dir / "videos"
             videos.mkdir(exist_ok=True)
             for video in result["videos"]:
@@ -342,9 +342,10 @@ def main(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    from rlcli.cli import _quiet_logging, report
+    from rlcli.commands.common import quiet_logging
+    from rlcli.errors import report
 
-    _quiet_logging()
+    quiet_logging()
     try:
         opts = parse(args)
         result = run(opts)

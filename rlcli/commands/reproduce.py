@@ -68,9 +68,9 @@ def replay_plan(run_dir: Path, cfg) -> list[tuple]:
     resumed (legs.json). A run without legs.json is one leg with its saved config."""
     from omegaconf import OmegaConf
 
-    from rlcli import runner
+    from rlcli import train
 
-    legs = runner.read_legs(run_dir)
+    legs = train.read_legs(run_dir)
     if len(legs) < 2 or legs[0]["start_update"] != 0:
         return [(cfg, None)]
     starts = [leg["start_update"] for leg in legs[1:]]
@@ -79,8 +79,9 @@ def replay_plan(run_dir: Path, cfg) -> list[tuple]:
 
 def _parse(args: list[str]):
     """(run_dir, cfg, out_dir, rtol or None) from the arguments; ConfigError for bad input."""
-    from rlcli.cli import load_run
-    from rlcli.config import ConfigError, validate
+    from rlcli.commands.common import load_run
+    from rlcli.config import validate
+    from rlcli.errors import ConfigError
     from rlcli.paths import claim_dir
 
     keep, out, rtol = [], None, None
@@ -116,9 +117,9 @@ def main(args: list[str]) -> int:
 
     from omegaconf import OmegaConf
 
-    from rlcli import runner
-    from rlcli.cli import _configure_logging, report
-    from rlcli.config import ConfigError
+    from rlcli import train
+    from rlcli.commands.common import configure_logging
+    from rlcli.errors import ConfigError, Interrupted, report
     from rlcli.logger import read_metrics, write_atomic
 
     if any(a in ("-h", "--help") for a in args):
@@ -134,14 +135,14 @@ def main(args: list[str]) -> int:
     for name in ("overrides.yaml", "hydra.yaml"):
         if (run_dir / ".hydra" / name).is_file():
             shutil.copyfile(run_dir / ".hydra" / name, out / ".hydra" / name)
-    _configure_logging(out)
+    configure_logging(out)
     print(f"rlcli reproduce: training the config of {run_dir} again into {out}"
           + (f", in its {len(legs)} legs (resumed at updates "
              f"{', '.join(str(stop) for _, stop in legs[:-1])})" if len(legs) > 1 else ""), file=sys.stderr)
     try:
         for number, (leg_cfg, stop) in enumerate(legs):
-            summary = runner.train(leg_cfg, out, resume=number > 0, stop_at_update=stop)
-    except (Exception, runner.Interrupted) as err:
+            summary = train.train(leg_cfg, out, resume=number > 0, stop_at_update=stop)
+    except (Exception, Interrupted) as err:
         code = report("reproduce", err)
         if code is None:
             raise

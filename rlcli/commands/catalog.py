@@ -76,7 +76,7 @@ def env_rows(config_dir: Path) -> list[tuple[str, str, str]]:
     import yaml
 
     from rlcli import envs
-    from rlcli.checkpoint import _quiet_stderr
+    from rlcli.checkpoint import quiet_stderr
 
     rows = []
     for path in sorted((config_dir / "env").glob("*.yaml"), key=lambda p: p.stem.lower()):
@@ -86,7 +86,7 @@ def env_rows(config_dir: Path) -> list[tuple[str, str, str]]:
             continue
         backend = envs.resolve_backend(data["id"], data.get("backend", "auto"))
         try:
-            with _quiet_stderr():  # MuJoCo's compiler warns about its own model files
+            with quiet_stderr():  # MuJoCo's compiler warns about its own model files
                 spec = envs.make_spec(data["id"], backend)
             space = (f"Discrete({spec.num_actions})" if spec.discrete
                      else f"Box({spec.num_actions})")
@@ -116,7 +116,7 @@ def _table(title: str, rows: list[tuple[str, str, str]], width: int) -> str:
 
 
 def main(args: list[str]) -> int:
-    from rlcli.cli import config_dir
+    from rlcli.paths import config_dir
 
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)

@@ -1,5 +1,4 @@
-"""Plots: the learning curve of one run (curve.png, written by the runner) and `rlcli plot`,
-learning curves across seeds and runs with the mean and a 95% bootstrap confidence band.
+"""`rlcli plot`: learning curves across seeds and runs with the mean and a 95% bootstrap confidence band.
 
 A *seed* is one `seed_index` of one run directory: the vmapped seeds of a run and the jobs of
 a multirun all count. Curves are aligned on a common x grid per group: for `x=env_steps` the
@@ -12,16 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
+import matplotlib.pyplot as plt  # noqa: E402  (after rlcli.curves chose the Agg backend)
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from rlcli.curves import grid, save_figure, seed_curves
 
 USAGE = """usage: rlcli plot <run or multirun dir> [<dir> ...] [x=env_steps|wall_time]
                   [group_by=algo,env,estimator] [metric=episode/return|eval/return_mean] [out=<dir>]
@@ -59,8 +56,6 @@ METRIC_LABELS = {"episode/return": "episode return (training)",
 DEFAULTS = {"x": "env_steps", "group_by": "algo,env,estimator", "metric": "episode/return", "out": None}
 RESAMPLES = 2000
 LEVEL = 0.95
-WALL_TIME_POINTS = 100
-MAX_SEED_LINES = 10  # the run's curve.png: one line per seed up to this many, else mean and range
 DIRS_ALLOWED = ("allowed: a run directory with .hydra/config.yaml, or a multirun directory "
                 "holding run directories")
 
@@ -117,25 +112,6 @@ def bootstrap_ci(values, resamples: int = RESAMPLES, level: float = LEVEL, seed:
     return float(low), float(high)
 
 
-def seed_curves(records: list[dict], metric: str, x: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per seed index: (x, metric) sorted by x, from the records that have the metric (the
-    last record wins where an x repeats)."""
-    points: dict[int, dict[float, float]] = {}
-    for r in records:
-        if r.get(metric) is not None and r.get(x) is not None:
-            points.setdefault(int(r["seed_index"]), {})[float(r[x])] = float(r[metric])
-    return {i: (np.array(sorted(p)), np.array([p[k] for k in sorted(p)])) for i, p in points.items()}
-
-
-def grid(curves: list[tuple[np.ndarray, np.ndarray]], x: str) -> np.ndarray:
-    """The common x grid: the union of the logged x (env_steps), or evenly spaced points
-    over the logged range (wall_time)."""
-    if x == "env_steps":
-        return np.unique(np.concatenate([c[0] for c in curves]))
-    lo, hi = min(c[0][0] for c in curves), max(c[0][-1] for c in curves)
-    return np.linspace(lo, hi, max(WALL_TIME_POINTS, *(len(c[0]) for c in curves)))
-
-
 def aligned(curves: list[tuple[np.ndarray, np.ndarray]], xs: np.ndarray) -> np.ndarray:
     """[len(xs), seeds]: each curve linearly interpolated onto xs, NaN outside its x range."""
     columns = [np.where((xs >= cx[0]) & (xs <= cx[-1]), np.interp(xs, cx, cy), np.nan) for cx, cy in curves]
@@ -166,7 +142,7 @@ def final(group: str, returns: list[float]) -> Final:
 
 def parse_args(args: list[str]) -> Options:
     """Directories and key=value options; raises ConfigError for an unknown option or x."""
-    from rlcli.config import ConfigError
+    from rlcli.errors import ConfigError
 
     values, dirs = dict(DEFAULTS), []
     for arg in args:
@@ -202,7 +178,7 @@ def _children(path: Path) -> list[Path]:
 def run_dirs(arg: str) -> list[Path]:
     """The run directories of one argument: itself, or its job directories one or two levels
     down. Raises ConfigError for a missing path or one that holds no run."""
-    from rlcli.config import ConfigError
+    from rlcli.errors import ConfigError
 
     path = Path(arg)
     if not path.is_dir():
@@ -225,7 +201,7 @@ def load(path: Path) -> Run | None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from rlcli.config import ConfigError
+    from rlcli.errors import ConfigError
     from rlcli.logger import read_metrics
 
     try:
@@ -261,7 +237,7 @@ def config_value(config, key: str):
 
 
 def _text(value) -> str:
-    from rlcli.config import format_value
+    from rlcli.rules import format_value
 
     return "(unset)" if value is _UNSET else value if isinstance(value, str) else format_value(value)
 
@@ -274,12 +250,12 @@ def check_group_by(runs: list[Run], group_by: list[str]) -> None:
     """Raise ConfigError for a key that no run's config has."""
     import difflib
 
-    from rlcli.cli import _flat_keys
-    from rlcli.config import ConfigError
+    from rlcli.errors import ConfigError
+    from rlcli.rules import flat_keys
 
     for key in group_by:
         if all(config_value(r.config, key) is _UNSET for r in runs):
-            keys = sorted({k for r in runs for k in _flat_keys(r.config)})
+            keys = sorted({k for r in runs for k in flat_keys(r.config)})
             close = difflib.get_close_matches(key, [*SHORT_KEYS, *keys], n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise ConfigError(f"group_by={key} is not a config key of any run ({hint}allowed: "
@@ -330,19 +306,9 @@ def finals_table(finals: list[Final]) -> str:
     rows = [[f.group, str(f.n), f"{f.mean:.2f}" if f.n else "-",
              (f"[{f.low:.2f}, {f.high:.2f}]" if f.n > 1 else "- (one seed)" if f.n else "- (no summary.json)")]
             for f in finals]
-    from rlcli.sweep import aligned
+    from rlcli.commands.common import aligned
 
     return aligned(header, rows)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a figure as PNG via a temporary file and a rename, then close it."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
 
 
 def plot_bands(bands: list[Band], groups: list[tuple[tuple[str, str], ...]], x: str, metric: str,
@@ -379,7 +345,7 @@ def plot_bands(bands: list[Band], groups: list[tuple[tuple[str, str], ...]], x: 
 
 def collect(options: Options) -> tuple[list[Run], list[str]]:
     """The runs of every directory (each once) and notes on the skipped ones."""
-    from rlcli.config import ConfigError
+    from rlcli.errors import ConfigError
 
     paths = {}
     for arg in options.dirs:
@@ -399,7 +365,7 @@ def collect(options: Options) -> tuple[list[Run], list[str]]:
 
 def compute(options: Options, runs: list[Run]):
     """Groups, bands and final-return rows; raises ConfigError for a metric no run has."""
-    from rlcli.config import ConfigError
+    from rlcli.errors import ConfigError
 
     check_group_by(runs, options.group_by)
     by_group: dict[tuple, list[Run]] = {}
@@ -421,8 +387,7 @@ def compute(options: Options, runs: list[Run]):
 
 def main(args: list[str]) -> int:
     """`rlcli plot`: see USAGE."""
-    from rlcli.config import ConfigError
-    from rlcli.errors import report
+    from rlcli.errors import ConfigError, report
     from rlcli.logger import write_atomic
     from rlcli.paths import check_output_dir, claim_dir
 
@@ -454,62 +419,3 @@ def main(args: list[str]) -> int:
     print(finals_table(finals))
     print(f"wrote {out / 'curves.png'}, curves.csv and final_returns.csv")
     return 0
-
-
-def learning_curve(records: list[dict], path: Path, title: str) -> None:
-    """The run's curve.png: `curve_figure`, saved."""
-    save_figure(curve_figure(records, title), Path(path))
-
-
-def curve_figure(records: list[dict], title: str):
-    """Training episode return (finished episodes, mean per record) as lines, evaluation
-    returns as markers: one colour per seed, or, beyond MAX_SEED_LINES seeds, the mean over
-    the seeds with their range shaded (a line and a legend entry per seed would be unreadable,
-    and took seconds to draw at 256 seeds)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    by_seed: dict[int, list[dict]] = {}
-    for r in records:
-        by_seed.setdefault(int(r["seed_index"]), []).append(r)
-    if len(by_seed) <= MAX_SEED_LINES:
-        for i, mine in sorted(by_seed.items()):
-            colour = f"C{i % 10}"
-            train = [(r["env_steps"], r["episode/return"]) for r in mine if r.get("episode/return") is not None]
-            evals = [(r["env_steps"], r["eval/return_mean"]) for r in mine if r.get("eval/return_mean") is not None]
-            label = f"seed {mine[0]['seed']}"
-            if train:
-                ax.plot(*zip(*train), color=colour, lw=1.2, label=label)
-            if evals:
-                ax.plot(*zip(*evals), color=colour, ls="none", marker="o", ms=4,
-                        label=f"{label} (eval)" if len(by_seed) <= 4 else None)
-    else:
-        for metric, colour, what in (("episode/return", "C0", "training"), ("eval/return_mean", "C1", "evaluation")):
-            xs, mean, low, high = seed_mean(records, metric)
-            if xs.size == 0:
-                continue
-            ax.fill_between(xs, low, high, color=colour, alpha=0.2, lw=0, label=f"{what}: range of the seeds")
-            ax.plot(xs, mean, color=colour, lw=1.5, marker="o" if what == "evaluation" else None, ms=4,
-                    label=f"{what}: mean of {len(by_seed)} seeds")
-    ax.set_xlabel("env steps (per seed)")
-    ax.set_ylabel("episode return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if by_seed:
-        ax.legend(fontsize=7, ncol=2 if 4 < len(by_seed) <= MAX_SEED_LINES else 1)
-    fig.tight_layout()
-    return fig
-
-
-def seed_mean(records: list[dict], metric: str) -> tuple[np.ndarray, ...]:
-    """(env steps, mean, min, max) of `metric` across the seeds at each logged env step,
-    over the seeds that logged it there (records without it, e.g. no finished episode, skip)."""
-    curves = list(seed_curves(records, metric, "env_steps").values())
-    if not curves:
-        return (np.array([]),) * 4
-    xs = grid(curves, "env_steps")
-    points = {x: [] for x in xs}
-    for cx, cy in curves:
-        for x, y in zip(cx, cy):
-            points[x].append(y)
-    values = [np.array(points[x]) for x in xs]
-    return (xs, np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
-            np.array([v.max() for v in values]))

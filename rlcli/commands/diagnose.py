@@ -71,8 +71,10 @@ def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
     import yaml
 
-    from rlcli.cli import _composition_error, load_run
-    from rlcli.config import ConfigError, _is_num, int_at_least, validate
+    from rlcli.commands.common import composition_error, load_run
+    from rlcli.config import validate
+    from rlcli.errors import ConfigError
+    from rlcli.rules import int_at_least, is_num
 
     own: dict[str, str] = {}
     overrides = []
@@ -91,16 +93,16 @@ def parse(args: list[str]) -> Options:
         run_dir = None
         from hydra import compose, initialize_config_dir
 
-        from rlcli.cli import config_dir
+        from rlcli.paths import config_dir
 
         try:
             with initialize_config_dir(str(config_dir()), version_base="1.3"):
                 cfg = compose("train", overrides=overrides)
         except Exception as err:  # Hydra's parse and composition errors
-            raise ConfigError(_composition_error(err, overrides)) from None
+            raise ConfigError(composition_error(err, overrides)) from None
     rules = {"batches": (64, *int_at_least(2)), "batch_episodes": (16, *int_at_least(2)),
              "reference_episodes": (4096, *int_at_least(2)),
-             "gamma": (1.0, lambda v: _is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]")}
+             "gamma": (1.0, lambda v: is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]")}
     values = {}
     for key, (default, ok, allowed) in rules.items():
         value = yaml.safe_load(own[key]) if key in own else default
@@ -138,15 +140,15 @@ def _jax_ports():
 
 def policy_params(opts: Options):
     """The network parameters of the policy: the run's latest checkpoint (first seed) or the
-    initial parameters of `seed` (the key runner.init_one gives the learner)."""
+    initial parameters of `seed` (the key the jax loop's init gives the learner)."""
     import jax
 
-    from rlcli import runner
+    from rlcli import train
 
-    parts = runner.setup(opts.cfg)
+    parts = train.setup(opts.cfg)
     if opts.run_dir is not None:
-        backend = runner.make_backend(opts.cfg, parts)
-        state, _ = runner.restore_checkpoint(backend, opts.run_dir / "checkpoints")
+        backend = train.make_loop(opts.cfg, parts)
+        state, _ = train.restore_checkpoint(backend, opts.run_dir / "checkpoints")
         params = jax.tree.map(lambda x: x[0], state.learner.params)
     else:
         key = jax.random.split(jax.random.PRNGKey(int(opts.cfg.seed)), 3)[0]
@@ -313,7 +315,7 @@ def run(opts: Options) -> dict:
 
 
 def table(result: dict) -> str:
-    from rlcli.sweep import aligned
+    from rlcli.commands.common import aligned
 
     rows = [[r["estimator"], f"{r['variance']:.4g}", f"{r['cos_mean']:.4f}", f"{r['rel_err_mean']:.4f}",
              f"{r['cos_single']:.4f}", f"{r['rel_err_single']:.4f}"] for r in result["rows"]]
@@ -359,10 +361,11 @@ def main(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    from rlcli.cli import _quiet_logging, report
+    from rlcli.commands.common import quiet_logging
+    from rlcli.errors import report
     from rlcli.paths import claim_dir
 
-    _quiet_logging()
+    quiet_logging()
     try:
         opts = parse(args)
         result = run(opts)

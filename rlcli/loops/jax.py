@@ -1,0 +1,152 @@
+"""The jax loop: one chunk of updates is ONE compiled program, `jit(vmap_seeds(scan_updates(
+collect + update)))` with the rollout of rlcli.rollout.jax_collect, so a chunk runs without
+returning to Python; the seeds' state is split over the host's CPU devices (rlcli.xla)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlcli import config, faults, normalize, rollout, xla
+from rlcli.envs import jax_backend
+from rlcli.rollout import EnvCarry
+from rlcli.types import Algorithm, ChunkOut, EpisodeStats, LearnerState, Loop
+
+
+class RunnerState(NamedTuple):
+    learner: LearnerState
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    episodes: EpisodeStats
+    norm: normalize.NormState
+
+
+def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
+    env = jax_backend.make(spec.id)
+    num_envs, num_steps = int(cfg.num_envs), int(cfg.algo.num_steps)
+    nan_check = bool(cfg.debug.nan_check)
+    normalizer = normalize.make(cfg)
+
+    def init_one(key):
+        k_params, k_env, k_run = jax.random.split(key, 3)
+        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
+        return RunnerState(algo.init(k_params), env_state, obs, k_run, rollout.empty_stats(num_envs),
+                           normalize.init(spec.obs_shape, num_envs))
+
+    collect = rollout.jax_collect(algo, env, normalizer, num_envs)
+
+    def update_step(runner: RunnerState, _):
+        carry = EnvCarry(runner.env_state, runner.obs, runner.key, runner.episodes)
+        carry, batch = collect(runner.learner, runner.norm, carry, num_steps)
+        runner = runner._replace(**carry._asdict())
+        key, k_update = jax.random.split(runner.key)
+        norm, batch = normalizer.prepare(runner.norm, batch)
+        learner, metrics = algo.update(runner.learner, batch, k_update)
+        return runner._replace(learner=learner, key=key, norm=norm), metrics
+
+    def chunk_one(runner: RunnerState, num_updates: int):
+        runner = runner._replace(episodes=rollout.reset_totals(runner.episodes))
+        runner, metrics = jax.lax.scan(update_step, runner, None, num_updates)
+        return runner, ChunkOut(jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics), runner.episodes,
+                                faults.first_nonfinite(metrics), faults.all_finite(runner.learner.params))
+
+    evaluate_one = rollout.jax_evaluate(cfg, spec, algo, env, normalizer)
+
+    # the init and evaluation programs make the seeds' keys themselves (`seed_keys`, `eval_keys`):
+    # a jitted call of its own would be traced on every run, also when the programs come from the cache
+    init_fn = jax.jit(lambda seeds: rollout.init_seeds(init_one, rollout.prng_keys(seeds)))
+    chunk_fns: dict[int, Any] = {}
+    eval_fn = jax.jit(lambda learner, norm, seeds, fold: jax.vmap(evaluate_one)(learner, norm, rollout.prng_keys(seeds, fold)))
+    compiled: dict[str, Any] = {}
+    pending: dict[Any, Any] = {}  # programs compiling: {number of updates or "eval": Future}
+    deferred: dict[Any, Callable] = {}  # programs to lower and compile once training starts
+    pool = ThreadPoolExecutor(4)  # compiles: init, two chunk programs and the evaluation at most
+
+    def lower_chunk(state, num_updates):
+        fn = rollout.per_seed(partial(chunk_one, num_updates=num_updates), int(cfg.num_seeds))
+        if nan_check:
+            return jax.jit(faults.checked(fn), donate_argnums=0).lower(state)
+        return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
+                                donate_argnums=0)
+
+    def chunk_program(state, num_updates):
+        if num_updates not in chunk_fns:
+            future = pending.pop(num_updates, None)
+            chunk_fns[num_updates] = future.result() if future else lower_chunk(state, num_updates).compile()
+        return chunk_fns[num_updates]
+
+    def start_compiling(state) -> None:
+        """Lower the chunk and evaluation programs for `state` (its arrays or their shapes) one
+        after the other, and start compiling each in a thread of its own as soon as it is
+        lowered (XLA's compiler releases the GIL: the programs compile side by side, and beside
+        the tracing of the next ones). Where training leaves a core free (fewer seed devices
+        than CPU devices, or an accelerator), the programs the first chunk does not need (a
+        shorter last chunk; the evaluation when the first one comes after the second chunk or
+        later) are lowered and compiled once the first chunk program is ready, beside training."""
+        shapes = xla.seed_shapes(state, int(cfg.num_seeds))  # the arrays are donated to the first chunk
+        pending[sizes.updates_per_log] = pool.submit(lower_chunk(shapes, sizes.updates_per_log).compile)
+        chunks = sizes.num_chunks
+        others = [("eval", partial(xla.lower_cached, eval_fn, (shapes.learner, shapes.norm, rollout.seed_array(cfg),
+                                                                rollout.eval_fold(0)), name="eval", cfg=cfg),
+                   min(sizes.eval_every_chunks or chunks, chunks) >= 2)]  # (name, lower, needed after chunk 1)
+        last = sizes.num_updates % sizes.updates_per_log  # a shorter last chunk is its own program
+        if last:
+            others.append((last, partial(lower_chunk, shapes, last), True))
+        spare = jax.default_backend() != "cpu" or xla.seed_devices(int(cfg.num_seeds)) < jax.device_count()
+        for name, lower, later in others:
+            if spare and later:
+                deferred[name] = lambda lower=lower: lower().compile()
+            else:
+                pending[name] = pool.submit(lower().compile)
+
+    def compile_programs(state) -> float:
+        """Wait for the first chunk program (compiling it and the others unless
+        `init(prepare=True)` started them), then start the deferred ones. The evaluation and
+        the last chunk are waited for when first used: they may compile while training runs.
+        Returns the seconds this took."""
+        start = time.perf_counter()
+        if not pending:
+            start_compiling(state)
+        chunk_program(state, sizes.updates_per_log)
+        pending.update({name: pool.submit(compile_) for name, compile_ in deferred.items()})
+        deferred.clear()
+        return time.perf_counter() - start
+
+    def chunk(state, num_updates):
+        return faults.raise_checked(chunk_program(state, num_updates)(state))
+
+    def evaluate(state, index):
+        # compiled with the chunk programs when training; jitted on first use otherwise (rlcli eval)
+        if "eval" in pending:
+            compiled["eval"] = pending.pop("eval").result()
+        ret, length = compiled.get("eval", eval_fn)(state.learner, state.norm, rollout.seed_array(cfg), rollout.eval_fold(index))
+        return np.asarray(ret), np.asarray(length)
+
+    def restore(state, saved, meta):
+        return RunnerState(**saved)
+
+    def init(prepare: bool = False):
+        """The seeds' initial state. With `prepare` (training), the chunk and evaluation programs
+        are traced while the init program compiles, and start compiling themselves: on two or
+        more cores tracing and compiling overlap (`compile_programs` waits for them)."""
+        seeds = rollout.seed_array(cfg)
+        lowered = xla.lower_cached(init_fn, (seeds,), name="init", cfg=cfg)
+        if not prepare:
+            program = lowered.compile()
+        else:
+            init_future = pool.submit(lowered.compile)
+            start_compiling(xla.seed_shapes(lowered.out_info, int(cfg.num_seeds)))
+            program = init_future.result()
+        return xla.shard_seeds(program(seeds), int(cfg.num_seeds))
+
+    return Loop(init, compile_programs, chunk, evaluate, lambda state: state._asdict(), restore,
+                   lambda: pool.shutdown(wait=False, cancel_futures=True), chunk_fns)
+
+

@@ -1,0 +1,220 @@
+"""The one rollout and the one evaluation of each loop kind, and the seeding rules.
+
+* jax loops (loops/jax.py, loops/asynchronous.py): `jax_collect` steps the pure-JAX envs for
+  T steps inside a `lax.scan` (one rollout, time-major `Batch [T, N]`); `jax_evaluate` plays
+  `eval_episodes` episodes per seed inside one.
+* host loop (loops/host.py): gymnasium's vector envs are stepped from Python; `host_evaluate`
+  plays the evaluation episodes.
+
+The seeding rules live here once: a run's seed i uses `PRNGKey(seed + i)` split into
+(params, envs, run) keys; evaluation number k folds the seed's key with `eval_fold(k)`; the
+host envs of seed s are seeded `train_env_seed(s)` (and, after a resume at update u,
+`resume_env_seed`), and its evaluation envs `eval_env_seed(s, k) + episode`. `rlcli eval`
+repeats training's evaluation exactly because it calls the same functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlcli import normalize
+from rlcli.types import Algorithm, Batch, EpisodeStats, Step
+
+
+def empty_stats(num_envs: int, xp=jnp) -> EpisodeStats:
+    zeros = xp.zeros((num_envs,), xp.float32)
+    return EpisodeStats(zeros, zeros, xp.float32(0), xp.float32(0), xp.float32(0))
+
+
+def track_episodes(stats: EpisodeStats, reward, terminated, truncated) -> EpisodeStats:
+    """Add one step of rewards; episodes that end here are added to the totals. Plain array
+    arithmetic, so it serves numpy (host loop) and jax (scan) alike."""
+    done = (terminated | truncated).astype(np.float32)
+    episode_return = stats.running_return + reward
+    episode_length = stats.running_length + 1.0
+    return EpisodeStats(
+        episode_return * (1.0 - done),
+        episode_length * (1.0 - done),
+        stats.count + done.sum(axis=-1),
+        stats.return_sum + (episode_return * done).sum(axis=-1),
+        stats.length_sum + (episode_length * done).sum(axis=-1),
+    )
+
+
+def reset_totals(stats: EpisodeStats) -> EpisodeStats:
+    zero = stats.count * 0
+    return stats._replace(count=zero, return_sum=zero, length_sum=zero)
+
+
+def per_seed(fn, num_seeds: int):
+    """`jax.vmap(fn)` over the leading seed axis; for one seed, `fn` on the seed's slice."""
+    if num_seeds > 1:
+        return jax.vmap(fn)
+
+    def one(*args):
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+
+    return one
+
+
+def init_seeds(init_one, keys):
+    """`init_one` for each seed's key, stacked on a leading seed axis. On the CPU a sequential
+    `lax.map`, not `vmap`: batched, the QR factorisations of the orthogonal initialisers run as
+    jaxlib's parallel LAPACK kernel, which can deadlock the 2-thread XLA pool of a 2-core
+    machine (seen as a run that hangs after compiling, every thread waiting). On an
+    accelerator `vmap`: one after the other, 1024 seeds' initialisations took seconds on a GPU."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(init_one, keys)
+    return jax.vmap(init_one)(keys)
+
+
+def seed_array(cfg) -> np.ndarray:
+    """The seeds' `jax.random.PRNGKey` arguments, as PRNGKey takes a Python int (modulo 2^32)."""
+    return (np.arange(int(cfg.num_seeds), dtype=np.uint64) + int(cfg.seed)).astype(np.uint32)
+
+
+def prng_keys(seeds, fold=None):
+    """[S, 2]: `jax.random.PRNGKey(seed)` of each of `seeds`, folded with `fold` unless None."""
+    keys = jax.vmap(jax.random.PRNGKey)(seeds)
+    return keys if fold is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, fold)
+
+
+_prng_keys = jax.jit(prng_keys)
+
+
+def seed_keys(cfg) -> jax.Array:
+    """[S, 2]: `jax.random.PRNGKey(seed + i)` for seed index i, in one call (per-seed eager
+    calls cost a dispatch each: seconds for 1024 seeds on a GPU)."""
+    return _prng_keys(seed_array(cfg))
+
+
+def eval_fold(index: int) -> np.uint32:
+    """What the seeds' keys are folded with for evaluation number `index` (0 = the first)."""
+    return np.uint32(1_000_003 + index)
+
+
+def eval_keys(cfg, index: int) -> jax.Array:
+    """Per seed, the key of evaluation number `index` (0 = the first of the run):
+    `fold_in(PRNGKey(seed + i), 1_000_003 + index)`."""
+    return _prng_keys(seed_array(cfg), eval_fold(index))
+
+
+def eval_reset_keys(key: jax.Array, num_eval: int) -> jax.Array:
+    """jax backend: the reset key of each episode of an evaluation with `key` (one seed)."""
+    return jax.random.split(jax.random.split(key)[0], num_eval)
+
+
+def eval_env_seed(seed: int, index: int) -> int:
+    """gymnasium backend: the reset seed of the first eval env of seed `seed` at evaluation
+    number `index`; eval env k resets with this + k (gymnasium's vector seeding)."""
+    return seed * 10_007 + 1_000_003 + index
+
+
+def train_env_seed(seed: int) -> int:
+    """gymnasium backend: the reset seed of seed `seed`'s first train env (env k: + k), far
+    apart from its evaluation envs."""
+    return seed * 10_007
+
+
+def resume_env_seed(env_seed: int, update: int) -> int:
+    """gymnasium backend: a train env's reset seed after resuming at `update`, shifted so that
+    the episodes in flight are not the run's first episodes again."""
+    return env_seed + 7919 * update
+
+
+# ---- jax loops ---------------------------------------------------------------------------------
+
+
+class EnvCarry(NamedTuple):
+    """The envs' part of a jax rollout, per seed: env states and observations [N, ...], the RNG
+    key, running episode statistics."""
+
+    env_state: Any
+    obs: jax.Array
+    key: jax.Array
+    episodes: EpisodeStats
+
+
+def jax_collect(algo: Algorithm, env, normalizer: normalize.Normalizer, num_envs: int):
+    """`collect(learner, norm, carry, num_steps) -> (carry, Batch [T, N])`: the jax loops' one
+    rollout, `num_steps` steps of `num_envs` envs with the policy of `learner` (observations
+    normalised with `norm`), inside one `lax.scan`. Each step splits the key into (next, act,
+    env) keys."""
+
+    def collect(learner, norm, carry: EnvCarry, num_steps: int):
+        def step_fn(carry: EnvCarry, _):
+            key, k_act, k_env = jax.random.split(carry.key, 3)
+            action, info = algo.act(learner, normalizer.obs(norm, carry.obs), k_act)
+            env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_envs), carry.env_state, action)
+            transition = Batch(carry.obs, action, step.reward, step.terminated, step.truncated,
+                               info.log_prob, info.value, step.next_obs)
+            episodes = track_episodes(carry.episodes, step.reward, step.terminated, step.truncated)
+            return EnvCarry(env_state, step.obs, key, episodes), transition
+
+        return jax.lax.scan(step_fn, carry, None, num_steps)
+
+    return collect
+
+
+def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normalizer):
+    """`evaluate_one(learner, norm, key) -> (returns [E], lengths [E])`: the jax backend's
+    evaluation of one seed, `eval_episodes` episodes from the reset keys `eval_reset_keys(key)`
+    (vmap it over seeds). The one evaluation of the jax loops (loops/jax.py, loops/asynchronous.py)."""
+    num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
+    max_eval_steps = int(spec.max_episode_steps)
+
+    def evaluate_one(learner, norm, key):
+        k_run = jax.random.split(key)[1]
+        obs, env_state = jax.vmap(env.reset)(eval_reset_keys(key, num_eval))
+
+        def body(carry, _):
+            obs, env_state, key, ret, length, alive = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
+            env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_eval), env_state, action)
+            ret = ret + step.reward * alive
+            length = length + alive
+            alive = alive * (1.0 - (step.terminated | step.truncated).astype(jnp.float32))
+            return (step.obs, env_state, key, ret, length, alive), None
+
+        zeros = jnp.zeros((num_eval,), jnp.float32)
+        carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros))
+        (_, _, _, ret, length, _), _ = jax.lax.scan(body, carry, None, max_eval_steps)
+        return ret, length
+
+    return evaluate_one
+
+
+# ---- host loop ---------------------------------------------------------------------------------
+
+
+def host_evaluate(act: Callable, key, vec_envs: list, seeds: list[int], index: int, max_steps: int):
+    """The host loop's evaluation: seed i's vector env of E envs (one env per episode) reset
+    with `eval_env_seed(seeds[i], index)` and played with `act(obs [S, E, ...], key) ->
+    (action, key)` until every episode ended. Returns (returns, lengths), [S, E] float32."""
+    num_seeds, num_eval = len(seeds), vec_envs[0].num_envs
+    obs = np.stack([env.reset(seed=eval_env_seed(seed, index)) for env, seed in zip(vec_envs, seeds)])
+    ret = np.zeros((num_seeds, num_eval), np.float64)
+    length = np.zeros((num_seeds, num_eval), np.int64)
+    alive = np.ones((num_seeds, num_eval), bool)
+    for _ in range(max_steps):
+        action, key = act(obs, key)
+        step = step_all(vec_envs, np.asarray(action))
+        obs = step.obs
+        ret += step.reward * alive
+        length += alive
+        alive &= ~(step.terminated | step.truncated)
+        if not alive.any():
+            break
+    return ret.astype(np.float32), length.astype(np.float32)
+
+
+def step_all(vec_envs: list, action) -> Step:
+    """Step seed i's vector env with action[i]; fields stacked to [S, N, ...]."""
+    steps = [env.step(action[i]) for i, env in enumerate(vec_envs)]
+    return Step(*(np.stack(field) for field in zip(*steps)))
