@@ -34,15 +34,8 @@ Every command takes --help.
 
 Runs are written to outputs/<date>/<time>-<algo>-<env>/. See README.md."""
 
-RESUME_USAGE = """usage: rlcli resume run=<run dir> [key=value ...]
-
-Continues the run in <run dir> from its latest checkpoint with the run's saved config
-(.hydra/config.yaml), appending to its metrics. key=value overrides change the saved config,
-e.g. total_steps=1000000 to train longer; the network and algorithm must stay the same.
-On the jax backend a resumed run gives the same metrics as one never interrupted; on the
-gymnasium backend the episodes in flight restart. run=<multirun dir> resumes every job of a
-sweep in turn (finished jobs say so; jobs without a checkpoint are skipped)."""
-
+from rlcli import arguments
+from rlcli.arguments import Command, Option, text_of
 from rlcli.commands.common import (
     composition_error,
     configure_logging,
@@ -58,7 +51,7 @@ from rlcli.errors import (
 )
 from rlcli.errors import print_error as _error
 from rlcli.paths import config_dir
-from rlcli.rules import flat_keys
+from rlcli.rules import flat_keys, non_empty_text
 
 __all__ = ["EXIT_BAD_INPUT", "config_dir", "main", "report"]
 
@@ -250,16 +243,30 @@ def _config_difference(run_dir: Path, cfg) -> str:
     return ", ".join(changed)
 
 
+RESUME = Command(
+    "resume", "run=<run dir> [key=value ...]",
+    """Continues the run in <run dir> from its newest readable checkpoint with the run's saved config
+(.hydra/config.yaml), appending to its metrics. On the jax backend a resumed run gives the same
+metrics as one never interrupted; on the gymnasium backend the episodes in flight restart.
+run=<multirun dir> resumes every job of a sweep in turn (finished jobs say so; jobs without a
+checkpoint are skipped).""",
+    (Option("run", None, non_empty_text(), "the run directory written by rlcli train", text_of),),
+    overrides="changes of the saved config, e.g. total_steps=1000000 to train longer (the network and "
+              "algorithm must stay the same)",
+)
+
+
 def resume(args: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in args):
-        print(RESUME_USAGE)
+    if arguments.wants_help(args):
+        print(arguments.usage(RESUME))
         return 0
     from rlcli import train as training
     from rlcli.config import validate
     from rlcli.runtime import limit_threads
 
     try:
-        run_dir, cfg = load_run(args)
+        parsed = arguments.parse(RESUME, args)
+        run_dir, cfg = load_run([f"run={parsed.given['run']}"] * ("run" in parsed.given) + parsed.overrides)
         limit_threads(cfg)
         validate(cfg)
     except ConfigError as err:

@@ -132,39 +132,77 @@ def resume_env_seed(env_seed: int, update: int) -> int:
 
 class EnvCarry(NamedTuple):
     """The envs' part of a jax rollout, per seed: env states and observations [N, ...], the RNG
-    key, running episode statistics."""
+    key, running episode statistics; for a recurrent policy also its hidden state [N, ...] and
+    which observations start an episode [N] (both None for a feed-forward policy)."""
 
     env_state: Any
     obs: jax.Array
     key: jax.Array
     episodes: EpisodeStats
+    policy_state: Any = None
+    episode_start: Any = None
 
 
 def jax_collect(algo: Algorithm, env, normalizer: normalize.Normalizer, num_envs: int):
     """`collect(learner, norm, carry, num_steps) -> (carry, Batch [T, N])`: the jax loops' one
     rollout, `num_steps` steps of `num_envs` envs with the policy of `learner` (observations
     normalised with `norm`), inside one `lax.scan`. Each step splits the key into (next, act,
-    env) keys."""
+    env) keys.
+
+    A recurrent policy (a carry with `policy_state`) is called as `algo.act(learner, obs, key,
+    state=h, episode_start=s) -> (action, info, h')` and resets h itself where s is true; the
+    rollout carries h' and s' (the step ended an episode) from step to step and records s in
+    `Batch.episode_start`."""
 
     def collect(learner, norm, carry: EnvCarry, num_steps: int):
         def step_fn(carry: EnvCarry, _):
             key, k_act, k_env = jax.random.split(carry.key, 3)
-            action, info = algo.act(learner, normalizer.obs(norm, carry.obs), k_act)
+            obs = normalizer.obs(norm, carry.obs)
+            if carry.policy_state is None:
+                (action, info), policy_state = algo.act(learner, obs, k_act), None
+            else:
+                action, info, policy_state = algo.act(learner, obs, k_act, state=carry.policy_state,
+                                                      episode_start=carry.episode_start)
             env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_envs), carry.env_state, action)
             transition = Batch(carry.obs, action, step.reward, step.terminated, step.truncated,
-                               info.log_prob, info.value, step.next_obs)
+                               info.log_prob, info.value, step.next_obs, carry.episode_start)
             episodes = track_episodes(carry.episodes, step.reward, step.terminated, step.truncated)
-            return EnvCarry(env_state, step.obs, key, episodes), transition
+            episode_start = None if carry.policy_state is None else step.terminated | step.truncated
+            return EnvCarry(env_state, step.obs, key, episodes, policy_state, episode_start), transition
 
         return jax.lax.scan(step_fn, carry, None, num_steps)
 
     return collect
 
 
-def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normalizer):
+def first_episode_mask(terminated, truncated):
+    """[T, N] float: 1 from t = 0 up to and including the step where column n's first episode
+    ends, 0 after it."""
+    done = (terminated | truncated).astype(jnp.float32)
+    return (jnp.cumsum(done, axis=0) - done == 0).astype(jnp.float32)
+
+
+def jax_fresh_episodes(algo: Algorithm, env, normalizer: normalize.Normalizer, learner, norm, key,
+                       num_envs: int, num_steps: int):
+    """A Monte-Carlo batch of i.i.d. episodes: every column starts a fresh episode at t = 0 and
+    `jax_collect` runs it for `num_steps` steps (the env's time limit: every first episode then
+    ends inside the batch). Returns (Batch [T, N], first_episode_mask [T, N]); an episode's own
+    length never decides whether it is in the batch."""
+    k_reset, k_run = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
+    carry = EnvCarry(env_state, obs, k_run, empty_stats(num_envs))
+    _, batch = jax_collect(algo, env, normalizer, num_envs)(learner, norm, carry, num_steps)
+    return batch, first_episode_mask(batch.terminated, batch.truncated)
+
+
+def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normalizer, observe: Callable | None = None):
     """`evaluate_one(learner, norm, key) -> (returns [E], lengths [E])`: the jax backend's
     evaluation of one seed, `eval_episodes` episodes from the reset keys `eval_reset_keys(key)`
-    (vmap it over seeds). The one evaluation of the jax loops (loops/jax.py, loops/asynchronous.py)."""
+    (vmap it over seeds). The one evaluation of the jax loops (loops/jax.py,
+    loops/asynchronous.py) and of `rlcli eval`. With `observe(final_state, step)`, a function of
+    each step's pre-reset env states [E] and transition, evaluate_one also returns the reset
+    states [E] and observe's outputs stacked over the steps [T, E, ...] (the video frames'
+    states)."""
     num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
     max_eval_steps = int(spec.max_episode_steps)
 
@@ -176,16 +214,23 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
             obs, env_state, key, ret, length, alive = carry
             key, k_act, k_env = jax.random.split(key, 3)
             action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
-            env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_eval), env_state, action)
+            keys = jax.random.split(k_env, num_eval)
+            if observe is None:
+                env_state, step = jax.vmap(env.step)(keys, env_state, action)
+                seen = None
+            else:
+                env_state, step, final_state = jax.vmap(env.step_final)(keys, env_state, action)
+                seen = observe(final_state, step)
             ret = ret + step.reward * alive
             length = length + alive
             alive = alive * (1.0 - (step.terminated | step.truncated).astype(jnp.float32))
-            return (step.obs, env_state, key, ret, length, alive), None
+            return (step.obs, env_state, key, ret, length, alive), seen
 
         zeros = jnp.zeros((num_eval,), jnp.float32)
         carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros))
-        (_, _, _, ret, length, _), _ = jax.lax.scan(body, carry, None, max_eval_steps)
-        return ret, length
+        reset_state = env_state
+        (_, _, _, ret, length, _), seen = jax.lax.scan(body, carry, None, max_eval_steps)
+        return (ret, length) if observe is None else (ret, length, (reset_state, seen))
 
     return evaluate_one
 
@@ -193,21 +238,29 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
 # ---- host loop ---------------------------------------------------------------------------------
 
 
-def host_evaluate(act: Callable, key, vec_envs: list, seeds: list[int], index: int, max_steps: int):
+def host_evaluate(act: Callable, key, vec_envs: list, seeds: list[int], index: int, max_steps: int,
+                  observe: Callable | None = None):
     """The host loop's evaluation: seed i's vector env of E envs (one env per episode) reset
     with `eval_env_seed(seeds[i], index)` and played with `act(obs [S, E, ...], key) ->
-    (action, key)` until every episode ended. Returns (returns, lengths), [S, E] float32."""
+    (action, key)` until every episode ended. Returns (returns, lengths), [S, E] float32. The
+    one evaluation of the host loop and of `rlcli eval`: `observe(alive [S, E])` is called
+    after the reset (every env alive) and after each step (the envs that took it), where a
+    video draws its frames."""
     num_seeds, num_eval = len(seeds), vec_envs[0].num_envs
     obs = np.stack([env.reset(seed=eval_env_seed(seed, index)) for env, seed in zip(vec_envs, seeds)])
     ret = np.zeros((num_seeds, num_eval), np.float64)
     length = np.zeros((num_seeds, num_eval), np.int64)
     alive = np.ones((num_seeds, num_eval), bool)
+    if observe is not None:
+        observe(alive)
     for _ in range(max_steps):
         action, key = act(obs, key)
         step = step_all(vec_envs, np.asarray(action))
         obs = step.obs
         ret += step.reward * alive
         length += alive
+        if observe is not None:
+            observe(alive)
         alive &= ~(step.terminated | step.truncated)
         if not alive.any():
             break

@@ -60,6 +60,10 @@ def one_of(*options) -> Rule:
     return (lambda v: v in options), "one of " + ", ".join(map(str, options))
 
 
+def non_empty_text() -> Rule:
+    return (lambda v: isinstance(v, str) and bool(v)), "a non-empty text"
+
+
 def boolean() -> Rule:
     return (lambda v: isinstance(v, bool)), "true or false"
 

@@ -39,6 +39,9 @@ class Batch(NamedTuple):
     log_prob: jax.Array
     value: jax.Array
     next_obs: jax.Array
+    # [T, N] bool, recurrent rollouts only: obs is the first of an episode (the policy's
+    # hidden state was reset before acting on it); None for feed-forward policies
+    episode_start: Any = None
 
 
 class ActInfo(NamedTuple):
@@ -50,6 +53,9 @@ class LearnerState(NamedTuple):
     params: Any
     opt_state: Any
     update_step: jax.Array  # number of updates applied
+    # traced hyperparameters {name: float32 scalar}: read by the update from the state, not
+    # baked into the program, so one program carries many values along a vmapped member axis
+    hparams: Any = None
 
 
 class Algorithm(NamedTuple):

@@ -1,16 +1,12 @@
-"""Process-level XLA settings that make rlcli's programs fast on a CPU.
+"""XLA programs of a run: seeds split over the host's devices, traced programs kept, packed
+trees. (The process settings they rely on, host devices and the unrolled threefry, are in
+rlcli.runtime.)
 
-* Host devices: one jitted program runs on about one core of XLA's CPU client, so the
-  process asks XLA for one CPU device per core it may use
-  (`--xla_force_host_platform_device_count`, set before JAX starts its backend; with
-  `threads=T` or NPROC=T, T devices), and `shard_seeds` splits the seed axis of the run's
-  state over them: the seeds of `num_seeds=K` then train in parallel, one device per core,
-  with no flags from the user. Where `jax.devices()` are accelerators, the same code would
-  split the seeds over them (not yet tried on a multi-GPU machine).
-* Unrolled threefry: JAX lowers its threefry2x32 hash (every `jax.random` call) to a
-  five-iteration while loop on the CPU, to compile faster; in rlcli's scanned programs that
-  loop runs at every env step, and its iterations cost more than the hash. `unroll_threefry`
-  lowers it straight-line, as JAX does on GPUs: the same bits, faster runs and compiles.
+* Seeds over devices: `shard_seeds` splits the seed axis of the run's state over the
+  process's devices (one CPU device per usable core, rlcli.runtime.set_host_devices): the
+  seeds of `num_seeds=K` then train in parallel, one device per core, with no flags from the
+  user. Where `jax.devices()` are accelerators, the same code would split the seeds over them
+  (not yet tried on a multi-GPU machine).
 * Traced programs kept: JAX's persistent compilation cache skips compiling on a rerun, but
   JAX must still trace every program to find its cache key (about 1.5 s for a PPO chunk).
   `lower_cached` keeps each traced program beside that cache as serialized StableHLO

@@ -148,7 +148,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, case):
     assert {"x": "x=updates is not allowed (allowed: env_steps, wall_time)",
             "group_by": "group_by=algo.learning_rat is not a config key of any run (did you mean algo.learning_rate?",
             "missing": "nowhere does not exist", "empty": "holds no run",
-            "metric": "metric=eval/return_mean has no values", "option": "colour=red is not an option"}[case] in err
+            "metric": "metric=eval/return_mean has no values", "option": "colour=red is not an argument of rlcli plot"}[case] in err
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 

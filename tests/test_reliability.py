@@ -128,7 +128,7 @@ RESUME_CASES = [
     # (arguments with {run}: the finished run, {copy}: a prepared copy of it; text the line must contain)
     (["run={tmp}/nowhere"], "finished", ["run=", "nowhere does not exist", "run directory"]),
     ([], "finished", ["run= is required", "run=<run dir"]),
-    (["{run}"], "finished", ["malformed argument", "run=<run dir>"]),
+    (["{run}"], "finished", ["malformed argument", "(allowed: run= and changes of the saved config"]),
     (["run={tmp}"], "finished", ["has no .hydra/config.yaml", "run directory"]),
     (["run={copy}"], "no_checkpoint", ["has no checkpoint", "checkpoints/"]),
     (["run={run}", "network.hidden_sizes=[32]"], "finished",

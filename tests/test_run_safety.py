@@ -49,15 +49,15 @@ def test_a_run_stopped_and_resumed_reproduces_through_its_stop(tmp_path):
     """A leg that ended at a checkpoint before its budget (a stop, a kill) is replayed up to
     that checkpoint: `train(stop_at_update=...)`, then resumed, as the original was."""
     from conftest import compose
-    from rlcli import runner
+    from rlcli import train as training
 
     run = tmp_path / "run"
     run.mkdir()
     cfg = compose([*SMALL, "total_steps=2000", "eval_interval=800"])
-    assert runner.train(cfg, run, stop_at_update=40) is None  # stopped at 800 env steps
+    assert training.train(cfg, run, stop_at_update=40) is None  # stopped at 800 env steps
     assert checkpoint.steps(run / "checkpoints")[-1] == 800 and not (run / "summary.json").exists()
     (run / ".hydra").mkdir()
-    (run / ".hydra" / "config.yaml").write_text(json.dumps(runner.config_container(cfg)))
+    (run / ".hydra" / "config.yaml").write_text(json.dumps(training.config_container(cfg)))
     assert run_cli(["resume", f"run={run}"], tmp_path).returncode == 0
     result = run_cli(["reproduce", f"run={run}"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -65,7 +65,7 @@ def test_reproduce_reports_the_first_difference(run, cli, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["run=/nonexistent/run"], "run=/nonexistent/run does not exist"),
     (["run={run}", "rtol=-1"], "rtol=-1 is not allowed (allowed: a number > 0)"),
-    (["run={run}", "seed=3"], "seed=3 is not an argument of reproduce"),
+    (["run={run}", "seed=3"], "seed=3 is not an argument of rlcli reproduce (allowed: run=, out=, rtol=)"),
     (["run={run}", "out={run}"], "already exists and is not empty"),
 ])
 def test_reproduce_bad_input(run, cli, tmp_path, args, message):

@@ -44,7 +44,8 @@ def make(name: str, spec, cfg, num_updates: int) -> Algorithm:
 
 class ActorCriticPolicy(NamedTuple):
     """The `network=` actor-critic with the action distribution of the env's action space, as
-    shared by the on-policy algorithms: `init` and `act` are theirs as they stand."""
+    shared by the on-policy algorithms: `init` and `act` are theirs as they stand (`init` puts
+    the `traced` algo.* keys into LearnerState.hparams)."""
 
     network: Any
     dist: Any
@@ -52,7 +53,12 @@ class ActorCriticPolicy(NamedTuple):
     act: Callable[..., tuple[jax.Array, ActInfo]]
 
 
-def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation) -> ActorCriticPolicy:
+def traced_hparams(algo_cfg, names: tuple[str, ...]) -> dict:
+    """{name: algo.<name> as a float32 scalar} for LearnerState.hparams."""
+    return {name: jnp.asarray(float(algo_cfg[name]), jnp.float32) for name in names}
+
+
+def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation, traced: tuple[str, ...] = ()) -> ActorCriticPolicy:
     from rlcli import distributions, networks
 
     network = networks.make(cfg.network, spec)
@@ -60,7 +66,8 @@ def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation) -> ActorCri
 
     def init(key):
         params = network.init(key, jnp.zeros((1,) + spec.obs_shape, jnp.float32))
-        return LearnerState(params, tx.init(params), jnp.zeros((), jnp.int32))
+        return LearnerState(params, tx.init(params), jnp.zeros((), jnp.int32),
+                            traced_hparams(cfg.algo, traced) if traced else None)
 
     def act(learner, obs, key, deterministic=False):
         dist_params, value = network.apply(learner.params, obs)

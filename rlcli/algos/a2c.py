@@ -25,7 +25,6 @@ from rlcli.algos import (
     OPTIMIZER_RULES,
     Algorithm,
     Batch,
-    LearnerState,
     actor_critic_policy,
     make_optimizer,
 )
@@ -35,14 +34,19 @@ ESTIMATORS = ON_POLICY_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
 
 
+# the loss coefficients live in the learner state (LearnerState.hparams): traced, not compiled in
+TRACED = ("vf_coef", "ent_coef")
+
+
 def actor_critic_loss(network, dist, estimator, algo_cfg):
-    """`loss_fn(params, batch) -> (loss, metrics)`: the actor-critic loss above over a
-    time-major batch, Phi_t from `estimator` (batched), coefficients from `algo.vf_coef`,
-    `algo.ent_coef`, `algo.normalize_advantages`. Shared by a2c, a3c, batch_ac, online_ac."""
-    vf_coef, ent_coef = float(algo_cfg.vf_coef), float(algo_cfg.ent_coef)
+    """`loss_fn(params, batch, hparams) -> (loss, metrics)`: the actor-critic loss above over a
+    time-major batch, Phi_t from `estimator` (batched), the coefficients `vf_coef` and
+    `ent_coef` from `hparams` (traced: LearnerState.hparams), `algo.normalize_advantages`.
+    Shared by a2c and a3c."""
     normalize_advantages = bool(algo_cfg.normalize_advantages)
 
-    def loss_fn(params, batch: Batch):
+    def loss_fn(params, batch: Batch, hparams: dict):
+        vf_coef, ent_coef = hparams["vf_coef"], hparams["ent_coef"]
         dist_params, values = network.apply(params, batch.obs)
         _, next_values = network.apply(params, batch.next_obs)
         advantages, targets = estimator(
@@ -72,15 +76,15 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     tx = make_optimizer(algo, num_updates)
-    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
+    network, dist, init, act = actor_critic_policy(spec, cfg, tx, traced=TRACED)
     loss_fn = actor_critic_loss(network, dist, estimator, algo)
 
     def update(learner, batch, key):
         del key  # A2C's update is deterministic given the batch
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch, learner.hparams)
         updates, opt_state = tx.update(grads, learner.opt_state, learner.params)
         params = optax.apply_updates(learner.params, updates)
         metrics["train/grad_norm"] = optax.tree.norm(grads)
-        return LearnerState(params, opt_state, learner.update_step + 1), metrics
+        return learner._replace(params=params, opt_state=opt_state, update_step=learner.update_step + 1), metrics
 
     return Algorithm(init, act, update)

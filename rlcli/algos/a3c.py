@@ -56,7 +56,7 @@ from rlcli.algos import (
     actor_critic_policy,
     make_optimizer,
 )
-from rlcli.algos.a2c import actor_critic_loss
+from rlcli.algos.a2c import TRACED, actor_critic_loss
 from rlcli.rules import int_at_least
 
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES, "algo.num_workers": int_at_least(1)}
@@ -90,8 +90,8 @@ def check(cfg, spec) -> None:
 class Parts(NamedTuple):
     """A3C's pure functions: the `Algorithm` and the two halves of its update."""
 
-    algorithm: Algorithm  # update = apply(learner, gradient(learner.params, batch)): staleness 0
-    gradient: Callable[[Any, Batch], tuple[Any, dict]]  # (params, batch) -> (grads, metrics)
+    algorithm: Algorithm  # update = apply(learner, gradient(learner, batch)): staleness 0
+    gradient: Callable[[LearnerState, Batch], tuple[Any, dict]]  # (learner, batch) -> (grads, metrics)
     apply: Callable[[LearnerState, Any], LearnerState]  # (global learner, grads) -> learner
 
 
@@ -100,21 +100,22 @@ def make_parts(spec, cfg, num_updates: int) -> Parts:
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     # one optimizer step per gradient application: W per runner update
     tx = make_optimizer(algo, num_updates * int(algo.num_workers))
-    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
+    network, dist, init, act = actor_critic_policy(spec, cfg, tx, traced=TRACED)
     loss_fn = actor_critic_loss(network, dist, estimator, algo)
 
-    def gradient(params, batch: Batch):
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(params, batch)
+    def gradient(learner: LearnerState, batch: Batch):
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch, learner.hparams)
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         return grads, metrics
 
     def apply(learner: LearnerState, grads) -> LearnerState:
         updates, opt_state = tx.update(grads, learner.opt_state, learner.params)
-        return LearnerState(optax.apply_updates(learner.params, updates), opt_state, learner.update_step + 1)
+        return learner._replace(params=optax.apply_updates(learner.params, updates), opt_state=opt_state,
+                                update_step=learner.update_step + 1)
 
     def update(learner, batch, key):
         del key  # deterministic given the batch
-        grads, metrics = gradient(learner.params, batch)
+        grads, metrics = gradient(learner, batch)
         return apply(learner, grads), metrics
 
     return Parts(Algorithm(init, act, update), gradient, apply)

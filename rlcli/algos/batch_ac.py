@@ -70,7 +70,7 @@ def make_actor_critic(spec, cfg, num_updates: int, critic_target: str, critic_st
     normalize_advantages = bool(algo.normalize_advantages)
 
     def init(key):
-        params, opt_state, step = base_init(key)
+        params, opt_state, step, _ = base_init(key)
         return ACState(params, opt_state, critic_tx.init(params), step)
 
     def values_of(params, batch: Batch):

@@ -154,7 +154,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     num_envs = int(cfg.num_envs)
 
     def init(key):
-        return ReinforceState(*base_init(key), fresh=jnp.ones((num_envs,), bool))
+        return ReinforceState(*base_init(key)[:3], fresh=jnp.ones((num_envs,), bool))
 
     def phi(reward, values, next_values, batch: Batch, mask):
         """REINFORCE's Phi_t (and the critic's targets) over [T, N]: estimator, baseline,

@@ -164,7 +164,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
 
     def init(key):
         if not control_variate:
-            return ReinforceState(*base_init(key), fresh=jnp.ones((num_envs,), bool))
+            return ReinforceState(*base_init(key)[:3], fresh=jnp.ones((num_envs,), bool))
         k_ac, k_q = jax.random.split(key)
         obs = jnp.zeros((1,) + spec.obs_shape, jnp.float32)
         action = None if spec.discrete else jnp.zeros((1, spec.num_actions), jnp.float32)

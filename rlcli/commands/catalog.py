@@ -9,18 +9,22 @@ takes any id in gymnasium's registry (`--all` prints them).
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
-USAGE = """usage: rlcli list [algos|estimators|envs] [--all]
-
-Lists the algo=, estimator= and env= choices of rlcli train with what each means and the seed
-equation it implements (all three sections by default). Environments are listed per backend:
-the pure-JAX ports and the presets of conf/env; --all also prints every id registered with
-gymnasium, each usable as env=gymnasium env.id=<id>."""
+from rlcli import arguments
+from rlcli.arguments import Command
+from rlcli.errors import ConfigError, report
 
 SECTIONS = ("algos", "estimators", "envs")
+COMMAND = Command(
+    "list", "[algos|estimators|envs] [--all]",
+    """Lists the algo=, estimator= and env= choices of rlcli train with what each means and the seed
+equation it implements (all three sections by default). Environments are listed per backend:
+the pure-JAX ports and the presets of conf/env.""",
+    (), positional=f"sections to list: {', '.join(SECTIONS)} (default: all)",
+    flags=(("--all", "also print every id registered with gymnasium, each usable as env=gymnasium env.id=<id>"),),
+)
 
 
 def _first_comment(path: Path) -> str:
@@ -118,16 +122,17 @@ def _table(title: str, rows: list[tuple[str, str, str]], width: int) -> str:
 def main(args: list[str]) -> int:
     from rlcli.paths import config_dir
 
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+    if arguments.wants_help(args):
+        print(arguments.usage(COMMAND))
         return 0
-    show_all = "--all" in args
-    chosen = [a for a in args if a != "--all"]
-    bad = [a for a in chosen if a not in SECTIONS]
-    if bad:
-        print(f"rlcli list: error: {bad[0]!r} is not a section (allowed: {', '.join(SECTIONS)}, --all)",
-              file=sys.stderr)
-        return 2
+    try:
+        parsed = arguments.parse(COMMAND, args)
+        bad = [a for a in parsed.positional if a not in SECTIONS]
+        if bad:
+            raise ConfigError(f"{bad[0]!r} is not a section (allowed: {', '.join(SECTIONS)}, --all)")
+    except ConfigError as err:
+        return report("list", err)
+    show_all, chosen = "--all" in parsed.flags, parsed.positional
     chosen = chosen or list(SECTIONS)
     conf = config_dir()
     width = 100

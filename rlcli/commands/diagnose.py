@@ -32,24 +32,35 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-USAGE = """usage: rlcli diagnose [run=<run dir>] [batches=B] [batch_episodes=N] [reference_episodes=M]
-                     [gamma=G] [out=<dir>] [key=value ...]
+from rlcli import arguments
+from rlcli.arguments import Command, Option, text_of
+from rlcli.errors import ConfigError
+from rlcli.rules import int_at_least, is_num, non_empty_text
 
-Estimates the policy gradient of one policy with every Monte-Carlo estimator and baseline
+COMMAND = Command(
+    "diagnose", "[run=<run dir>] [batches=B] [batch_episodes=N] [reference_episodes=M] [gamma=G] "
+    "[out=<dir>] [key=value ...]",
+    """Estimates the policy gradient of one policy with every Monte-Carlo estimator and baseline
 (total_return, reward_to_go x none, mean, value, optimal; gae) on B independent batches of N
-whole episodes (defaults 64 x 16) and prints, per estimator, the variance of a single-batch
-estimate (trace of the covariance), and the cosine similarity and relative error against a
-reference gradient (reward_to_go with the value baseline on M = 4096 more episodes) of the
-mean over the batches and of single-batch estimates. gamma (default 1: every Monte-Carlo
-estimator is then unbiased for the undiscounted gradient) discounts the returns.
-The policy: run=<run dir> restores the run's latest checkpoint (its first seed); without
-run=, the initial policy of seed= for the config composed from the key=value overrides, as
-`rlcli train` would start it (e.g. env=CartPole-v1 seed=3 network.hidden_sizes=[32]).
-Writes diagnose.csv, diagnose.json and diagnose.png to out= (default <run>/diagnose, or
-outputs/diagnose/<date>/<time>-<env>). Needs an env of the jax backend and an on-policy
-actor-critic algorithm (a2c, ppo, reinforce, trpo, npg ...)."""
-
-KEYS = ("run", "batches", "batch_episodes", "reference_episodes", "gamma", "out")
+whole episodes and prints, per estimator, the variance of a single-batch estimate (trace of the
+covariance), and the cosine similarity and relative error against a reference gradient
+(reward_to_go with the value baseline on M more episodes) of the mean over the batches and of
+single-batch estimates. gamma (1: every Monte-Carlo estimator is then unbiased for the
+undiscounted gradient) discounts the returns. The policy: run=<run dir> restores the run's
+latest checkpoint (its first seed); without run=, the initial policy of seed= for the config
+composed from the key=value overrides, as `rlcli train` would start it (e.g. env=CartPole-v1
+seed=3 network.hidden_sizes=[32]). Writes diagnose.csv, diagnose.json and diagnose.png. Needs
+an env of the jax backend and an on-policy actor-critic algorithm (a2c, ppo, reinforce, trpo,
+npg ...).""",
+    (Option("run", None, non_empty_text(), "the run whose latest checkpoint is the policy", text_of),
+     Option("batches", 64, int_at_least(2), "independent batches B"),
+     Option("batch_episodes", 16, int_at_least(2), "whole episodes N per batch"),
+     Option("reference_episodes", 4096, int_at_least(2), "episodes M of the reference gradient"),
+     Option("gamma", 1.0, (lambda v: is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"), "discount of the returns"),
+     Option("out", None, non_empty_text(), "where to write (default: <run>/diagnose, or "
+            "outputs/diagnose/<date>/<time>-<env>; a name taken gets -1, -2, ...)", text_of)),
+    overrides="config overrides (key=value, group=option) of the policy's config",
+)
 REFERENCE = "reward_to_go/value"
 ESTIMATORS = ("total_return/none", "total_return/mean", "total_return/value", "total_return/optimal",
               "reward_to_go/none", "reward_to_go/mean", "reward_to_go/value", "gae")
@@ -69,24 +80,11 @@ class Options(NamedTuple):
 
 def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
-    import yaml
-
     from rlcli.commands.common import composition_error, load_run
     from rlcli.config import validate
-    from rlcli.errors import ConfigError
-    from rlcli.rules import int_at_least, is_num
 
-    own: dict[str, str] = {}
-    overrides = []
-    for arg in args:
-        key, eq, text = arg.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"malformed argument {arg!r} (allowed: {', '.join(k + '=' for k in KEYS)} "
-                              "and key=value config overrides)")
-        if key in KEYS:
-            own[key] = text
-        else:
-            overrides.append(arg)
+    parsed = arguments.parse(COMMAND, args)
+    own, overrides, values = parsed.given, parsed.overrides, parsed.values
     if "run" in own:
         run_dir, cfg = load_run([f"run={own['run']}", *overrides])
     else:
@@ -100,15 +98,6 @@ def parse(args: list[str]) -> Options:
                 cfg = compose("train", overrides=overrides)
         except Exception as err:  # Hydra's parse and composition errors
             raise ConfigError(composition_error(err, overrides)) from None
-    rules = {"batches": (64, *int_at_least(2)), "batch_episodes": (16, *int_at_least(2)),
-             "reference_episodes": (4096, *int_at_least(2)),
-             "gamma": (1.0, lambda v: is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]")}
-    values = {}
-    for key, (default, ok, allowed) in rules.items():
-        value = yaml.safe_load(own[key]) if key in own else default
-        if not ok(value):
-            raise ConfigError(f"{key}={own[key]} is not allowed (allowed: {allowed})")
-        values[key] = value
     validate(cfg)
     from rlcli import algos, envs
 
@@ -158,30 +147,28 @@ def policy_params(opts: Options):
     return parts.spec, params
 
 
-def rollouts(spec, network, dist, params, key, num: int):
+def rollouts(cfg, spec, network, dist, params, key, num: int):
     """`num` episodes, one per column from a reset, to the env's time limit: obs, action,
     reward, terminated, truncated, next_obs [T, num, ...] and mask [T, num] (1 up to the
-    episode's end)."""
-    import jax
+    episode's end), from `rollout.jax_fresh_episodes` with the policy's sampled actions."""
     import jax.numpy as jnp
 
+    from rlcli import normalize, rollout
     from rlcli.envs import jax_backend
+    from rlcli.types import ActInfo
+
+    class Policy(NamedTuple):
+        act: Any
+
+    def act(params, obs, key, deterministic=False):
+        action = dist.sample(key, network.apply(params, obs)[0])
+        zeros = jnp.zeros(obs.shape[:1], jnp.float32)
+        return action, ActInfo(zeros, zeros)
 
     env = jax_backend.make(spec.id)
-    k_reset, k_run = jax.random.split(key)
-    obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num))
-
-    def body(carry, key):
-        obs, env_state, alive = carry
-        k_act, k_env = jax.random.split(key)
-        action = dist.sample(k_act, network.apply(params, obs)[0])
-        env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num), env_state, action)
-        done = jnp.logical_or(step.terminated, step.truncated)
-        out = (obs, action, step.reward, step.terminated, step.truncated, step.next_obs, alive)
-        return (step.obs, env_state, alive * (1.0 - done)), out
-
-    carry = (obs, env_state, jnp.ones((num,), jnp.float32))
-    return jax.lax.scan(body, carry, jax.random.split(k_run, int(spec.max_episode_steps)))[1]
+    batch, mask = rollout.jax_fresh_episodes(Policy(act), env, normalize.make(cfg), params, None, key, num,
+                                             int(spec.max_episode_steps))
+    return batch.obs, batch.action, batch.reward, batch.terminated, batch.truncated, batch.next_obs, mask
 
 
 def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma: float, names=ESTIMATORS):
@@ -294,7 +281,7 @@ def run(opts: Options) -> dict:
     dist = distributions.for_action_space(spec.discrete)
     key = jax.random.fold_in(jax.random.PRNGKey(int(opts.cfg.seed)), 7_000_003)
     k_batches, k_ref = jax.random.split(key)
-    collect = jax.jit(lambda k, n: rollouts(spec, network, dist, params, k, n), static_argnums=1)
+    collect = jax.jit(lambda k, n: rollouts(opts.cfg, spec, network, dist, params, k, n), static_argnums=1)
     num = opts.batches * opts.batch_episodes
     num_ref = opts.reference_episodes // opts.batch_episodes * opts.batch_episodes
     data, ref_data = collect(k_batches, num), collect(k_ref, num_ref)
@@ -358,8 +345,8 @@ def write(result: dict, out: Path) -> None:
 
 
 def main(args: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+    if arguments.wants_help(args):
+        print(arguments.usage(COMMAND))
         return 0
     from rlcli.commands.common import quiet_logging
     from rlcli.errors import report

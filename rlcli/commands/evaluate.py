@@ -8,41 +8,48 @@ observation-normalisation statistics frozen, raw returns. `eval_seed=K` picks th
 training's evaluation number K (0 = the first; a run without `eval_interval` has only the
 final one), so with the defaults the final checkpoint repeats the run's final evaluation.
 
-Video episode k of a seed starts where evaluation episode k starts; it is played by a host
-loop (one env, one jitted `act` per step) because the batched, compiled evaluation keeps no
-per-step states. With `deterministic=true` it is the same episode as evaluation episode k
-(its return and length are checked against it by the tests).
+Video episode k of a seed is evaluation episode k: the run's one evaluation (rlcli.rollout) is
+played again with a per-step observer that keeps the env states (jax backend; the gymnasium
+twin draws them) or draws the rendering envs (gymnasium backend), the terminal state
+included.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
-import functools
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-USAGE = """usage: rlcli eval run=<run dir> [episodes=N] [deterministic=true|false] [checkpoint=<env step>]
-                 [seed_index=i] [eval_seed=K] [video=true] [video_format=gif|mp4] [video_episodes=M]
+from rlcli import arguments
+from rlcli.arguments import Command, Option, text_of
+from rlcli.envs import render
+from rlcli.errors import ConfigError
+from rlcli.rules import boolean, int_at_least, non_empty_text, one_of
 
-Restores the newest checkpoint of the run that can be read (a damaged newer one is skipped
-with a one-line notice), or checkpoint=<env steps>, one of checkpoints/; it then
-runs N episodes per seed (default: the run's eval_episodes) with the policy's mode
-(deterministic; default: the run's eval_deterministic), prints mean +- std of the return and
-length per seed and over all, and writes eval.json into the run directory. seed_index=i
-evaluates seed i of a run trained with num_seeds > 1 (default: every seed). eval_seed=K draws
-the episodes of training's evaluation number K (default 0, the first evaluation).
-video=true also writes video_episodes (default 1) episodes per seed to <run>/videos/ as GIF
-(video_format=gif, the default) or MP4 (video_format=mp4); video episode k starts where
+COMMAND = Command(
+    "eval", "run=<run dir> [key=value ...]",
+    """Restores the newest checkpoint of the run that can be read (a damaged newer one is skipped
+with a one-line notice), or checkpoint=<env steps>, one of checkpoints/; it then runs the
+episodes per seed with the run's evaluation, prints mean +- std of the return and length per
+seed and over all, and writes eval.json into the run directory. video=true also writes
+video_episodes episodes per seed to <run>/videos/ as GIF or MP4; video episode k starts where
 evaluation episode k does. Rendering the classic-control tasks needs pygame and MP4 needs
 imageio-ffmpeg: pip install 'rlcli[video]'. eval.json and same-named videos are overwritten.
-run=<multirun dir> evaluates every job of a sweep in turn."""
-
-KEYS = ("run", "episodes", "deterministic", "checkpoint", "seed_index", "eval_seed", "video",
-        "video_format", "video_episodes")
+run=<multirun dir> evaluates every job of a sweep in turn.""",
+    (Option("run", None, non_empty_text(), "the run directory written by rlcli train", text_of),
+     Option("episodes", None, int_at_least(1), "episodes per seed (default: the run's eval_episodes)"),
+     Option("deterministic", None, boolean(),
+            "act with the policy's mode (default: the run's eval_deterministic)"),
+     Option("checkpoint", None, int_at_least(0), "env step of the checkpoint (default: the newest readable)"),
+     Option("seed_index", None, int_at_least(0), "evaluate seed i of num_seeds > 1 only (default: every seed)"),
+     Option("eval_seed", 0, int_at_least(0), "draw the episodes of training's evaluation number K"),
+     Option("video", False, boolean(), "also record videos"),
+     Option("video_format", "gif", one_of(*render.VIDEO_FORMATS), "the videos' file format"),
+     Option("video_episodes", 1, int_at_least(1), "episodes recorded per seed")),
+)
 
 
 class Options(NamedTuple):
@@ -58,62 +65,26 @@ class Options(NamedTuple):
     video_episodes: int
 
 
-class Episode(NamedTuple):
-    ret: float
-    length: int
-    frames: int
-
-
-def _value(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
     from rlcli import checkpoint
     from rlcli.commands.common import load_run
-    from rlcli.envs import render
-    from rlcli.errors import ConfigError
-    from rlcli.rules import boolean, int_at_least, one_of
 
-    given: dict[str, str] = {}
-    for arg in args:
-        key, eq, text = arg.partition("=")
-        if not eq or key not in KEYS:
-            close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f"; did you mean {close[0]}={text}?" if close and eq else ""
-            raise ConfigError(f"{arg} is not an argument of rlcli eval (allowed: "
-                              f"{', '.join(k + '=' for k in KEYS)}){hint}")
-        given[key] = text
+    parsed = arguments.parse(COMMAND, args)
+    values, given = parsed.values, parsed.given
     run_dir, cfg = load_run([f"run={given['run']}"] if "run" in given else [])
     available = checkpoint.steps(run_dir / "checkpoints")
     num_seeds = int(cfg.num_seeds)
-    in_range = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < num_seeds  # noqa: E731
-    # key -> (default, check, what is allowed, what is wrong with a value that fails the check)
-    rules = {
-        "episodes": (int(cfg.eval_episodes), *int_at_least(1), "is not allowed"),
-        "deterministic": (bool(cfg.eval_deterministic), *boolean(), "is not allowed"),
-        "checkpoint": (None, lambda v: v is None or v in available,
-                       f"one of {', '.join(map(str, available))}",
-                       f"is not a checkpoint of run={run_dir}"),
-        "seed_index": (None, lambda v: v is None or in_range(v), f"an integer in [0, {num_seeds - 1}]",
-                       f"is out of range: the run has num_seeds={num_seeds}"),
-        "eval_seed": (0, *int_at_least(0), "is not allowed"),
-        "video": (False, *boolean(), "is not allowed"),
-        "video_format": ("gif", *one_of(*render.VIDEO_FORMATS), "is not allowed"),
-        "video_episodes": (1, *int_at_least(1), "is not allowed"),
-    }
-    values = {}
-    for key, (default, ok, allowed, problem) in rules.items():
-        value = _value(given[key]) if key in given else default
-        if not ok(value):  # defaults pass, so this is a given value
-            raise ConfigError(f"{key}={given[key]} {problem} (allowed: {allowed})")
-        values[key] = int(value) if isinstance(value, float) else value
+    if values["checkpoint"] is not None and values["checkpoint"] not in available:
+        raise ConfigError(f"checkpoint={given['checkpoint']} is not a checkpoint of run={run_dir} (allowed: "
+                          f"one of {', '.join(map(str, available))})")
+    if values["seed_index"] is not None and values["seed_index"] >= num_seeds:
+        raise ConfigError(f"seed_index={given['seed_index']} is out of range: the run has num_seeds={num_seeds} "
+                          f"(allowed: an integer in [0, {num_seeds - 1}])")
+    if values["episodes"] is None:
+        values["episodes"] = int(cfg.eval_episodes)
+    if values["deterministic"] is None:
+        values["deterministic"] = bool(cfg.eval_deterministic)
     for key in ("video_format", "video_episodes"):
         if key in given and not values["video"]:
             raise ConfigError(f"{key}={given[key]} is given without video=true (allowed: add video=true)")
@@ -139,133 +110,90 @@ def _seed_slice(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def make_act(cfg, algo):
-    """act(learner, norm, obs, key) -> action for ONE env of ONE seed: training evaluation's
-    `algo.act` on the frozen-normalised observation, jitted."""
+def jax_frames(opts: Options, parts, learner, norm, key, renderer) -> tuple[list, list]:
+    """Training's evaluation of one seed (`rollout.jax_evaluate` with this key), observing the
+    env states of every step: the frames of episodes 0..video_episodes-1 (the reset state,
+    then the state after each step, the terminal one included) and every episode's (return,
+    length)."""
     import jax
-
-    from rlcli import normalize
-
-    normalizer = normalize.make(cfg)
-    deterministic = bool(cfg.eval_deterministic)
-
-    @jax.jit
-    def act(learner, norm, obs, key):
-        action, _ = algo.act(learner, normalizer.obs(norm, obs[None]), key, deterministic=deterministic)
-        return action[0]
-
-    return act
-
-
-def _env_action(spec, action):
-    """The action as the backends pass it to the env: continuous ones clipped to the bounds."""
     import numpy as np
 
-    action = np.asarray(action)
-    return action if spec.discrete else np.clip(action, spec.action_low, spec.action_high).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def _no_reset_step(env_id: str):
-    """gymnax's step of port `env_id` without its auto-reset, jitted: (key, state, env action)
-    -> (obs, state, reward, terminated, truncated)."""
-    import jax
-    import jax.numpy as jnp
-
+    from rlcli import normalize, rollout
     from rlcli.envs import jax_backend
 
-    env = jax_backend.make(env_id)
-    gx, params = env.gymnax_env, env.params
+    env = jax_backend.make(parts.spec.id)
+    evaluate_one = rollout.jax_evaluate(opts.cfg, parts.spec, parts.algo, env, normalize.make(opts.cfg),
+                                        observe=lambda final_state, step: final_state)
+    ret, length, (reset_state, finals) = jax.device_get(jax.jit(evaluate_one)(learner, norm, key))
+    frames = []
+    for k in range(opts.video_episodes):
+        states = [_seed_slice(reset_state, k)] + [_seed_slice(_seed_slice(finals, t), k) for t in range(int(length[k]))]
+        frames.append([render.render_twin(renderer, parts.spec.id, state) for state in states])
+    return frames, list(zip(np.asarray(ret).tolist(), np.asarray(length).tolist()))
+
+
+def gymnasium_frames(opts: Options, parts, learner, norm, seed_index: int, renderer) -> tuple[list, list]:
+    """Training's evaluation of one seed (`rollout.host_evaluate`, the same reset seeds and act
+    keys) on rendering envs: the frames of episodes 0..video_episodes-1 and every episode's
+    (return, length)."""
+    import jax
+
+    from rlcli import normalize, rollout
+    from rlcli.envs import gymnasium_backend
+
+    normalizer, deterministic = normalize.make(opts.cfg), bool(opts.cfg.eval_deterministic)
+    seed = int(opts.cfg.seed) + seed_index
 
     @jax.jit
-    def step(key, state, action):
-        obs, state, reward, terminated, _ = gx.step_env(key, state, action, params)
-        return obs.astype(jnp.float32), state, jnp.float32(reward), terminated, gx.is_truncated(state, params)
+    def act(obs, key):  # the host loop's eval_act for one seed: [1, E, ...] and [1, 2]
+        next_key, k_act = jax.random.split(key[0])
+        action = parts.algo.act(learner, normalizer.obs(norm, obs[0]), k_act, deterministic=deterministic)[0]
+        return action[None], next_key[None]
 
-    return step
+    envs = gymnasium_backend.make(parts.spec.id, opts.episodes, rollout.eval_env_seed(seed, 0), "sync",
+                                  render_mode="rgb_array")
+    frames: list[list] = [[] for _ in range(opts.video_episodes)]
 
+    def observe(alive):
+        for k in range(opts.video_episodes):
+            if alive[0, k]:
+                frames[k].append(envs.render(k))
 
-def jax_episode(env, twin, act, learner, norm, reset_key, key, writer) -> Episode:
-    """Play one episode of the JAX port `env` from `reset_key`, drawing the reset state and
-    the state after every step (the terminal one included: gymnax's `step_env`, which does not
-    auto-reset) with the gymnasium `twin`."""
-    import jax
-    import numpy as np
-
-    from rlcli.envs import render
-
-    step = _no_reset_step(env.spec.id)
-    obs, state = env.reset(reset_key)
-    writer.append(render.render_twin(twin, env.spec.id, state))
-    ret, length, done = np.float32(0), 0, False
-    while not done:
-        key, k_act, k_env = jax.random.split(key, 3)
-        action = _env_action(env.spec, act(learner, norm, obs, k_act))
-        obs, state, reward, terminated, truncated = step(k_env, state, action)
-        writer.append(render.render_twin(twin, env.spec.id, state))
-        ret, length, done = np.float32(ret + np.float32(reward)), length + 1, bool(terminated | truncated)
-    return Episode(float(ret), length, writer.frames)
-
-
-def gymnasium_episode(env, spec, act, learner, norm, reset_seed: int, key, writer) -> Episode:
-    """Play one episode of the gymnasium `env` (render_mode="rgb_array") from `reset_seed`,
-    rendering the reset state and every step."""
-    import jax
-    import numpy as np
-
-    obs, _ = env.reset(seed=reset_seed)
-    writer.append(env.render())
-    ret, length, done = np.float32(0), 0, False
-    while not done and length < (spec.max_episode_steps or 100_000):
-        key, k_act = jax.random.split(key)
-        action = _env_action(spec, act(learner, norm, np.asarray(obs, np.float32), k_act))
-        obs, reward, terminated, truncated, _ = env.step(action.item() if spec.discrete else action)
-        writer.append(env.render())
-        ret, length, done = np.float32(ret + np.float32(reward)), length + 1, bool(terminated or truncated)
-    return Episode(float(ret), length, writer.frames)
-
-
-def eval_start(cfg, backend_name: str, eval_seed: int, seed_index: int, episode: int):
-    """Where evaluation episode `episode` of seed `seed_index` starts, as training's
-    evaluation draws it: its reset key (jax backend) or reset seed (gymnasium backend)."""
-    from rlcli import rollout
-
-    if backend_name == "jax":
-        return rollout.eval_reset_keys(rollout.eval_keys(cfg, eval_seed)[seed_index], int(cfg.eval_episodes))[episode]
-    return rollout.eval_env_seed(int(cfg.seed) + seed_index, eval_seed) + episode
+    try:
+        key = rollout.eval_keys(opts.cfg, opts.eval_seed)[seed_index][None]
+        ret, length = rollout.host_evaluate(act, key, [envs], [seed], opts.eval_seed,
+                                            parts.spec.max_episode_steps or 100_000, observe)
+    finally:
+        envs.close()
+    return frames, list(zip(ret[0].tolist(), length[0].tolist()))
 
 
 def record_videos(opts: Options, parts, state, renderer, staging: Path) -> list[dict]:
-    """Video episodes 0..video_episodes-1 of each selected seed into `staging`; returns what
-    each holds (its final name under videos/, frames, return, length)."""
-    import jax
-
+    """Video episodes 0..video_episodes-1 of each selected seed into `staging`: the episodes of
+    the run's evaluation (`eval_seed`), played again by the one evaluation of the run's loop
+    kind with a per-step observer. Returns what each video holds (its final name under
+    videos/, frames, return, length)."""
     from rlcli import rollout
-    from rlcli.envs import render
 
-    act = make_act(opts.cfg, parts.algo)
-    eval_keys = rollout.eval_keys(opts.cfg, opts.eval_seed)
     videos = []
     for i in opts.seed_indices:
         learner, norm = _seed_slice(state.learner, i), _seed_slice(state.norm, i)
-        for k in range(opts.video_episodes):
+        if parts.backend_name == "jax":
+            key = rollout.eval_keys(opts.cfg, opts.eval_seed)[i]
+            frames, episodes = jax_frames(opts, parts, learner, norm, key, renderer)
+        else:
+            frames, episodes = gymnasium_frames(opts, parts, learner, norm, i, renderer)
+        for k, episode_frames in enumerate(frames):
             name = f"step{opts.checkpoint}-seed{i}-episode{k}.{opts.video_format}"
             writer = render.VideoWriter(staging / name, opts.video_format, render.fps(renderer))
-            start = eval_start(opts.cfg, parts.backend_name, opts.eval_seed, i, k)
-            # the keys of sampled actions (deterministic=false): from the seed's evaluation key
-            key = jax.random.fold_in(eval_keys[i], 2_000_003 + k)
             try:
-                if parts.backend_name == "jax":
-                    from rlcli.envs import jax_backend
-
-                    episode = jax_episode(jax_backend.make(parts.spec.id), renderer, act, learner, norm,
-                                          start, key, writer)
-                else:
-                    episode = gymnasium_episode(renderer, parts.spec, act, learner, norm, start, key, writer)
+                for frame in episode_frames:
+                    writer.append(frame)
             finally:
                 writer.close()
-            videos.append({"file": f"videos/{name}", "seed_index": i, "episode": k,
-                           "return": episode.ret, "length": episode.length, "frames": episode.frames})
+            ret, length = episodes[k]
+            videos.append({"file": f"videos/{name}", "seed_index": i, "episode": k, "return": float(ret),
+                           "length": int(length), "frames": writer.frames})
     return videos
 
 
@@ -339,8 +267,8 @@ def run(opts: Options) -> dict:
 
 
 def main(args: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+    if arguments.wants_help(args):
+        print(arguments.usage(COMMAND))
         return 0
     from rlcli.commands.common import quiet_logging
     from rlcli.errors import report

@@ -18,42 +18,40 @@ from typing import NamedTuple
 import matplotlib.pyplot as plt  # noqa: E402  (after rlcli.curves chose the Agg backend)
 import numpy as np
 
+from rlcli import arguments
+from rlcli.arguments import Command, Option, text_of
 from rlcli.curves import grid, save_figure, seed_curves
+from rlcli.rules import non_empty_text, one_of
 
-USAGE = """usage: rlcli plot <run or multirun dir> [<dir> ...] [x=env_steps|wall_time]
-                  [group_by=algo,env,estimator] [metric=episode/return|eval/return_mean] [out=<dir>]
-
-Learning curves of the runs in the given directories: per group, the mean across seeds and a
+COMMAND = Command(
+    "plot", "<run or multirun dir> [<dir> ...] [key=value ...]",
+    """Learning curves of the runs in the given directories: per group, the mean across seeds and a
 95% bootstrap confidence band (2000 resamples of the seeds, fixed seed, percentile interval).
 A seed is one seed_index of one run, so the vmapped seeds of a run (num_seeds=K) and the jobs
 of a multirun (rlcli train -m ...) both count. A group with one seed has no band (it collapses
-to the mean).
-
-  <dir>      a run directory (with .hydra/config.yaml) or a multirun directory whose job
-             directories are run directories, directly or one level down
-             (outputs/multirun/<date>/<time> or outputs/multirun/<date>)
-  x          env_steps (default; per seed) or wall_time (seconds since the run started,
-             compile included). Curves are interpolated linearly onto a common grid, each
-             within its own logged range: the union of the logged env steps, or 100+ evenly
-             spaced wall times
-  group_by   comma-separated config keys: algo (algo.name), env (env.id), estimator
-             (estimator.name) or any dotted key of .hydra/config.yaml (algo.learning_rate);
-             default algo,env,estimator; group_by= (empty) pools every run
-  metric     a numeric key of metrics.jsonl: episode/return (default; training episodes that
-             finished in the interval) or eval/return_mean (the evaluations: every
-             eval_interval= env steps and at the end)
-  out        where to write; default: the first directory if it is a multirun directory,
-             else <first run dir>/plots
-
-Writes curves.png, curves.csv (group, x, mean, ci_low, ci_high, n_seeds) and
-final_returns.csv (group, n_seeds, mean, ci_low, ci_high: the final evaluation return per seed
-from summary.json), and prints the final-return table."""
+to the mean). Curves are interpolated linearly onto a common grid, each within its own logged
+range: the union of the logged env steps, or 100+ evenly spaced wall times. Writes curves.png,
+curves.csv (group, x, mean, ci_low, ci_high, n_seeds) and final_returns.csv (group, n_seeds,
+mean, ci_low, ci_high: the final evaluation return per seed from summary.json), and prints the
+final-return table.""",
+    (Option("x", "env_steps", one_of("env_steps", "wall_time"),
+            "the x axis: env steps per seed, or seconds since the run started (compile included)", text_of),
+     Option("group_by", "algo,env,estimator", (lambda v: isinstance(v, str), "comma-separated config keys"),
+            "config keys that make a group: algo (algo.name), env (env.id), estimator (estimator.name) or any "
+            "dotted key of .hydra/config.yaml; empty pools every run", text_of),
+     Option("metric", "episode/return", (lambda v: isinstance(v, str) and bool(v),
+                                         "episode/return, eval/return_mean or another numeric key of metrics.jsonl"),
+            "the y axis: training episodes that finished in the interval, or the evaluations", text_of),
+     Option("out", None, non_empty_text(), "where to write (default: the first directory if it is a multirun "
+            "directory, else <first run dir>/plots; a name taken gets -1, -2, ...)", text_of)),
+    positional="run directories (with .hydra/config.yaml) or multirun directories whose job directories are "
+               "run directories, directly or one level down",
+)
 
 SHORT_KEYS = {"algo": "algo.name", "env": "env.id", "estimator": "estimator.name"}
 X_AXES = {"env_steps": "env steps (per seed)", "wall_time": "wall time (s, compile included)"}
 METRIC_LABELS = {"episode/return": "episode return (training)",
                  "eval/return_mean": "evaluation return (mean over episodes)"}
-DEFAULTS = {"x": "env_steps", "group_by": "algo,env,estimator", "metric": "episode/return", "out": None}
 RESAMPLES = 2000
 LEVEL = 0.95
 DIRS_ALLOWED = ("allowed: a run directory with .hydra/config.yaml, or a multirun directory "
@@ -144,24 +142,10 @@ def parse_args(args: list[str]) -> Options:
     """Directories and key=value options; raises ConfigError for an unknown option or x."""
     from rlcli.errors import ConfigError
 
-    values, dirs = dict(DEFAULTS), []
-    for arg in args:
-        key, eq, value = arg.partition("=")
-        if eq and key in DEFAULTS:
-            values[key] = value
-        elif eq and "/" not in key and not Path(arg).exists():
-            raise ConfigError(f"{arg} is not an option (allowed: x=, group_by=, metric=, out= "
-                              "and run or multirun directories)")
-        elif arg.startswith("-"):
-            raise ConfigError(f"{arg} is not an option (allowed: --help)")
-        else:
-            dirs.append(arg)
+    parsed = arguments.parse(COMMAND, args)
+    values, dirs = parsed.values, parsed.positional
     if not dirs:
         raise ConfigError(f"no directory given ({DIRS_ALLOWED}; rlcli plot --help)")
-    if values["x"] not in X_AXES:
-        raise ConfigError(f"x={values['x']} is not allowed (allowed: {', '.join(X_AXES)})")
-    if not values["metric"]:
-        raise ConfigError(f"metric= is empty (allowed: {', '.join(METRIC_LABELS)} or another key of metrics.jsonl)")
     group_by = [k.strip() for k in values["group_by"].split(",") if k.strip()]
     return Options(dirs, values["x"], group_by, values["metric"], values["out"])
 
@@ -386,13 +370,13 @@ def compute(options: Options, runs: list[Run]):
 
 
 def main(args: list[str]) -> int:
-    """`rlcli plot`: see USAGE."""
+    """`rlcli plot`: see COMMAND."""
     from rlcli.errors import ConfigError, report
     from rlcli.logger import write_atomic
     from rlcli.paths import check_output_dir, claim_dir
 
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+    if arguments.wants_help(args):
+        print(arguments.usage(COMMAND))
         return 0
     try:
         options = parse_args(args)

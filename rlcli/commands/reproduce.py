@@ -22,14 +22,25 @@ import math
 import sys
 from pathlib import Path
 
-USAGE = """usage: rlcli reproduce run=<run dir> [out=<new run dir>] [rtol=<relative tolerance>]
+from rlcli import arguments
+from rlcli.arguments import Command, Option, text_of
+from rlcli.errors import ConfigError
+from rlcli.rules import non_empty_text, positive
 
-Re-runs the run's saved config (.hydra/config.yaml, seed included) into a new run directory
-(default: <run dir>-reproduced, or -reproduced-1, ... when taken) and reports whether its metrics match
-the original's: bit for bit when both ran on CPU, within rtol (default 1e-3) otherwise.
-Writes reproduce.json (match, first difference, versions and git commits of both runs) into
-the new directory. Exit code 0: the metrics match; 1: they differ; 2: bad input.
-run=<multirun dir> reproduces every job J into <multirun dir>-reproduced/J (or <out>/J)."""
+COMMAND = Command(
+    "reproduce", "run=<run dir> [out=<new run dir>] [rtol=<relative tolerance>]",
+    """Re-runs the run's saved config (.hydra/config.yaml, seed included; a resumed run leg by leg)
+into a new run directory and reports whether its metrics match the original's: bit for bit
+when both ran on CPU, within rtol otherwise. Writes reproduce.json (match, first difference,
+versions and git commits of both runs) into the new directory. Exit code 0: the metrics match;
+1: they differ; 2: bad input. run=<multirun dir> reproduces every job J into
+<multirun dir>-reproduced/J (or <out>/J).""",
+    (Option("run", None, non_empty_text(), "the run directory written by rlcli train", text_of),
+     Option("out", None, non_empty_text(),
+            "the new run directory, new or empty (default: <run dir>-reproduced, or -reproduced-1, ... "
+            "when taken)", text_of),
+     Option("rtol", None, positive(), "relative tolerance (default: exact on CPU, else 1e-3)")),
+)
 
 VOLATILE = ("wall_time", "perf/steps_per_s")
 DEFAULT_RTOL = 1e-3
@@ -81,35 +92,18 @@ def _parse(args: list[str]):
     """(run_dir, cfg, out_dir, rtol or None) from the arguments; ConfigError for bad input."""
     from rlcli.commands.common import load_run
     from rlcli.config import validate
-    from rlcli.errors import ConfigError
     from rlcli.paths import claim_dir
 
-    keep, out, rtol = [], None, None
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key == "out":
-            out = Path(value)
-        elif key == "rtol":
-            try:
-                rtol = float(value)
-            except ValueError:
-                rtol = -1.0
-            if not rtol > 0:
-                raise ConfigError(f"rtol={value} is not allowed (allowed: a number > 0)")
-        else:
-            keep.append(arg)
-    if any(not a.startswith("run=") for a in keep):
-        bad = next(a for a in keep if not a.startswith("run="))
-        raise ConfigError(f"{bad} is not an argument of reproduce (allowed: run=<run dir>, out=<dir>, "
-                          "rtol=<number>; the config is the run's own)")
-    run_dir, cfg = load_run(keep)
+    parsed = arguments.parse(COMMAND, args)
+    out = Path(parsed.values["out"]) if parsed.values["out"] else None
+    run_dir, cfg = load_run([f"run={parsed.given['run']}"] if "run" in parsed.given else [])
     if not (run_dir / "metrics.jsonl").is_file():
         raise ConfigError(f"run={run_dir} has no metrics.jsonl to compare with (allowed: a run directory "
                           "written by rlcli train)")
     validate(cfg)
     # claimed for this process alone: <run dir>-reproduced, or -reproduced-1, ... when taken
     out = claim_dir("out", out or run_dir.with_name(run_dir.name + "-reproduced"), named_by_user=out is not None)
-    return run_dir, cfg, out, rtol
+    return run_dir, cfg, out, parsed.values["rtol"]
 
 
 def main(args: list[str]) -> int:
@@ -122,8 +116,8 @@ def main(args: list[str]) -> int:
     from rlcli.errors import ConfigError, Interrupted, report
     from rlcli.logger import read_metrics, write_atomic
 
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+    if arguments.wants_help(args):
+        print(arguments.usage(COMMAND))
         return 0
     try:
         run_dir, cfg, out, rtol = _parse(args)

@@ -1,6 +1,6 @@
-"""Sweeps: one summary row per job of a Hydra multirun directory; the process settings shared
-by the jobs of a sweep: the per-job thread limit for jobs that run side by side (joblib,
-submitit, Ray launchers) and JAX's persistent compilation cache."""
+"""Sweeps: one summary row per job of a Hydra multirun directory (sweep_summary.csv and a printed
+table), and the return value of a failed job for Hydra's sweepers. The process settings of a
+sweep's jobs (threads, compilation cache) are in rlcli.runtime."""
 
 from __future__ import annotations
 

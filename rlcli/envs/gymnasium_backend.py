@@ -92,7 +92,11 @@ def vectorization_mode(env_id: str, vectorization: str) -> str:
 class GymnasiumVecEnv:
     """N copies of a gymnasium env stepped together on the host (numpy in, numpy out)."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, vectorization: str = "sync"):
+    def __init__(self, env_id: str, num_envs: int, seed: int, vectorization: str = "sync",
+                 render_mode: str | None = None):
+        """`render_mode="rgb_array"` (sync envs only): `render(i)` draws env i, and an env
+        that ended resets at its next step rather than at once, so its terminal state can be
+        drawn (the transitions are the same)."""
         import gymnasium
         from gymnasium.vector import AutoresetMode
 
@@ -100,7 +104,12 @@ class GymnasiumVecEnv:
         self.num_envs = num_envs
         self.seed = seed
         self.mode = vectorization_mode(env_id, vectorization)
-        if self.mode == "vector":
+        if render_mode is not None:
+            self.mode = "sync"
+            self.envs = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                                           render_mode=render_mode,
+                                           vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP})
+        elif self.mode == "vector":
             self.envs = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
             self._reset_done = SAME_STEP_RESETS[gymnasium.spec(env_id).vector_entry_point]
         else:
@@ -139,9 +148,14 @@ class GymnasiumVecEnv:
         return Step(obs, reward.astype(np.float32), terminated.astype(bool),
                     truncated.astype(bool), next_obs)
 
+    def render(self, index: int):
+        """The frame of env `index` (an env made with render_mode)."""
+        return self.envs.envs[index].render()
+
     def close(self) -> None:
         self.envs.close()
 
 
-def make(env_id: str, num_envs: int, seed: int, vectorization: str = "sync") -> GymnasiumVecEnv:
-    return GymnasiumVecEnv(env_id, num_envs, seed, vectorization)
+def make(env_id: str, num_envs: int, seed: int, vectorization: str = "sync",
+         render_mode: str | None = None) -> GymnasiumVecEnv:
+    return GymnasiumVecEnv(env_id, num_envs, seed, vectorization, render_mode)

@@ -63,6 +63,9 @@ class JaxEnv(NamedTuple):
     spec: EnvSpec
     reset: Callable[[jax.Array], tuple[jax.Array, Any]]  # key -> (obs, state)
     step: Callable[[jax.Array, Any, jax.Array], tuple[Any, Step]]  # (key, state, a) -> (state, Step)
+    # the same step, also returning the state the transition reached before any reset (the
+    # terminal state where an episode ends): what a video draws
+    step_final: Callable[[jax.Array, Any, jax.Array], tuple[Any, Step, Any]]
     gymnax_env: Any
     params: Any
 
@@ -76,23 +79,34 @@ def make(env_id: str) -> JaxEnv:
         obs, state = env.reset(key, params)
         return obs.astype(jnp.float32), state
 
-    def step(key, state, action):
+    def env_action(action):
         if env_spec.discrete:
-            env_action = action
-        else:
-            low = jnp.asarray(env_spec.action_low, jnp.float32)
-            high = jnp.asarray(env_spec.action_high, jnp.float32)
-            env_action = jnp.clip(action, low, high)
-        obs, state, reward, terminated, truncated, info = env.step(key, state, env_action, params)
-        return state, Step(
-            obs=obs.astype(jnp.float32),
-            reward=jnp.asarray(reward, jnp.float32).reshape(()),
-            terminated=jnp.asarray(terminated, bool).reshape(()),
-            truncated=jnp.asarray(truncated, bool).reshape(()),
-            next_obs=info["final_observation"].astype(jnp.float32),
-        )
+            return action
+        low = jnp.asarray(env_spec.action_low, jnp.float32)
+        high = jnp.asarray(env_spec.action_high, jnp.float32)
+        return jnp.clip(action, low, high)
 
-    return JaxEnv(env_spec, reset, step, env, params)
+    def transition(obs, reward, terminated, truncated, final_obs) -> Step:
+        return Step(obs=obs.astype(jnp.float32), reward=jnp.asarray(reward, jnp.float32).reshape(()),
+                    terminated=jnp.asarray(terminated, bool).reshape(()),
+                    truncated=jnp.asarray(truncated, bool).reshape(()), next_obs=final_obs.astype(jnp.float32))
+
+    def step(key, state, action):
+        obs, state, reward, terminated, truncated, info = env.step(key, state, env_action(action), params)
+        return state, transition(obs, reward, terminated, truncated, info["final_observation"])
+
+    def step_final(key, state, action):
+        """gymnax's `step` (its key split and auto-reset) with the pre-reset state kept."""
+        key_step, key_reset = jax.random.split(key)
+        obs_step, final_state, reward, terminated, _ = env.step_env(key_step, state, env_action(action), params)
+        truncated = env.is_truncated(final_state, params)
+        done = jnp.logical_or(terminated, truncated)
+        obs_reset, state_reset = env.reset_env(key_reset, params)
+        state = jax.tree.map(lambda x, y: jax.lax.select(done, x, y), state_reset, final_state)
+        obs = jax.lax.select(done, obs_reset, obs_step)
+        return state, transition(obs, reward, terminated, truncated, obs_step), final_state
+
+    return JaxEnv(env_spec, reset, step, step_final, env, params)
 
 
 @lru_cache(maxsize=None)

@@ -64,7 +64,7 @@ def make(cfg, spec, algo: Algorithm, sizes) -> Loop:
         worker, batch = collect(learner, None, worker, num_steps)  # normalize.* is off for a3c
         # the jax backend's split before its update (whose key a2c does not use): same stream
         key = jax.random.split(worker.key)[0]
-        grads, metrics = parts.gradient(learner.params, batch)
+        grads, metrics = parts.gradient(learner, batch)
         return worker._replace(key=key), grads, metrics
 
     work_fn, apply_fn = jax.vmap(work_one), jax.vmap(parts.apply)

@@ -45,7 +45,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
     def update_step(runner: RunnerState, _):
         carry = EnvCarry(runner.env_state, runner.obs, runner.key, runner.episodes)
         carry, batch = collect(runner.learner, runner.norm, carry, num_steps)
-        runner = runner._replace(**carry._asdict())
+        runner = runner._replace(env_state=carry.env_state, obs=carry.obs, key=carry.key, episodes=carry.episodes)
         key, k_update = jax.random.split(runner.key)
         norm, batch = normalizer.prepare(runner.norm, batch)
         learner, metrics = algo.update(runner.learner, batch, k_update)
