@@ -84,12 +84,12 @@ def make_loop(cfg, parts: Setup) -> Loop:
     return loops.make(cfg, parts.spec, parts.algo, parts.sizes, parts.backend_name)
 
 
-def restore_checkpoint(backend: Loop, ckpt_dir: str | Path, step: int | None = None) -> tuple[Any, dict]:
+def restore_checkpoint(loop: Loop, ckpt_dir: str | Path, step: int | None = None) -> tuple[Any, dict]:
     """(state, meta) of checkpoint `step` (default: the latest) in ckpt_dir, restored into a
-    fresh state of `backend`; raises checkpoint.CheckpointError."""
-    state = backend.init()
-    saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state), step=step)
-    return backend.restore(state, saved, meta), meta
+    fresh state of `loop`; raises checkpoint.CheckpointError."""
+    state = loop.init()
+    saved, meta = checkpoint.restore(ckpt_dir, loop.checkpoint_state(state), step=step)
+    return loop.restore(state, saved, meta), meta
 
 
 LEGS = "legs.json"
@@ -141,14 +141,14 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
     ckpt_dir = run_dir / "checkpoints"
 
     start = time.perf_counter()
-    backend = make_loop(cfg, parts)
+    loop = make_loop(cfg, parts)
     # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
-    with faults.StopSignals() as signals, contextlib.closing(backend):
-        state = backend.init(prepare=True)
+    with faults.StopSignals() as signals, contextlib.closing(loop):
+        state = loop.init(prepare=True)
         init_time = time.perf_counter() - start  # mostly compiling the init program: counted as compile time
         updates_done, eval_index, wall_before = 0, 0, 0.0
         if resume:
-            saved, meta = checkpoint.restore(ckpt_dir, backend.checkpoint_state(state), notice=log.warning)
+            saved, meta = checkpoint.restore(ckpt_dir, loop.checkpoint_state(state), notice=log.warning)
             updates_done, eval_index = int(meta["update"]), int(meta.get("eval_index", 0))
             wall_before = float(meta.get("wall_time", 0.0))
             if updates_done > sizes.num_updates:
@@ -162,7 +162,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
             # damaged checkpoints newer than the one restored are renamed <step>.damaged, so
             # training writes those steps again
             checkpoint.set_aside_after(ckpt_dir, int(meta["env_steps"]))
-            state = backend.restore(state, saved, meta)
+            state = loop.restore(state, saved, meta)
             truncate_metrics(run_dir, updates_done)
             from omegaconf import OmegaConf
 
@@ -177,12 +177,12 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
                      updates_done * sizes.steps_per_update, updates_done)
         for note in config.rounding_notes(cfg, sizes):
             log.info("note: %s", note)
-        compile_time = init_time + backend.compile(state)
+        compile_time = init_time + loop.compile(state)
         devices = xla.devices_of(state)
         log.info("compiled in %.1f s%s", compile_time,
                  f"; the seeds train on {devices} devices in parallel" if devices > 1 else "")
         end = sizes.num_updates if stop_at_update is None else min(stop_at_update, sizes.num_updates)
-        last_eval = _loop(cfg, run_dir, backend, state, sizes, seeds, updates_done, eval_index,
+        last_eval = _loop(cfg, run_dir, loop, state, sizes, seeds, updates_done, eval_index,
                           wall_before - start, signals, end)
     if end < sizes.num_updates:
         log.info("stopped at update %d with a checkpoint, as the replayed run was", end)
@@ -226,7 +226,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
     return summary
 
 
-def _loop(cfg, run_dir: Path, backend: Loop, state, sizes: config.Sizes, seeds, updates_done: int,
+def _loop(cfg, run_dir: Path, loop: Loop, state, sizes: config.Sizes, seeds, updates_done: int,
           eval_index: int, wall_offset: float, signals: faults.StopSignals, end: int):
     """Chunks from update `updates_done` to update `end`: log, evaluate, checkpoint (always at
     `end`). Returns the last evaluation's (returns, lengths), or None if there was none."""
@@ -251,7 +251,7 @@ def _loop(cfg, run_dir: Path, backend: Loop, state, sizes: config.Sizes, seeds, 
         meta = {"env_steps": env_steps, "update": updates_done, "eval_index": eval_index,
                 "wall_time": wall_offset + time.perf_counter(), "seeds": seeds}
         try:
-            checkpoint.save(ckpt, env_steps, backend.checkpoint_state(state), meta)
+            checkpoint.save(ckpt, env_steps, loop.checkpoint_state(state), meta)
         except Exception as err:
             raise RunError(f"cannot write the checkpoint at env step {env_steps} to {ckpt_dir}: {faults.os_error(err)}; "
                            f"{faults.resume_hint(run_dir, last_saved)}") from None
@@ -262,7 +262,7 @@ def _loop(cfg, run_dir: Path, backend: Loop, state, sizes: config.Sizes, seeds, 
         while updates_done < end:
             n = min(sizes.updates_per_log, end - updates_done)
             chunk_start = time.perf_counter()
-            state, out = backend.chunk(state, n)
+            state, out = loop.chunk(state, n)
             bad = faults.first_divergence(out, seeds, updates_done, n)
             updates_done += n
             chunk_number = math.ceil(updates_done / sizes.updates_per_log)
@@ -279,7 +279,7 @@ def _loop(cfg, run_dir: Path, backend: Loop, state, sizes: config.Sizes, seeds, 
             # env steps per second of this chunk, all seeds, evaluation excluded
             chunk_rate = n * sizes.steps_per_update * num_seeds / max(time.perf_counter() - chunk_start, 1e-9)
             if bad is None and (last or (sizes.eval_every_chunks and chunk_number % sizes.eval_every_chunks == 0)):
-                ret, length = backend.evaluate(state, eval_index)
+                ret, length = loop.evaluate(state, eval_index)
                 eval_index += 1
                 last_eval = (ret, length)
                 per_seed["eval/return_mean"] = ret.mean(axis=1)

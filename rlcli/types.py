@@ -93,6 +93,6 @@ class Loop(NamedTuple):
     checkpoint_state: Callable[[Any], Any]  # the pytree that is saved
     restore: Callable[[Any, Any, dict], Any]  # (fresh state, restored pytree, meta) -> state
     close: Callable[[], None]
-    programs: dict | None = None  # jax backend: compiled chunk programs by number of updates (to inspect)
+    programs: dict | None = None  # jax loop: compiled programs by name, chunks by number of updates (to inspect)
 
 

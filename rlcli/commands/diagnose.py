@@ -136,8 +136,8 @@ def policy_params(opts: Options):
 
     parts = train.setup(opts.cfg)
     if opts.run_dir is not None:
-        backend = train.make_loop(opts.cfg, parts)
-        state, _ = train.restore_checkpoint(backend, opts.run_dir / "checkpoints")
+        loop = train.make_loop(opts.cfg, parts)
+        state, _ = train.restore_checkpoint(loop, opts.run_dir / "checkpoints")
         params = jax.tree.map(lambda x: x[0], state.learner.params)
     else:
         key = jax.random.split(jax.random.PRNGKey(int(opts.cfg.seed)), 3)[0]

@@ -241,13 +241,13 @@ def run(opts: Options) -> dict:
             renderer = render.make_env(parts.spec.id)
         except render.RenderError as err:
             raise ConfigError(f"video=true: {err} (allowed: video=false, or pip install 'rlcli[video]')") from None
-    backend = train.make_loop(opts.cfg, parts)
-    with contextlib.closing(backend), contextlib.ExitStack() as cleanup:
+    loop = train.make_loop(opts.cfg, parts)
+    with contextlib.closing(loop), contextlib.ExitStack() as cleanup:
         if renderer is not None:
             cleanup.callback(renderer.close)
-        state, meta = train.restore_checkpoint(backend, opts.run_dir / "checkpoints", opts.checkpoint)
+        state, meta = train.restore_checkpoint(loop, opts.run_dir / "checkpoints", opts.checkpoint)
         opts = opts._replace(checkpoint=int(meta["env_steps"]))  # the newest readable, by default
-        returns, lengths = backend.evaluate(state, opts.eval_seed)
+        returns, lengths = loop.evaluate(state, opts.eval_seed)
         seeds = [int(opts.cfg.seed) + i for i in range(int(opts.cfg.num_seeds))]
         result = {"algo": opts.cfg.algo.name, "env": parts.spec.id, "backend": parts.backend_name,
                   "update": int(meta["update"]), **summarize(opts, seeds, returns, lengths)}

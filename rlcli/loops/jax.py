@@ -5,9 +5,8 @@ returning to Python; the seeds' state is split over the host's CPU devices (rlcl
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,12 +61,8 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
     # the init and evaluation programs make the seeds' keys themselves (`seed_keys`, `eval_keys`):
     # a jitted call of its own would be traced on every run, also when the programs come from the cache
     init_fn = jax.jit(lambda seeds: rollout.init_seeds(init_one, rollout.prng_keys(seeds)))
-    chunk_fns: dict[int, Any] = {}
     eval_fn = jax.jit(lambda learner, norm, seeds, fold: jax.vmap(evaluate_one)(learner, norm, rollout.prng_keys(seeds, fold)))
-    compiled: dict[str, Any] = {}
-    pending: dict[Any, Any] = {}  # programs compiling: {number of updates or "eval": Future}
-    deferred: dict[Any, Callable] = {}  # programs to lower and compile once training starts
-    pool = ThreadPoolExecutor(4)  # compiles: init, two chunk programs and the evaluation at most
+    compiler = xla.Compiler()  # programs by number of updates (chunks), "init" and "eval"
 
     def lower_chunk(state, num_updates):
         fn = rollout.per_seed(partial(chunk_one, num_updates=num_updates), int(cfg.num_seeds))
@@ -76,22 +71,15 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
                                 donate_argnums=0)
 
-    def chunk_program(state, num_updates):
-        if num_updates not in chunk_fns:
-            future = pending.pop(num_updates, None)
-            chunk_fns[num_updates] = future.result() if future else lower_chunk(state, num_updates).compile()
-        return chunk_fns[num_updates]
-
     def start_compiling(state) -> None:
         """Lower the chunk and evaluation programs for `state` (its arrays or their shapes) one
-        after the other, and start compiling each in a thread of its own as soon as it is
-        lowered (XLA's compiler releases the GIL: the programs compile side by side, and beside
-        the tracing of the next ones). Where training leaves a core free (fewer seed devices
-        than CPU devices, or an accelerator), the programs the first chunk does not need (a
-        shorter last chunk; the evaluation when the first one comes after the second chunk or
-        later) are lowered and compiled once the first chunk program is ready, beside training."""
+        after the other, each compiling in a thread as soon as it is lowered. Where training
+        leaves a core free (fewer seed devices than CPU devices, or an accelerator), the
+        programs the first chunk does not need (a shorter last chunk; the evaluation when the
+        first one comes after the second chunk or later) wait until the first chunk program is
+        ready and then compile beside training."""
         shapes = xla.seed_shapes(state, int(cfg.num_seeds))  # the arrays are donated to the first chunk
-        pending[sizes.updates_per_log] = pool.submit(lower_chunk(shapes, sizes.updates_per_log).compile)
+        compiler.submit(sizes.updates_per_log, partial(lower_chunk, shapes, sizes.updates_per_log))
         chunks = sizes.num_chunks
         others = [("eval", partial(xla.lower_cached, eval_fn, (shapes.learner, shapes.norm, rollout.seed_array(cfg),
                                                                 rollout.eval_fold(0)), name="eval", cfg=cfg),
@@ -101,32 +89,28 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
             others.append((last, partial(lower_chunk, shapes, last), True))
         spare = jax.default_backend() != "cpu" or xla.seed_devices(int(cfg.num_seeds)) < jax.device_count()
         for name, lower, later in others:
-            if spare and later:
-                deferred[name] = lambda lower=lower: lower().compile()
-            else:
-                pending[name] = pool.submit(lower().compile)
+            (compiler.defer if spare and later else compiler.submit)(name, lower)
 
     def compile_programs(state) -> float:
         """Wait for the first chunk program (compiling it and the others unless
-        `init(prepare=True)` started them), then start the deferred ones. The evaluation and
-        the last chunk are waited for when first used: they may compile while training runs.
-        Returns the seconds this took."""
+        `init(prepare=True)` started them), then let the deferred ones compile beside training.
+        The evaluation and the last chunk are waited for when first used. Returns the seconds
+        this took."""
         start = time.perf_counter()
-        if not pending:
+        if not compiler.started():
             start_compiling(state)
-        chunk_program(state, sizes.updates_per_log)
-        pending.update({name: pool.submit(compile_) for name, compile_ in deferred.items()})
-        deferred.clear()
+        compiler.get(sizes.updates_per_log)
+        compiler.release()
         return time.perf_counter() - start
 
     def chunk(state, num_updates):
-        return faults.raise_checked(chunk_program(state, num_updates)(state))
+        program = compiler.get(num_updates, partial(lower_chunk, state, num_updates))
+        return faults.raise_checked(program(state))
 
     def evaluate(state, index):
         # compiled with the chunk programs when training; jitted on first use otherwise (rlcli eval)
-        if "eval" in pending:
-            compiled["eval"] = pending.pop("eval").result()
-        ret, length = compiled.get("eval", eval_fn)(state.learner, state.norm, rollout.seed_array(cfg), rollout.eval_fold(index))
+        program = compiler.get("eval") or eval_fn
+        ret, length = program(state.learner, state.norm, rollout.seed_array(cfg), rollout.eval_fold(index))
         return np.asarray(ret), np.asarray(length)
 
     def restore(state, saved, meta):
@@ -134,19 +118,19 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
 
     def init(prepare: bool = False):
         """The seeds' initial state. With `prepare` (training), the chunk and evaluation programs
-        are traced while the init program compiles, and start compiling themselves: on two or
-        more cores tracing and compiling overlap (`compile_programs` waits for them)."""
+        are traced while the init program compiles, and start compiling themselves
+        (`compile_programs` waits for them)."""
         seeds = rollout.seed_array(cfg)
         lowered = xla.lower_cached(init_fn, (seeds,), name="init", cfg=cfg)
         if not prepare:
             program = lowered.compile()
         else:
-            init_future = pool.submit(lowered.compile)
+            compiler.submit("init", lambda: lowered)
             start_compiling(xla.seed_shapes(lowered.out_info, int(cfg.num_seeds)))
-            program = init_future.result()
+            program = compiler.get("init")
         return xla.shard_seeds(program(seeds), int(cfg.num_seeds))
 
-    return Loop(init, compile_programs, chunk, evaluate, lambda state: state._asdict(), restore,
-                   lambda: pool.shutdown(wait=False, cancel_futures=True), chunk_fns)
+    return Loop(init, compile_programs, chunk, evaluate, lambda state: state._asdict(), restore, compiler.close,
+                compiler.programs)
 
 
