@@ -3,8 +3,8 @@
 * jax loops (loops/jax.py, loops/asynchronous.py): `jax_collect` steps the pure-JAX envs for
   T steps inside a `lax.scan` (one rollout, time-major `Batch [T, N]`); `jax_evaluate` plays
   `eval_episodes` episodes per seed inside one.
-* host loop (loops/host.py): gymnasium's vector envs are stepped from Python; `host_evaluate`
-  plays the evaluation episodes.
+* host loop (loops/host.py): gymnasium's vector envs are stepped from Python, `host_collect`
+  for a rollout (one jitted policy call per step) and `host_evaluate` for the evaluation.
 
 The seeding rules live here once: a run's seed i uses `PRNGKey(seed + i)` split into
 (params, envs, run) keys; evaluation number k folds the seed's key with `eval_fold(k)`; the
@@ -236,6 +236,28 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
 
 
 # ---- host loop ---------------------------------------------------------------------------------
+
+
+def host_collect(policy: Callable, vec_envs: list, batch: Batch, obs, key):
+    """The host loop's one rollout: T steps (the length of `batch`, [T, S, N, ...] numpy
+    arrays, filled in place) of seed i's vector env `vec_envs[i]` with `policy(obs [S, N, ...],
+    key) -> (action, out, key)`, one jitted call per step. The policy's per-step outputs
+    (log-prob and value, left on the device) go to `batch.log_prob` as a tuple over the steps.
+    Returns (batch, the observations to act on next, the key)."""
+    outputs = []
+    for t in range(batch.reward.shape[0]):
+        action, out, key = policy(obs, key)
+        outputs.append(out)
+        batch.obs[t] = obs
+        batch.action[t] = action = np.asarray(action)
+        next_obs = []
+        for i, env in enumerate(vec_envs):
+            step = env.step(action[i])
+            batch.reward[t, i], batch.next_obs[t, i] = step.reward, step.next_obs
+            batch.terminated[t, i], batch.truncated[t, i] = step.terminated, step.truncated
+            next_obs.append(step.obs)
+        obs = next_obs[0][None] if len(vec_envs) == 1 else np.stack(next_obs)
+    return batch._replace(log_prob=tuple(outputs)), obs, key
 
 
 def host_evaluate(act: Callable, key, vec_envs: list, seeds: list[int], index: int, max_steps: int,

@@ -114,3 +114,31 @@ def test_nothing_imports_jax_private_modules():
 def test_module_size(name):
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines: split it by concern"
+
+
+def env_steps(path: Path) -> list[str]:
+    """Places where the module steps an environment: `<...env...>.step`, `.step_final` or
+    `.step_env` (called or passed on, as to jax.vmap)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in ("step", "step_final", "step_env"):
+            owner = ast.unparse(node.value)
+            if "env" in owner.lower():
+                found.append((node.lineno, f"{path.name}:{node.lineno} {owner}.{node.attr}"))
+    return [place for _, place in sorted(found)]
+
+
+def test_the_env_step_finder_finds_a_planted_loop(tmp_path):
+    planted = tmp_path / "m.py"
+    planted.write_text("def play(env, a):\n    for t in range(3):\n        env.step(a)\n    jax.vmap(envs.step_final)\n")
+    assert env_steps(planted) == ["m.py:3 env.step", "m.py:4 envs.step_final"]
+
+
+def test_only_the_rollout_steps_environments():
+    """Training, evaluation (videos included), diagnose and a3c go through rlcli.rollout: no
+    other module steps an environment (the env adapters define the steps)."""
+    offenders = [place for name, path in modules().items()
+                 if name != "rlcli.rollout" and not name.startswith("rlcli.envs")
+                 for place in env_steps(path)]
+    assert offenders == []
+    assert env_steps(modules()["rlcli.rollout"])  # the finder sees the rollout's own steps

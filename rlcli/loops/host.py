@@ -133,30 +133,13 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
                      np.zeros(lead, np.float32), np.zeros(lead, bool), np.zeros(lead, bool),
                      None, None, np.zeros(lead + obs_shape, np.float32))
 
-    def step_into(batch: Batch, t: int, action) -> np.ndarray:
-        """Step seed i's train env with action[i], writing the transition into `batch` at step
-        t; returns the observations to act on next, [S, N, ...]."""
-        obs = []
-        for i, env in enumerate(train_envs):
-            step = env.step(action[i])
-            batch.reward[t, i], batch.next_obs[t, i] = step.reward, step.next_obs
-            batch.terminated[t, i], batch.truncated[t, i] = step.terminated, step.truncated
-            obs.append(step.obs)
-        return obs[0][None] if num_seeds == 1 else np.stack(obs)
-
     def chunk(state: HostState, num_updates: int):
         key, obs = state.key, state.obs
         carry = pack_state(state, rollout.reset_totals(state.episodes))
         per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
-            batch, log_prob_value = empty_batch(), []
-            for t in range(num_steps):
-                action, out, key = unwrap(policy_fn(carry, obs, key))
-                log_prob_value.append(out)
-                batch.obs[t] = obs
-                batch.action[t] = action = np.asarray(action)
-                obs = step_into(batch, t, action)
-            batch = batch._replace(log_prob=tuple(log_prob_value))
+            batch, obs, key = rollout.host_collect(lambda obs, key: unwrap(policy_fn(carry, obs, key)),
+                                                   train_envs, empty_batch(), obs, key)
             carry, metrics, key = unwrap(compiled["update"](carry, batch, key))
             per_update.append(metrics)  # fetched with the chunk's others: no wait per update
         # a diverged update goes on to the chunk's end, as on the jax backend; train() reports
