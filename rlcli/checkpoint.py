@@ -32,11 +32,48 @@ def manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
     )
 
 
+def _optional(node) -> bool:
+    """A NamedTuple with optional fields: `hparams` (LearnerState) or a field that is None."""
+    return (isinstance(node, tuple) and hasattr(node, "_fields")
+            and ("hparams" in node._fields or any(v is None for v in node)))
+
+
+def storable(tree):
+    """The tree as a checkpoint holds it: in NamedTuples with optional fields (rlcli's
+    LearnerState, EnvCarry), fields that are None are left out, and so are a learner's traced
+    `hparams`, which come from the config (a resumed run takes the config's values, as
+    constants compiled in would). Checkpoints written before those fields existed have the
+    same tree."""
+    if _optional(tree):
+        return {k: storable(v) for k, v in tree._asdict().items() if v is not None and k != "hparams"}
+    if isinstance(tree, dict):
+        return {k: storable(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+        return type(tree)(storable(v) for v in tree)
+    if isinstance(tree, tuple):
+        return type(tree)(*(storable(v) for v in tree))
+    return tree
+
+
+def from_storable(stored, like):
+    """Undo `storable` with the tree `like` (a fresh state): the left-out fields come from it."""
+    if _optional(like):
+        return type(like)(**{k: (v if v is None or k == "hparams" else from_storable(stored[k], v))
+                             for k, v in like._asdict().items()})
+    if isinstance(like, dict):
+        return {k: from_storable(stored[k], v) for k, v in like.items()}
+    if isinstance(like, (list, tuple)) and not hasattr(like, "_fields"):
+        return type(like)(from_storable(s, v) for s, v in zip(stored, like))
+    if isinstance(like, tuple):
+        return type(like)(*(from_storable(s, v) for s, v in zip(stored, like)))
+    return stored
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
     """Save under `step` (env steps per seed); returns when the checkpoint is complete."""
     with quiet_stderr():
         mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+            state=ocp.args.StandardSave(storable(state)), meta=ocp.args.JsonSave(meta)))
 
 
 def steps(directory: str | Path) -> list[int]:
@@ -124,14 +161,14 @@ def _restore_step(directory: Path, like: Any, step: int) -> tuple[Any, dict]:
     try:
         with quiet_stderr(), manager(directory, keep=1_000_000) as mngr:
             restored = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(storable(like)), meta=ocp.args.JsonRestore()))
     except Exception as err:
         text = str(err).split(" [tensorstore_spec")[0].strip()
         if "not compatible with the stored shape" in text or "tree structure" in text.lower():
             raise CheckpointError(f"checkpoint {directory / str(step)} does not fit this config: "
                                   f"{text.splitlines()[0]}") from None
         raise DamagedCheckpoint(directory, step, "its array data") from None
-    return restored.state, meta
+    return from_storable(restored.state, like), meta
 
 
 @contextlib.contextmanager

@@ -266,7 +266,8 @@ def resume(args: list[str]) -> int:
 
     try:
         parsed = arguments.parse(RESUME, args)
-        run_dir, cfg = load_run([f"run={parsed.given['run']}"] * ("run" in parsed.given) + parsed.overrides)
+        run = [f"run={parsed.given['run']}"] if "run" in parsed.given else []
+        run_dir, cfg = load_run(run + parsed.overrides)
         limit_threads(cfg)
         validate(cfg)
     except ConfigError as err:

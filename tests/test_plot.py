@@ -145,7 +145,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, case):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rlcli plot: error: ") and "allowed: " in err
-    assert {"x": "x=updates is not allowed (allowed: env_steps, wall_time)",
+    assert {"x": "x=updates is not allowed (allowed: one of env_steps, wall_time)",
             "group_by": "group_by=algo.learning_rat is not a config key of any run (did you mean algo.learning_rate?",
             "missing": "nowhere does not exist", "empty": "holds no run",
             "metric": "metric=eval/return_mean has no values", "option": "colour=red is not an argument of rlcli plot"}[case] in err

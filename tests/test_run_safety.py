@@ -186,3 +186,46 @@ def test_reproduce_twice_gets_a_second_directory(tmp_path):
         result = run_cli(["reproduce", f"run={run}"], tmp_path)
         assert result.returncode == 0, result.stderr
         assert json.loads((tmp_path / name / "reproduce.json").read_text())["match"]
+
+
+def test_a_checkpoint_written_before_the_optional_fields_restores(tmp_path):
+    """Checkpoints written before LearnerState.hparams and EnvCarry's recurrent fields existed
+    (a learner of three fields) restore into today's state: the arrays from the checkpoint, the
+    traced hyperparameters from the fresh state (the config), the None fields as None."""
+    from typing import Any, NamedTuple
+
+    import jax.numpy as jnp
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from rlcli.rollout import EnvCarry
+    from rlcli.types import LearnerState
+
+    class OldLearner(NamedTuple):
+        params: Any
+        opt_state: Any
+        update_step: Any
+
+    class OldWorkers(NamedTuple):
+        env_state: Any
+        obs: Any
+        key: Any
+        episodes: Any
+
+    old = {"learner": OldLearner({"w": np.arange(3.0)}, (np.ones(2),), np.int32(7)),
+           "workers": OldWorkers(np.zeros(2), np.full(2, 5.0), np.array([1, 2], np.uint32), np.ones(1))}
+    with checkpoint.manager(tmp_path, 3) as mngr:
+        mngr.save(100, args=ocp.args.Composite(state=ocp.args.StandardSave(old), meta=ocp.args.JsonSave(
+            {"env_steps": 100, "update": 1})))
+    like = {"learner": LearnerState({"w": jnp.zeros(3)}, (jnp.zeros(2),), jnp.int32(0),
+                                    {"ent_coef": jnp.float32(0.25)}),
+            "workers": EnvCarry(jnp.ones(2), jnp.zeros(2), jnp.zeros(2, jnp.uint32), jnp.zeros(1))}
+    state, meta = checkpoint.restore(tmp_path, like)
+    assert meta["update"] == 1 and isinstance(state["learner"], LearnerState)
+    np.testing.assert_array_equal(state["learner"].params["w"], [0.0, 1.0, 2.0])
+    assert int(state["learner"].update_step) == 7 and float(state["learner"].hparams["ent_coef"]) == 0.25
+    assert isinstance(state["workers"], EnvCarry) and state["workers"].policy_state is None
+    np.testing.assert_array_equal(state["workers"].obs, [5.0, 5.0])
+    # and what rlcli saves today has that same tree
+    assert checkpoint.storable(like).keys() == old.keys()
+    assert set(checkpoint.storable(like)["learner"]) == set(OldLearner._fields)
