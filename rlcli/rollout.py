@@ -93,6 +93,12 @@ def seed_keys(cfg) -> jax.Array:
     return _prng_keys(seed_array(cfg))
 
 
+def split_seed_key(key):
+    """A seed's key -> (params key, envs' reset key, run key): the same split on every loop, so
+    the same seed starts from the same parameters everywhere."""
+    return tuple(jax.random.split(key, 3))
+
+
 def eval_fold(index: int) -> np.uint32:
     """What the seeds' keys are folded with for evaluation number `index` (0 = the first)."""
     return np.uint32(1_000_003 + index)

@@ -42,7 +42,7 @@ def make(cfg, spec, algo: Algorithm, sizes) -> Loop:
 
     def init_one(key):
         # the jax backend's split: with W = 1 the same params, envs and key stream as a2c's run
-        k_params, k_env, k_run = jax.random.split(key, 3)
+        k_params, k_env, k_run = rollout.split_seed_key(key)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
 
         def by_worker(x):

@@ -102,7 +102,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
 
     def init(prepare: bool = False):  # the programs compile in compile_programs either way
         # the same key split as the jax backend (params, env, run): same seed, same initial params
-        keys = jax.vmap(lambda key: jax.random.split(key, 3))(rollout.seed_keys(cfg))
+        keys = jax.vmap(lambda key: jnp.stack(rollout.split_seed_key(key)))(rollout.seed_keys(cfg))
         learner = jax.jit(partial(rollout.init_seeds, algo.init))(keys[:, 0])
         obs = np.stack([env.reset() for env in train_envs])
         stats = EpisodeStats(*(np.zeros((num_seeds,) + s.shape, np.float32)

@@ -34,7 +34,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
     normalizer = normalize.make(cfg)
 
     def init_one(key):
-        k_params, k_env, k_run = jax.random.split(key, 3)
+        k_params, k_env, k_run = rollout.split_seed_key(key)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
         return RunnerState(algo.init(k_params), env_state, obs, k_run, rollout.empty_stats(num_envs),
                            normalize.init(spec.obs_shape, num_envs))
