@@ -97,7 +97,9 @@ def parse(command: Command, args: list[str]) -> Parsed:
         ok, what = option.rule
         if not ok(value):
             raise ConfigError(f"{name}={given[name]} is not allowed (allowed: {what})")
-        values[name] = int(value) if isinstance(value, float) and isinstance(option.default, int) else value
+        if isinstance(value, float) and value.is_integer() and not isinstance(option.default, float):
+            value = int(value)  # seed_index=1.0 as an index: 1
+        values[name] = value
     return Parsed(values, given, positional, flags, overrides)
 
 

@@ -36,19 +36,8 @@ Runs are written to outputs/<date>/<time>-<algo>-<env>/. See README.md."""
 
 from rlcli import arguments
 from rlcli.arguments import Command, Option, text_of
-from rlcli.commands.common import (
-    composition_error,
-    configure_logging,
-    load_run,
-    quiet_logging,
-)
-from rlcli.errors import (
-    EXIT_BAD_INPUT,
-    CheckpointError,
-    ConfigError,
-    Interrupted,
-    report,
-)
+from rlcli.commands.common import composition_error, configure_logging, load_run, quiet_logging
+from rlcli.errors import EXIT_BAD_INPUT, CheckpointError, ConfigError, Interrupted, report
 from rlcli.errors import print_error as _error
 from rlcli.paths import config_dir
 from rlcli.rules import flat_keys, non_empty_text

@@ -13,20 +13,9 @@ from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlcli.errors import ConfigError  # noqa: F401  (config.ConfigError: the name callers use)
-from rlcli.rules import (
-    Rule,
-    boolean,
-    check,
-    format_value,
-    in_unit_interval,
-    int_at_least,
-    int_list,
-    is_num,
-    one_of,
-    optional_int_at_least,
-    positive,
-)
+from rlcli.errors import ConfigError, EnvConfigError
+from rlcli.rules import (Rule, boolean, check, format_value, in_unit_interval, int_at_least, int_list, is_num, one_of,
+                         optional_int_at_least, positive)
 
 
 class Sizes(NamedTuple):
@@ -134,7 +123,7 @@ def validate(cfg: DictConfig) -> Sizes:
             from rlcli.envs.gymnasium_backend import vectorization_mode
 
             vectorization_mode(env_id, cfg.env.vectorization)
-    except envs.EnvConfigError as err:
+    except EnvConfigError as err:
         raise ConfigError(str(err)) from None
     except Exception as err:
         import gymnasium

@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from rlcli.paths import write_atomic  # noqa: F401  (logger.write_atomic)
+from rlcli.paths import write_atomic
 from rlcli.remote import REMOTE, RemoteRuns, plotted, read_config
 
 log = logging.getLogger("rlcli")

@@ -266,6 +266,18 @@ def host_collect(policy: Callable, vec_envs: list, batch: Batch, obs, key):
     return batch._replace(log_prob=tuple(outputs)), obs, key
 
 
+def host_eval_act(algo: Algorithm, normalizer: normalize.Normalizer, deterministic: bool):
+    """One seed's step of the host loop's evaluation: `act(learner, norm, obs [E, ...], key) ->
+    (action, next key)`, the key split into (next, act)."""
+
+    def act(learner, norm, obs, key):
+        next_key, k_act = jax.random.split(key)
+        action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
+        return action, next_key
+
+    return act
+
+
 def host_evaluate(act: Callable, key, vec_envs: list, seeds: list[int], index: int, max_steps: int,
                   observe: Callable | None = None):
     """The host loop's evaluation: seed i's vector env of E envs (one env per episode) reset

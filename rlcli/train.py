@@ -23,7 +23,7 @@ import numpy as np
 
 from rlcli import algos, checkpoint, config, envs, faults, loops, runtime, xla
 from rlcli.errors import EXIT_DIVERGED, ConfigError, Interrupted, RunError
-from rlcli.types import Loop
+from rlcli.types import EnvSpec, Loop
 
 log = logging.getLogger("rlcli")
 
@@ -60,7 +60,7 @@ class Setup(NamedTuple):
 
     sizes: config.Sizes
     backend_name: str  # "jax" | "gymnasium"
-    spec: envs.EnvSpec
+    spec: EnvSpec
     algo: algos.Algorithm
 
 
@@ -113,7 +113,7 @@ def read_legs(run_dir: str | Path) -> list[dict]:
 
 
 def write_legs(run_dir: Path, legs: list[dict]) -> None:
-    from rlcli.logger import write_atomic
+    from rlcli.paths import write_atomic
 
     write_atomic(Path(run_dir) / LEGS, json.dumps({"legs": legs}, indent=1) + "\n")
 
@@ -129,7 +129,8 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
     config.ConfigError / checkpoint.CheckpointError for bad input, RunError for a failure
     while running and Interrupted after SIGINT/SIGTERM."""
     from rlcli import curves
-    from rlcli.logger import read_metrics, truncate_metrics, write_atomic
+    from rlcli.logger import read_metrics, truncate_metrics
+    from rlcli.paths import write_atomic
 
     run_dir = Path(run_dir)
     parts = setup(cfg)

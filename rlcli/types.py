@@ -29,7 +29,7 @@ class Step(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """Time-major rollout [T, N, ...] (see `rlcli.envs.Step` for the flag semantics)."""
+    """Time-major rollout [T, N, ...] (see `Step` and rlcli.envs for the flag semantics)."""
 
     obs: jax.Array
     action: jax.Array

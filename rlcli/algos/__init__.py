@@ -78,15 +78,7 @@ def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation, traced: tup
 
 
 def _rules():
-    from rlcli.rules import (
-        boolean,
-        in_unit_interval,
-        int_at_least,
-        is_num,
-        non_negative,
-        one_of,
-        positive,
-    )
+    from rlcli.rules import boolean, in_unit_interval, int_at_least, is_num, non_negative, one_of, positive
 
     base = {"algo.gamma": in_unit_interval(), "algo.num_steps": int_at_least(1)}
     optimizer = {

@@ -18,16 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (
-    ACTOR_CRITIC_RULES,
-    BASE_RULES,
-    ON_POLICY_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+                         actor_critic_policy, make_optimizer)
 
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
 ESTIMATORS = ON_POLICY_ESTIMATORS

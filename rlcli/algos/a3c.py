@@ -45,17 +45,8 @@ import jax
 import optax
 
 from rlcli import estimators
-from rlcli.algos import (
-    ACTOR_CRITIC_RULES,
-    BASE_RULES,
-    ON_POLICY_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    LearnerState,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+                         LearnerState, actor_critic_policy, make_optimizer)
 from rlcli.algos.a2c import TRACED, actor_critic_loss
 from rlcli.rules import int_at_least
 

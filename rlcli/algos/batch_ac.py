@@ -30,15 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (
-    BASE_RULES,
-    ON_POLICY_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import (BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch, actor_critic_policy,
+                         make_optimizer)
 from rlcli.rules import boolean, int_at_least, non_negative, one_of
 
 # the actor-critic coefficients without vf_coef: the critic has its own fitting phase

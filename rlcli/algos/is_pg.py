@@ -46,17 +46,8 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses, rules
-from rlcli.algos import (
-    ACTOR_CRITIC_RULES,
-    BASE_RULES,
-    MONTE_CARLO_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    actor_critic_policy,
-    make_optimizer,
-    reinforce,
-)
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+                         actor_critic_policy, make_optimizer, reinforce)
 from rlcli.algos.reinforce import ReinforceState, episode_mask
 from rlcli.errors import ConfigError
 

@@ -36,17 +36,8 @@ import optax
 
 from rlcli import distributions, losses, networks
 from rlcli.algos import Algorithm, sac
-from rlcli.algos.sac import (
-    REPLAY_RULES,
-    discrete_soft_target,
-    init_networks,
-    initial_state,
-    make_act,
-    make_q,
-    polyak,
-    replay_update,
-    soft_target,
-)
+from rlcli.algos.sac import (REPLAY_RULES, discrete_soft_target, init_networks, initial_state, make_act, make_q, polyak,
+                             replay_update, soft_target)
 from rlcli.errors import ConfigError
 from rlcli.rules import boolean, int_at_least, non_negative
 

@@ -22,17 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses, rules
-from rlcli.algos import (
-    ACTOR_CRITIC_RULES,
-    BASE_RULES,
-    ON_POLICY_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    LearnerState,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+                         LearnerState, actor_critic_policy, make_optimizer)
 from rlcli.errors import ConfigError
 
 RULES = {

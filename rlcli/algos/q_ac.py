@@ -34,15 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import losses, networks
-from rlcli.algos import (
-    BASE_RULES,
-    OPTIMIZER_RULES,
-    ActInfo,
-    Algorithm,
-    Batch,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import BASE_RULES, OPTIMIZER_RULES, ActInfo, Algorithm, Batch, actor_critic_policy, make_optimizer
 from rlcli.algos.batch_ac import ACTOR_RULES
 from rlcli.rules import one_of, positive
 

@@ -53,17 +53,8 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (
-    ACTOR_CRITIC_RULES,
-    BASE_RULES,
-    MONTE_CARLO_ESTIMATORS,
-    ON_POLICY_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES,
+                         Algorithm, Batch, actor_critic_policy, make_optimizer)
 
 RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
 ESTIMATORS = MONTE_CARLO_ESTIMATORS + ON_POLICY_ESTIMATORS

@@ -27,16 +27,8 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses, natural_gradient
-from rlcli.algos import (
-    BASE_RULES,
-    ON_POLICY_ESTIMATORS,
-    OPTIMIZER_RULES,
-    Algorithm,
-    Batch,
-    LearnerState,
-    actor_critic_policy,
-    make_optimizer,
-)
+from rlcli.algos import (BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch, LearnerState,
+                         actor_critic_policy, make_optimizer)
 from rlcli.errors import ConfigError
 from rlcli.rules import boolean, int_at_least, is_num, positive
 

@@ -127,7 +127,8 @@ def jax_frames(opts: Options, parts, learner, norm, key, renderer) -> tuple[list
     ret, length, (reset_state, finals) = jax.device_get(jax.jit(evaluate_one)(learner, norm, key))
     frames = []
     for k in range(opts.video_episodes):
-        states = [_seed_slice(reset_state, k)] + [_seed_slice(_seed_slice(finals, t), k) for t in range(int(length[k]))]
+        states = [_seed_slice(reset_state, k)] + [jax.tree.map(lambda x, t=t, k=k: x[t, k], finals)
+                                                  for t in range(int(length[k]))]
         frames.append([render.render_twin(renderer, parts.spec.id, state) for state in states])
     return frames, list(zip(np.asarray(ret).tolist(), np.asarray(length).tolist()))
 
@@ -141,14 +142,10 @@ def gymnasium_frames(opts: Options, parts, learner, norm, seed_index: int, rende
     from rlcli import normalize, rollout
     from rlcli.envs import gymnasium_backend
 
-    normalizer, deterministic = normalize.make(opts.cfg), bool(opts.cfg.eval_deterministic)
     seed = int(opts.cfg.seed) + seed_index
-
-    @jax.jit
-    def act(obs, key):  # the host loop's eval_act for one seed: [1, E, ...] and [1, 2]
-        next_key, k_act = jax.random.split(key[0])
-        action = parts.algo.act(learner, normalizer.obs(norm, obs[0]), k_act, deterministic=deterministic)[0]
-        return action[None], next_key[None]
+    eval_one = rollout.host_eval_act(parts.algo, normalize.make(opts.cfg), bool(opts.cfg.eval_deterministic))
+    # the host loop's evaluation policy for this one seed: obs [1, E, ...], key [1, 2]
+    act = jax.jit(lambda obs, key: jax.vmap(eval_one, in_axes=(None, None, 0, 0))(learner, norm, obs, key))
 
     envs = gymnasium_backend.make(parts.spec.id, opts.episodes, rollout.eval_env_seed(seed, 0), "sync",
                                   render_mode="rgb_array")
@@ -232,7 +229,7 @@ def run(opts: Options) -> dict:
     from rlcli import train
     from rlcli.envs import render
     from rlcli.errors import ConfigError, RunError
-    from rlcli.logger import write_atomic
+    from rlcli.paths import write_atomic
 
     parts = train.setup(opts.cfg)
     renderer = None

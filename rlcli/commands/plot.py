@@ -372,7 +372,7 @@ def compute(options: Options, runs: list[Run]):
 def main(args: list[str]) -> int:
     """`rlcli plot`: see COMMAND."""
     from rlcli.errors import ConfigError, report
-    from rlcli.logger import write_atomic
+    from rlcli.paths import write_atomic
     from rlcli.paths import check_output_dir, claim_dir
 
     if arguments.wants_help(args):

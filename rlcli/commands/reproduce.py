@@ -114,7 +114,8 @@ def main(args: list[str]) -> int:
     from rlcli import train
     from rlcli.commands.common import configure_logging
     from rlcli.errors import ConfigError, Interrupted, report
-    from rlcli.logger import read_metrics, write_atomic
+    from rlcli.logger import read_metrics
+    from rlcli.paths import write_atomic
 
     if arguments.wants_help(args):
         print(arguments.usage(COMMAND))

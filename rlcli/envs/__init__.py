@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import difflib
 
-from rlcli.errors import EnvConfigError  # noqa: F401  (envs.EnvConfigError)
-from rlcli.types import EnvSpec, Step  # noqa: F401  (envs.EnvSpec, envs.Step)
+from rlcli.errors import EnvConfigError
+from rlcli.types import EnvSpec
 
 
 def jax_ports() -> tuple[str, ...]:

@@ -79,13 +79,12 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         learner, norm, stats, metrics, key = update_all(*packer[1](packed), batch, key)
         return packer[0]((learner, norm, stats)), metrics, key
 
+    eval_one = rollout.host_eval_act(algo, normalizer, deterministic)
+
     def eval_act_packed(packed, obs, key):
-        """The evaluation policy's actions for `obs` [S, E, ...], and the next key."""
+        """The evaluation policy's actions for `obs` [S, E, ...], and the next keys."""
         learner, norm, _ = packer[1](packed)
-        keys = jax.vmap(jax.random.split)(key)
-        action = jax.vmap(lambda learner, norm, obs, key: algo.act(
-            learner, normalizer.obs(norm, obs), key, deterministic=deterministic)[0])(learner, norm, obs, keys[:, 1])
-        return action, keys[:, 0]
+        return jax.vmap(eval_one)(learner, norm, obs, key)
 
     nan_check = bool(cfg.debug.nan_check)
     policy_fn, update_fn = policy_packed, update_packed
@@ -138,7 +137,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         carry = pack_state(state, rollout.reset_totals(state.episodes))
         per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
-            batch, obs, key = rollout.host_collect(lambda obs, key: unwrap(policy_fn(carry, obs, key)),
+            batch, obs, key = rollout.host_collect(lambda obs, key, carry=carry: unwrap(policy_fn(carry, obs, key)),
                                                    train_envs, empty_batch(), obs, key)
             carry, metrics, key = unwrap(compiled["update"](carry, batch, key))
             per_update.append(metrics)  # fetched with the chunk's others: no wait per update
