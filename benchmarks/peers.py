@@ -108,12 +108,9 @@ def budget(mode: str, scale: float = 1.0) -> dict:
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from rlcli.config import compose
 
-    from rlcli.paths import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose(overrides)
 
 
 def work_rlcli(p: dict) -> dict:

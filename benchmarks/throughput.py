@@ -55,18 +55,15 @@ THROUGHPUT_STEPS = {
 SOLVE_STEPS = {"full": {"jax": 500_000, "gymnasium": 500_000},
                "quick": {"jax": 200_000, "gymnasium": 40_000}}
 EVAL_INTERVAL = {"jax": 10_000, "gymnasium": 20_000}
-LOG_INTERVAL = 10_000  # conf/train.yaml default: env steps per compiled chunk / metrics record
-NUM_STEPS = 5  # conf/algo/a2c.yaml default: rollout length
+LOG_INTERVAL = 10_000  # rlcli.schema default of log_interval: env steps per compiled chunk / metrics record
+NUM_STEPS = 5  # rlcli.algos.a2c default of algo.num_steps: rollout length
 
 
 def compose(overrides: list[str]):
     """The train config as `rlcli train <overrides>` composes it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from rlcli.config import compose as compose_train
 
-    from rlcli.paths import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+    return compose_train(overrides)
 
 
 def train(backend: str, num_envs: int, total_steps: int, eval_interval: int | None):

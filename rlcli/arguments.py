@@ -94,12 +94,11 @@ def parse(command: Command, args: list[str]) -> Parsed:
             values[name] = option.default
             continue
         value = option.parse(given[name])
-        ok, what = option.rule
-        if not ok(value):
-            raise ConfigError(f"{name}={given[name]} is not allowed (allowed: {what})")
+        if not option.rule.ok(value):
+            raise ConfigError(f"{name}={given[name]} is not allowed (allowed: {option.rule.allowed})")
         if isinstance(value, float) and value.is_integer() and not isinstance(option.default, float):
             value = int(value)  # seed_index=1.0 as an index: 1
-        values[name] = value
+        values[name] = value if option.rule.cast is None else option.rule.cast(value)
     return Parsed(values, given, positional, flags, overrides)
 
 
@@ -112,7 +111,7 @@ def usage(command: Command) -> str:
     width = max([len(o.name) for o in command.options] + [len(f) for f, _ in command.flags] + [8]) + 2
     for option in command.options:
         default = "" if option.default is None else f" (default: {_shown(option.default)})"
-        lines.append(f"  {option.name + '=':<{width + 1}}{option.help}{default}; allowed: {option.rule[1]}")
+        lines.append(f"  {option.name + '=':<{width + 1}}{option.help}{default}; allowed: {option.rule.allowed}")
     for flag, help_text in command.flags:
         lines.append(f"  {flag:<{width + 1}}{help_text}")
     if command.overrides:

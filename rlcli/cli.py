@@ -70,7 +70,7 @@ def preflight(args: list[str]) -> tuple[int | None, str | None, Path | None]:
     Under another sweeper the overrides its jobs share are checked. Once all is well, the run
     (or sweep) directory is claimed for this process alone (`paths.claim_dir`): (None,
     'hydra.run.dir' or 'hydra.sweep.dir', the directory)."""
-    from rlcli.config import validate
+    from rlcli.config import compose, validate
     from rlcli.paths import claim_dir
     from rlcli.runtime import limit_threads
 
@@ -81,17 +81,15 @@ def preflight(args: list[str]) -> tuple[int | None, str | None, Path | None]:
     job = ""
     try:
         jobs = sweep_jobs(overrides) if flags else [overrides]
-        from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
 
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            for number, job_overrides in enumerate(jobs):
-                if len(jobs) > 1:
-                    job = f"job {number} of {len(jobs)} ({' '.join(job_overrides)}): "
-                cfg = compose("train", overrides=job_overrides, return_hydra_config=True)
-                if number == 0:  # this process runs the job (a sweep's basic launcher: all jobs)
-                    limit_threads(cfg)
-                validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        for number, job_overrides in enumerate(jobs):
+            if len(jobs) > 1:
+                job = f"job {number} of {len(jobs)} ({' '.join(job_overrides)}): "
+            cfg = compose(job_overrides, return_hydra_config=True)
+            if number == 0:  # this process runs the job (a sweep's basic launcher: all jobs)
+                limit_threads(cfg)
+            validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         key = "hydra.sweep.dir" if flags else "hydra.run.dir"
         named = any(o.lstrip("+").startswith(key + "=") for o in overrides)
         claimed = claim_dir(key, str(OmegaConf.select(cfg, key)), named_by_user=named)
@@ -172,13 +170,33 @@ class SweepSummary(Callback):
         _failed_jobs.extend(row["job"] for row in rows if row["status"] != "ok")
 
 
+def train_help(args: list[str]) -> int:
+    """`rlcli train [overrides] --help`: the groups and every key of the config the overrides
+    compose, from the keys' declarations (rlcli.schema)."""
+    from rlcli.config import compose
+    from rlcli.schema import help_text
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        cfg = compose(overrides)
+    except Exception as err:  # Hydra's parse and composition errors
+        _error("train", composition_error(err, overrides))
+        return EXIT_BAD_INPUT
+    print(help_text(cfg))
+    return 0
+
+
 def train(args: list[str]) -> int:
     import hydra
 
     from rlcli.paths import release_if_empty
+    from rlcli.schema import register
 
+    if arguments.wants_help(args):
+        return train_help(args)
     quiet_logging()
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    register()
     code, dir_key, claimed = preflight(args)
     if code is not None:
         return code

@@ -1,9 +1,10 @@
-"""Config validation and derived sizes.
+"""Config validation, typed values and derived sizes.
 
-The YAML groups under conf/ are the schema's defaults; `validate(cfg)` checks every key a
-run reads before anything is compiled or written, and returns the derived sizes. It never
-mutates the config. A bad value raises `ConfigError` whose message is one line: the key, the
-value and what is allowed.
+`validate(cfg)` checks every key a run reads against its declaration (rlcli.schema) before
+anything is compiled or written, and returns the derived sizes. It never mutates the config. A
+bad value raises `ConfigError` whose message is one line: the key, the value and what is
+allowed. `typed(cfg)` is the checked config with every declared key in its declared type, which
+is what the algorithms, loops and train loop read (no casts at the point of use).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import NamedTuple
 from omegaconf import DictConfig, OmegaConf
 
 from rlcli.errors import ConfigError, EnvConfigError
-from rlcli.rules import (Rule, boolean, check, format_value, in_unit_interval, int_at_least, int_list, is_num, one_of,
-                         optional_int_at_least, positive)
+from rlcli.rules import check, rules_of
 
 
 class Sizes(NamedTuple):
@@ -30,56 +30,21 @@ class Sizes(NamedTuple):
     checkpoint_every_chunks: int
 
 
-# key -> (check, what is allowed); estimator keys apply when that estimator is chosen, and
-# each algorithm's own keys are its module's RULES (rlcli.algos).
-COMMON_RULES: dict[str, Rule] = {
-    "seed": int_at_least(0),
-    "num_seeds": int_at_least(1),
-    "num_envs": int_at_least(1),
-    "total_steps": int_at_least(1),
-    "eval_episodes": int_at_least(1),
-    "eval_interval": optional_int_at_least(1),
-    "eval_deterministic": boolean(),
-    "log_interval": int_at_least(1),
-    "checkpoint_interval": int_at_least(1),
-    "checkpoint_keep": int_at_least(1),
-    "debug.nan_check": boolean(),
-    "normalize.obs": boolean(),
-    "normalize.reward": boolean(),
-    "normalize.clip_obs": positive(),
-    "normalize.clip_reward": positive(),
-    "env.backend": one_of("auto", "jax", "gymnasium"),
-    "env.vectorization": one_of("auto", "sync", "async", "vector"),
-    "network.hidden_sizes": int_list(),
-    "network.activation": one_of("tanh", "relu", "elu", "gelu", "silu"),
-    "network.shared": boolean(),
-    "network.log_std_init": (is_num, "a number"),
-    "logger.csv": boolean(),
-    "logger.tensorboard": boolean(),
-    "logger.progress": one_of("auto", "bar", "lines", "none"),
-    "estimator.name": one_of("td", "nstep", "gae", "total_return", "reward_to_go", "none"),
-}
-ESTIMATOR_RULES: dict[str, dict[str, Rule]] = {
-    "td": {},
-    "nstep": {"estimator.n": optional_int_at_least(1)},
-    "gae": {"estimator.lambda": in_unit_interval()},
-    "none": {},
-    "total_return": {"estimator.discounting": one_of("option1", "option2"),
-                     # optimal: total_return only, q_control_variate: reward_to_go only
-                     # (checked with the algorithm: rlcli.algos.reinforce.check)
-                     "estimator.baseline": one_of("none", "mean", "value", "optimal", "q_control_variate")},
-}
-ESTIMATOR_RULES["reward_to_go"] = ESTIMATOR_RULES["total_return"]
+def compose(overrides=(), return_hydra_config: bool = False) -> DictConfig:
+    """The train config as `rlcli train <overrides>` composes it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from rlcli.paths import config_dir
+    from rlcli.schema import register
+
+    register()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def compose_default() -> DictConfig:
     """The train config with no overrides (for key suggestions)."""
-    from hydra import compose, initialize_config_dir
-
-    from rlcli.paths import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train")
+    return compose()
 
 
 def _chunks(interval_steps: int, steps_per_chunk: int) -> int:
@@ -94,27 +59,29 @@ def validate(cfg: DictConfig) -> Sizes:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
-    from rlcli import algos, runtime
-
-    check(cfg, {"algo.name": one_of(*algos.names())})
-    check(cfg, COMMON_RULES)
-    runtime.threads_of(cfg)  # null or an int >= 1; missing in runs saved before the key existed
-    runtime.cache_dir_of(cfg)  # auto, null or a directory; likewise
+    from rlcli import algos, runtime, schema
     from rlcli.remote import check_config as check_logger
 
+    for group in ("algo", "network", "logger", "estimator"):
+        check(cfg, {f"{group}.name": schema.name_key(group).rule})
+    declared = schema.keys_of(cfg)
+    env_id_rule = declared.pop("env.id").rule  # checked after the algorithm's keys, with the env
+    later = ("algo.", "logger.wandb.", "logger.mlflow.")  # checked below, in this order
+    check(cfg, {name: key.rule for name, key in declared.items()
+                if not name.startswith(later) and name not in schema.ADDED_LATER})
+    runtime.threads_of(cfg)  # null or an int >= 1; missing in runs saved before the key existed
+    runtime.cache_dir_of(cfg)  # auto, null or a directory; likewise
     check_logger(cfg)
-    check(cfg, ESTIMATOR_RULES[cfg.estimator.name])
     algo = algos.module(cfg.algo.name)
-    check(cfg, algo.RULES)
+    check(cfg, rules_of(algo.KEYS))
+    check(cfg, {"env.id": env_id_rule})
+    cfg = typed(cfg)  # every key is checked: the cross-key checks below read typed values
     if cfg.estimator.name not in algo.ESTIMATORS:
         raise ConfigError(
             f"estimator={cfg.estimator.name} does not fit algo={cfg.algo.name} (allowed with "
             f"algo={cfg.algo.name}: estimator={', '.join(algo.ESTIMATORS)})")
 
     env_id = cfg.env.id
-    if not isinstance(env_id, str) or not env_id:
-        raise ConfigError(f"env.id={format_value(env_id)} is not allowed (allowed: a registered "
-                          "environment id, e.g. env.id=CartPole-v1)")
     try:
         envs.check_env_id(env_id)
         backend = envs.resolve_backend(env_id, cfg.env.backend)
@@ -143,19 +110,19 @@ def validate(cfg: DictConfig) -> Sizes:
     if hasattr(algo, "check"):
         algo.check(cfg, spec)
 
-    steps_per_update = int(cfg.num_envs) * int(cfg.algo.num_steps)
-    total = int(cfg.total_steps)
+    steps_per_update = cfg.num_envs * cfg.algo.num_steps
+    total = cfg.total_steps
     if total < steps_per_update:
         raise ConfigError(
             f"total_steps={total} is smaller than one update (allowed: >= num_envs x "
             f"algo.num_steps = {cfg.num_envs} x {cfg.algo.num_steps} = {steps_per_update})"
         )
     num_updates = math.ceil(total / steps_per_update)
-    updates_per_log = min(num_updates, math.ceil(int(cfg.log_interval) / steps_per_update))
+    updates_per_log = min(num_updates, math.ceil(cfg.log_interval / steps_per_update))
     steps_per_chunk = updates_per_log * steps_per_update
     eval_every = None
     if cfg.eval_interval is not None:
-        eval_every = _chunks(int(cfg.eval_interval), steps_per_chunk)
+        eval_every = _chunks(cfg.eval_interval, steps_per_chunk)
     return Sizes(
         steps_per_update=steps_per_update,
         num_updates=num_updates,
@@ -163,19 +130,38 @@ def validate(cfg: DictConfig) -> Sizes:
         updates_per_log=updates_per_log,
         num_chunks=math.ceil(num_updates / updates_per_log),
         eval_every_chunks=eval_every,
-        checkpoint_every_chunks=_chunks(int(cfg.checkpoint_interval), steps_per_chunk),
+        checkpoint_every_chunks=_chunks(cfg.checkpoint_interval, steps_per_chunk),
     )
 
 
+def typed(cfg: DictConfig) -> DictConfig:
+    """The config (checked by `validate`) with interpolations resolved and every declared key in
+    its declared type: integer keys ints, number keys floats, lists lists."""
+    from rlcli import schema
+    from rlcli.rules import MISSING, get, typed as typed_value
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for name, key in schema.keys_of(cfg).items():
+        value = get(cfg, name)
+        if value is not MISSING:
+            *parents, last = name.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[last] = typed_value(value, key.rule)
+    return OmegaConf.create(data)
+
+
 def rounding_notes(cfg: DictConfig, sizes: Sizes) -> list[str]:
-    """Human-readable notes where the config's step counts were rounded to whole updates."""
+    """Human-readable notes where the (typed) config's step counts were rounded to whole
+    updates."""
     notes = []
-    if sizes.total_steps != int(cfg.total_steps):
+    if sizes.total_steps != cfg.total_steps:
         notes.append(
-            f"total_steps={int(cfg.total_steps)} rounded up to {sizes.total_steps} "
+            f"total_steps={cfg.total_steps} rounded up to {sizes.total_steps} "
             f"({sizes.num_updates} updates x {sizes.steps_per_update} steps)"
         )
     per_log = sizes.updates_per_log * sizes.steps_per_update
-    if per_log != int(cfg.log_interval):
-        notes.append(f"log_interval={int(cfg.log_interval)} rounded to {per_log} env steps")
+    if per_log != cfg.log_interval:
+        notes.append(f"log_interval={cfg.log_interval} rounded to {per_log} env steps")
     return notes

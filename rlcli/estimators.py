@@ -30,6 +30,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rlcli.rules import Choice, Key, in_unit_interval, one_of, optional_int_at_least
+
 Estimator = Callable[..., tuple[jax.Array, jax.Array]]
 
 
@@ -305,12 +307,54 @@ def batched(estimator: Estimator) -> Estimator:
     return jax.vmap(estimator, in_axes=1, out_axes=1)
 
 
+_DISCOUNTING = "option1: {} | option2: {}"
+_BASELINE_HELP = ("none | mean: minus the batch mean (000 eq. 3.1.11) | value: minus V(s_t), critic fitted to the "
+                  "reward-to-go, bootstraps at truncation (000 eq. 4.2.2) | {}")
+
+
+def _monte_carlo_keys(option1: str, option2: str, baseline: str) -> dict[str, Key]:
+    return {"estimator.discounting": Key("option1", one_of("option1", "option2"),
+                                         _DISCOUNTING.format(option1, option2)),
+            # optimal: total_return only, q_control_variate: reward_to_go only (checked with the
+            # algorithm: rlcli.algos.reinforce.check)
+            "estimator.baseline": Key("none", one_of("none", "mean", "value", "optimal", "q_control_variate"),
+                                      _BASELINE_HELP.format(baseline))}
+
+
+# the estimator= choices and their keys
+CHOICES = {
+    "gae": Choice("generalized advantage estimation (000 eq. 4.2.10)",
+                  {"estimator.lambda": Key(0.95, in_unit_interval(), "lambda: 0 gives the TD error, 1 the "
+                                                                     "Monte-Carlo advantage")}),
+    "none": Choice("no advantage estimator: the off-policy algorithms (sac, offpolicy_ac) learn a Q critic from "
+                   "replayed transitions instead (those algorithms select it)", {}),
+    "nstep": Choice("n-step returns (000 eq. 4.2.8); n: null sums to the end of the rollout, as in A3C (001)",
+                    {"estimator.n": Key(None, optional_int_at_least(1), "steps before bootstrapping; null: to the "
+                                                                        "end of the rollout")}),
+    "reward_to_go": Choice(
+        "reward-to-go sum_{t'>=t} gamma^(t'-t) r_t' (causality, 000 eq. 3.1.10; discount 4.1.7/4.1.8)",
+        _monte_carlo_keys("no factor before the sum (used in practice)",
+                          "gamma^(t-t0) x the reward-to-go, discounting later decisions (000 eq. 4.1.8)",
+                          "q_control_variate: minus Q_w(s_t,a_t) plus grad E_pi[Q_w(s_t,.)] (exact sum for discrete "
+                          "actions, reparameterised for Gaussian ones), Q critic fitted to the reward-to-go with "
+                          "weight algo.vf_coef (000 eq. 4.2.6; algo=reinforce) (optimal needs "
+                          "estimator=total_return: 000 eq. 3.1.17 is defined for the whole-trajectory return)")),
+    "td": Choice("one-step TD error as the advantage (000 eq. 4.1.4; 001 \"A2C\")", {}),
+    "total_return": Choice(
+        "whole-episode return R(tau) for every step (Alg. 15, 000 eq. 3.1.8; discounted: 4.1.7)",
+        _monte_carlo_keys("R(tau) = sum_t r_t, undiscounted (3.1.8)", "sum_t gamma^(t-t0) r_t (000 eq. 4.1.7)",
+                          "optimal: per-parameter b_k = E[g_k^2 R]/E[g_k^2] from per-episode gradients, "
+                          "leave-one-out (000 eq. 3.1.17; algo=reinforce) (q_control_variate needs "
+                          "estimator=reward_to_go)")),
+}
+
+
 def make_from_config(cfg, gamma: float) -> Estimator:
     """The estimator chosen by the `estimator=` config group."""
     if cfg.name == "gae":
-        return make("gae", gamma, lam=float(cfg["lambda"]))
+        return make("gae", gamma, lam=cfg["lambda"])
     if cfg.name == "nstep":
-        return make("nstep", gamma, n=None if cfg.n is None else int(cfg.n))
+        return make("nstep", gamma, n=cfg.n)
     if cfg.name in MONTE_CARLO:
-        return make(cfg.name, gamma, discounting=str(cfg.discounting), baseline=str(cfg.baseline))
+        return make(cfg.name, gamma, discounting=cfg.discounting, baseline=cfg.baseline)
     return make(cfg.name, gamma)

@@ -12,9 +12,31 @@ import sys
 from pathlib import Path
 
 from rlcli.paths import write_atomic
-from rlcli.remote import REMOTE, RemoteRuns, plotted, read_config
+from rlcli.remote import REMOTE, REMOTE_KEYS, RemoteRuns, plotted, read_config
+from rlcli.rules import Choice, Key, boolean, one_of, with_defaults
 
 log = logging.getLogger("rlcli")
+
+SINK_KEYS = {
+    "logger.csv": Key(False, boolean(), "also write metrics.csv"),
+    "logger.tensorboard": Key(True, boolean(), "TensorBoard events under tb/"),
+    "logger.progress": Key("auto", one_of("auto", "bar", "lines", "none"),
+                           "auto (a bar on a terminal, a line per record otherwise) | bar | lines | none"),
+}
+# the logger= choices (metrics.jsonl is always written)
+CHOICES = {
+    "csv": Choice("metrics.jsonl plus metrics.csv, no TensorBoard",
+                  with_defaults(SINK_KEYS, csv=True, tensorboard=False)),
+    "default": Choice("metrics.jsonl and TensorBoard events under tb/, progress on the console", SINK_KEYS),
+    "mlflow": Choice("metrics.jsonl and TensorBoard, plus MLflow (pip install \"rlcli[mlflow]\"): a parent run with "
+                     "one child run per seed, params from the resolved config, metrics at step = env_steps",
+                     {**SINK_KEYS, **REMOTE_KEYS["mlflow"]}),
+    "quiet": Choice("for sweeps and scripts: metrics.jsonl and TensorBoard, no progress output",
+                    with_defaults(SINK_KEYS, progress="none")),
+    "wandb": Choice("metrics.jsonl and TensorBoard, plus Weights & Biases (pip install \"rlcli[wandb]\"): one W&B run "
+                    "per seed, all in one group; local files under <run>/wandb; resumed with the run",
+                    {**SINK_KEYS, **REMOTE_KEYS["wandb"]}),
+}
 
 
 def _clean(value):

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlcli.rules import Choice, Key, boolean, int_list, number, one_of
+
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "silu": nn.silu}
 
 
@@ -65,6 +67,16 @@ class ActorCritic(nn.Module):
         return (head, log_std), value
 
 
+# the network= choices and their keys
+CHOICES = {"mlp": Choice("MLP actor-critic; shared: true = one torso for both heads, false = two networks (000 §4.4.1)", {
+    "network.hidden_sizes": Key([64, 64], int_list(), "units of each hidden layer"),
+    "network.activation": Key("tanh", one_of("tanh", "relu", "elu", "gelu", "silu"), "the hidden layers' "
+                                                                                     "activation"),
+    "network.shared": Key(False, boolean(), "one torso for actor and critic (true) or two networks (false)"),
+    "network.log_std_init": Key(0.0, number(), "initial log-std of the Gaussian policy (Box action spaces)"),
+})}
+
+
 def make(cfg, spec) -> ActorCritic:
     """The actor-critic network of `network=mlp` for an env spec."""
     return ActorCritic(
@@ -72,8 +84,8 @@ def make(cfg, spec) -> ActorCritic:
         discrete=spec.discrete,
         hidden_sizes=tuple(cfg.hidden_sizes),
         activation=cfg.activation,
-        shared=bool(cfg.shared),
-        log_std_init=float(cfg.log_std_init),
+        shared=cfg.shared,
+        log_std_init=cfg.log_std_init,
     )
 
 
@@ -177,4 +189,4 @@ def make_offpolicy(cfg, spec, num_critics: int, sde: bool = False):
     critic = QEnsemble(spec.num_actions, spec.discrete, sizes, activation, num_critics)
     if spec.discrete:
         return DiscreteActor(spec.num_actions, sizes, activation), critic
-    return SquashedGaussianActor(spec.num_actions, sizes, activation, float(cfg.log_std_init), sde), critic
+    return SquashedGaussianActor(spec.num_actions, sizes, activation, cfg.log_std_init, sde), critic

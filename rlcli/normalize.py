@@ -65,9 +65,9 @@ class Normalizer(NamedTuple):
 
 
 def make(cfg) -> Normalizer:
-    norm_obs, norm_reward = bool(cfg.normalize.obs), bool(cfg.normalize.reward)
-    clip_obs, clip_reward = float(cfg.normalize.clip_obs), float(cfg.normalize.clip_reward)
-    gamma = float(cfg.algo.gamma)
+    norm_obs, norm_reward = cfg.normalize.obs, cfg.normalize.reward
+    clip_obs, clip_reward = cfg.normalize.clip_obs, cfg.normalize.clip_reward
+    gamma = cfg.algo.gamma
 
     def obs(state: NormState, x):
         if not norm_obs:

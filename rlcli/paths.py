@@ -16,10 +16,11 @@ from rlcli.errors import ConfigError
 
 
 def config_dir() -> Path:
-    """conf/ ships inside the wheel as rlcli/conf; in a source checkout it is ../conf."""
+    """conf/ (the tuned values, the sweep search spaces and Hydra's settings; rlcli.schema holds
+    the train config) ships inside the wheel as rlcli/conf; in a source checkout it is ../conf."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
+        if (candidate / "hydra" / "job_logging" / "rlcli.yaml").is_file():
             return candidate
     raise FileNotFoundError("rlcli: cannot find the config directory (rlcli/conf or conf/)")
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from rlcli.paths import write_atomic
+from rlcli.rules import Key, Rule
 
 log = logging.getLogger("rlcli")
 
@@ -30,7 +31,7 @@ def _text(optional: bool = False, limit: int | None = None, forbidden: str = "")
         return isinstance(v, str) and 0 < len(v) <= (limit or len(v)) and not any(c in v for c in forbidden)
     what = "a non-empty string" if limit is None else f"a string of 1-{limit} characters"
     what += f" without any of {' '.join(forbidden)}" if forbidden else ""
-    return ok, ("null or " if optional else "") + what
+    return Rule(ok, ("null or " if optional else "") + what)
 
 
 def _tags(v) -> bool:
@@ -40,19 +41,25 @@ def _tags(v) -> bool:
 
 
 # logger.<name> keys, checked when the logger config has that node (logger=wandb, logger=mlflow)
-REMOTE_RULES = {
+REMOTE_KEYS = {
     "wandb": {
-        "mode": ((lambda v: v in (None, "offline", "online", "disabled")), "null, offline, online or disabled"),
-        "project": _text(limit=128, forbidden="/\\#?%:"),
-        "entity": _text(optional=True),
-        "group": _text(optional=True, limit=128),
-        "name": _text(optional=True, limit=120),
-        "tags": (_tags, "a list of strings of 1-64 characters, e.g. [baseline,cartpole]"),
+        "logger.wandb.mode": Key(None, Rule(lambda v: v in (None, "offline", "online", "disabled"),
+                                            "null, offline, online or disabled"),
+                                 "offline | online | disabled; null: $WANDB_MODE, else online"),
+        "logger.wandb.project": Key("rlcli", _text(limit=128, forbidden="/\\#?%:"), "the W&B project"),
+        "logger.wandb.entity": Key(None, _text(optional=True), "user or team; null: your default entity"),
+        "logger.wandb.group": Key(None, _text(optional=True, limit=128), "null: the run directory's name"),
+        "logger.wandb.name": Key(None, _text(optional=True, limit=120),
+                                 "each seed's run is <name>-seed<seed>; null: the group"),
+        "logger.wandb.tags": Key([], Rule(_tags, "a list of strings of 1-64 characters, e.g. [baseline,cartpole]"),
+                                 "tags of every seed's run"),
     },
     "mlflow": {
-        "tracking_uri": _text(optional=True),
-        "experiment": _text(),
-        "name": _text(optional=True),
+        "logger.mlflow.tracking_uri": Key(None, _text(optional=True),
+                                          "null: $MLFLOW_TRACKING_URI, else the file store <run>/mlruns"),
+        "logger.mlflow.experiment": Key("rlcli", _text(), "the MLflow experiment"),
+        "logger.mlflow.name": Key(None, _text(optional=True), "the parent run's name, children <name>-seed<seed>; "
+                                                              "null: the run directory's name"),
     },
 }
 
@@ -73,12 +80,12 @@ def check_config(cfg) -> None:
     """Raise ConfigError (one line) when logger=wandb or logger=mlflow is chosen and its package
     is not installed or one of its keys is not allowed; `config.validate` runs it, before
     anything is written."""
-    from rlcli.rules import check
+    from rlcli.rules import check, rules_of
 
-    for name, rules in REMOTE_RULES.items():
+    for name, keys in REMOTE_KEYS.items():
         if cfg.logger.get(name) is not None:
             require(name)
-            check(cfg, {f"logger.{name}.{key}": rule for key, rule in rules.items()})
+            check(cfg, rules_of(keys))
 
 
 def read_config(run_dir: Path) -> dict:

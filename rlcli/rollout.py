@@ -75,7 +75,7 @@ def init_seeds(init_one, keys):
 
 def seed_array(cfg) -> np.ndarray:
     """The seeds' `jax.random.PRNGKey` arguments, as PRNGKey takes a Python int (modulo 2^32)."""
-    return (np.arange(int(cfg.num_seeds), dtype=np.uint64) + int(cfg.seed)).astype(np.uint32)
+    return (np.arange(cfg.num_seeds, dtype=np.uint64) + cfg.seed).astype(np.uint32)
 
 
 def prng_keys(seeds, fold=None):
@@ -209,7 +209,7 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
     each step's pre-reset env states [E] and transition, evaluate_one also returns the reset
     states [E] and observe's outputs stacked over the steps [T, E, ...] (the video frames'
     states)."""
-    num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
+    num_eval, deterministic = cfg.eval_episodes, cfg.eval_deterministic
     max_eval_steps = int(spec.max_episode_steps)
 
     def evaluate_one(learner, norm, key):

@@ -1,18 +1,74 @@
-"""The rules that check a config key: (check, what is allowed) pairs, and `check`, which
-raises ConfigError with one line naming the key, the bad value and what is allowed. Every
-module that declares keys (config, the algorithms, the loggers) builds its rules from these.
+"""The rules that check a config key, and the one declaration of a train key.
+
+A `Rule` is (check, what is allowed, cast): `check` raises ConfigError with one line naming
+the key, the bad value and what is allowed, and `typed` gives a checked value its type (an
+integer-valued 3.0 for an integer key: 3; a 1 for a number: 1.0). A `Key` is a train key's
+single declaration: its default, its rule and its help text. The modules that read keys (config,
+the algorithms, the estimators, the envs, the loggers) declare them; `rlcli.schema` collects
+them into the Hydra groups, `rlcli train --help` and `rlcli list`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlcli.errors import ConfigError
 
-Rule = tuple[Callable[[Any], bool], str]
+class Rule(NamedTuple):
+    ok: Callable[[Any], bool]
+    allowed: str  # what is allowed, as the one-line error says it
+    cast: Callable[[Any], Any] | None = None  # the checked value in its type (None: as it is)
+
+
+def _int(v):
+    return None if v is None else int(v)
+
+
+def _float(v):
+    return None if v is None else float(v)
+
+
+class Key(NamedTuple):
+    """A train key's one declaration."""
+
+    default: Any
+    rule: Rule
+    help: str = ""
+
+
+class Choice(NamedTuple):
+    """An option of a config group (estimator=gae): what it is, and its keys."""
+
+    help: str
+    keys: dict[str, Key]
+
+
+REQUIRED = object()  # the default of a shared key that every user of it sets (`with_defaults`)
+
+
+def with_defaults(keys: dict[str, Key], **defaults) -> dict[str, Key]:
+    """`keys` with the defaults given by the keys' last names (learning_rate=7e-4 sets
+    algo.learning_rate; a pair (7e-4, "help") sets the help text too); every key left REQUIRED
+    must be given one."""
+    out = {}
+    for name, key in keys.items():
+        short = name.rsplit(".", 1)[-1]
+        if short in defaults:
+            value = defaults.pop(short)
+            key = key._replace(default=value[0], help=value[1]) if isinstance(value, tuple) else key._replace(default=value)
+        out[name] = key
+        if out[name].default is REQUIRED:
+            raise TypeError(f"{name} needs a default")
+    if defaults:
+        raise TypeError(f"not among the keys: {', '.join(defaults)}")
+    return out
+
+
+def rules_of(keys: dict[str, Key]) -> dict[str, Rule]:
+    return {name: key.rule for name, key in keys.items()}
 
 MISSING = object()
 
@@ -37,42 +93,48 @@ def is_num(v) -> bool:
 
 
 def int_at_least(lo: int) -> Rule:
-    return (lambda v: is_int(v) and v >= lo), f"an integer >= {lo}"
+    return Rule(lambda v: is_int(v) and v >= lo, f"an integer >= {lo}", int)
 
 
 def optional_int_at_least(lo: int) -> Rule:
-    return (lambda v: v is None or (is_int(v) and v >= lo)), f"null or an integer >= {lo}"
+    return Rule(lambda v: v is None or (is_int(v) and v >= lo), f"null or an integer >= {lo}", _int)
 
 
 def in_unit_interval() -> Rule:
-    return (lambda v: is_num(v) and 0.0 <= v <= 1.0), "a number in [0, 1]"
+    return Rule(lambda v: is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]", float)
 
 
 def positive() -> Rule:
-    return (lambda v: is_num(v) and v > 0), "a number > 0"
+    return Rule(lambda v: is_num(v) and v > 0, "a number > 0", float)
 
 
 def non_negative() -> Rule:
-    return (lambda v: is_num(v) and v >= 0), "a number >= 0"
+    return Rule(lambda v: is_num(v) and v >= 0, "a number >= 0", float)
 
 
 def one_of(*options) -> Rule:
-    return (lambda v: v in options), "one of " + ", ".join(map(str, options))
+    return Rule(lambda v: v in options, "one of " + ", ".join(map(str, options)))
 
 
 def non_empty_text() -> Rule:
-    return (lambda v: isinstance(v, str) and bool(v)), "a non-empty text"
+    return Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty text")
 
 
 def boolean() -> Rule:
-    return (lambda v: isinstance(v, bool)), "true or false"
+    return Rule(lambda v: isinstance(v, bool), "true or false")
 
 
 def int_list() -> Rule:
-    return (
-        lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(is_int(x) and x >= 1 for x in v),
-        "a non-empty list of integers >= 1, e.g. [64,64]",
-    )
+    return Rule(lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(is_int(x) and x >= 1 for x in v),
+                "a non-empty list of integers >= 1, e.g. [64,64]", lambda v: [int(x) for x in v])
+
+
+def number() -> Rule:
+    return Rule(is_num, "a number", float)
+
+
+def optional_positive() -> Rule:
+    return Rule(lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0", _float)
 
 
 def format_value(value: Any) -> str:
@@ -82,12 +144,19 @@ def format_value(value: Any) -> str:
 
 
 def check(cfg: DictConfig, rules: dict) -> None:
-    for key, (ok, allowed) in rules.items():
+    for key, rule in rules.items():
         value = get(cfg, key)
         if value is MISSING:
-            raise ConfigError(f"{key} is missing (allowed: {allowed})")
-        if not ok(value):
-            raise ConfigError(f"{key}={format_value(value)} is not allowed (allowed: {allowed})")
+            raise ConfigError(f"{key} is missing (allowed: {rule.allowed})")
+        if not rule.ok(value):
+            raise ConfigError(f"{key}={format_value(value)} is not allowed (allowed: {rule.allowed})")
+
+
+def typed(value: Any, rule: Rule) -> Any:
+    """A value that passed `rule` in the rule's type."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return value if rule.cast is None else rule.cast(value)
 
 
 def flat_keys(cfg, prefix: str = "") -> list[str]:

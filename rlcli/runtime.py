@@ -67,9 +67,9 @@ def threads_of(cfg) -> int | None:
     """The config's `threads`: None (no limit; also when the key is missing, as in runs saved
     before it existed) or an int >= 1; anything else raises ConfigError."""
     value = cfg.get("threads")
-    ok, allowed = optional_int_at_least(1)
-    if not ok(value):
-        raise ConfigError(f"threads={format_value(value)} is not allowed (allowed: {allowed})")
+    rule = optional_int_at_least(1)
+    if not rule.ok(value):
+        raise ConfigError(f"threads={format_value(value)} is not allowed (allowed: {rule.allowed})")
     return None if value is None else int(value)
 
 

@@ -58,6 +58,7 @@ def seed_records(base: dict, num_seeds: int, per_seed: dict[str, np.ndarray], se
 class Setup(NamedTuple):
     """What a run is made of, derived from its config."""
 
+    cfg: Any  # the checked config with its values in their declared types (config.typed)
     sizes: config.Sizes
     backend_name: str  # "jax" | "gymnasium"
     spec: EnvSpec
@@ -66,8 +67,9 @@ class Setup(NamedTuple):
 
 def setup(cfg) -> Setup:
     """Validate the config (raises ConfigError), turn on the compilation cache, and make its env
-    spec and algorithm."""
+    spec and algorithm from the typed config."""
     sizes = config.validate(cfg)
+    cfg = config.typed(cfg)
     runtime.use_compilation_cache(cfg)
     runtime.unroll_threefry()
     # jaxlib's LAPACK kernels (the QR of the orthogonal initialisers) import scipy's BLAS and
@@ -76,12 +78,12 @@ def setup(cfg) -> Setup:
     importlib.import_module("scipy.linalg.cython_lapack")
     backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
     spec = envs.make_spec(cfg.env.id, backend_name)
-    return Setup(sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))
+    return Setup(cfg, sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))
 
 
-def make_loop(cfg, parts: Setup) -> Loop:
+def make_loop(parts: Setup) -> Loop:
     """The training loop of the run's kind (rlcli.loops)."""
-    return loops.make(cfg, parts.spec, parts.algo, parts.sizes, parts.backend_name)
+    return loops.make(parts.cfg, parts.spec, parts.algo, parts.sizes, parts.backend_name)
 
 
 def restore_checkpoint(loop: Loop, ckpt_dir: str | Path, step: int | None = None) -> tuple[Any, dict]:
@@ -133,16 +135,17 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
     from rlcli.paths import write_atomic
 
     run_dir = Path(run_dir)
-    parts = setup(cfg)
+    given, parts = cfg, setup(cfg)  # the config as given is what the run directory keeps
+    cfg = parts.cfg
     if cfg.logger.tensorboard:  # the metrics logger's import (about 0.15 s), before the clock starts
         importlib.import_module("tensorboardX")
     sizes, backend_name, spec = parts.sizes, parts.backend_name, parts.spec
-    num_seeds = int(cfg.num_seeds)
-    seeds = [int(cfg.seed) + i for i in range(num_seeds)]
+    num_seeds = cfg.num_seeds
+    seeds = [cfg.seed + i for i in range(num_seeds)]
     ckpt_dir = run_dir / "checkpoints"
 
     start = time.perf_counter()
-    loop = make_loop(cfg, parts)
+    loop = make_loop(parts)
     # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
     with faults.StopSignals() as signals, contextlib.closing(loop):
         state = loop.init(prepare=True)
@@ -154,7 +157,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
             wall_before = float(meta.get("wall_time", 0.0))
             if updates_done > sizes.num_updates:
                 raise ConfigError(
-                    f"total_steps={int(cfg.total_steps)} is less than the {int(meta['env_steps'])} env "
+                    f"total_steps={cfg.total_steps} is less than the {int(meta['env_steps'])} env "
                     f"steps already trained (allowed: total_steps >= {int(meta['env_steps'])})")
             if updates_done == sizes.num_updates and (run_dir / "summary.json").is_file():
                 log.info("the run is already complete at %d env steps (pass total_steps= to "
@@ -167,9 +170,9 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
             truncate_metrics(run_dir, updates_done)
             from omegaconf import OmegaConf
 
-            write_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+            write_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(given))
         write_legs(run_dir, [leg for leg in read_legs(run_dir) if leg["start_update"] < updates_done] + [
-            {"start_update": updates_done, "config": config_container(cfg)}])
+            {"start_update": updates_done, "config": config_container(given)}])
         log.info("rlcli %s: %s on %s (%s backend), %s estimator, %d seed(s), %d env steps each -> %s",
                  "resume" if resume else "train", cfg.algo.name, spec.id, backend_name,
                  cfg.estimator.name, num_seeds, sizes.total_steps, run_dir)
@@ -204,8 +207,8 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
         "num_updates": sizes.num_updates,
         "resumed_from_update": updates_done if resume else None,
         "final_eval": {
-            "episodes": int(cfg.eval_episodes),
-            "deterministic": bool(cfg.eval_deterministic),
+            "episodes": cfg.eval_episodes,
+            "deterministic": cfg.eval_deterministic,
             "return_mean": [float(x) for x in ret.mean(axis=1)],
             "return_std": [float(x) for x in ret.std(axis=1)],
             "length_mean": [float(x) for x in length.mean(axis=1)],
@@ -223,7 +226,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("final evaluation return %s (mean over %d episodes per seed); %.1f s wall, %.0f steps/s",
              ", ".join(f"{x:.1f}" for x in summary["final_eval"]["return_mean"]),
-             int(cfg.eval_episodes), wall_time, summary["steps_per_second"])
+             cfg.eval_episodes, wall_time, summary["steps_per_second"])
     return summary
 
 
@@ -237,7 +240,7 @@ def _loop(cfg, run_dir: Path, loop: Loop, state, sizes: config.Sizes, seeds, upd
     ckpt_dir = run_dir / "checkpoints"
     metrics_log = MetricsLogger(run_dir, cfg.logger, num_seeds,
                                 purge_step=updates_done * sizes.steps_per_update + 1 if updates_done else None)
-    ckpt = checkpoint.manager(ckpt_dir, int(cfg.checkpoint_keep))
+    ckpt = checkpoint.manager(ckpt_dir, cfg.checkpoint_keep)
     progress = Progress(cfg.logger.progress, sizes.total_steps)
     saved_steps = set(checkpoint.steps(ckpt_dir))
     last_saved = max(saved_steps, default=None)

@@ -27,12 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def compose(overrides=()):
     """The train config as `rlcli train <overrides>` composes it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from rlcli.config import compose as compose_train
 
-    from rlcli.paths import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+    return compose_train(overrides)
 
 
 def train(tmp_path, overrides=(), name="run"):

@@ -19,7 +19,7 @@ SMALL = ["logger=quiet", "algo=a3c", "num_envs=4", "algo.num_steps=8", "eval_epi
 def backend_of(overrides):
     cfg = compose(overrides)
     parts = training.setup(cfg)
-    return training.make_loop(cfg, parts)
+    return training.make_loop(parts)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -20,7 +20,7 @@ def _parts(overrides):
 
 def _batch(cfg, parts, seed=0):
     """A batch of the initial policy: one chunk of rollout collected by the jax backend."""
-    backend = training.make_loop(cfg, parts)
+    backend = training.make_loop(parts)
     state = jax.tree.map(lambda x: x[0], backend.init())  # seed 0
     from rlcli.envs import jax_backend
 

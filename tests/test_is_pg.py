@@ -87,7 +87,7 @@ def _one_update(overrides):
 
     cfg = compose([*COMMON, *overrides])
     parts = training.setup(cfg)
-    backend = training.make_loop(cfg, parts)
+    backend = training.make_loop(parts)
     state, out = backend.chunk(backend.init(), 1)
     return jax.tree.leaves(state.learner.params), {k: float(np.asarray(v)[0]) for k, v in out.metrics.items()}
 

@@ -102,7 +102,7 @@ def test_the_compiled_chunk_writes_the_buffer_in_place():
                    "algo.learning_starts=0", "network.hidden_sizes=[16]", "total_steps=1000",
                    "log_interval=10", "logger=quiet", "compile_cache=null"])
     parts = training.setup(cfg)
-    backend = training.make_loop(cfg, parts)
+    backend = training.make_loop(parts)
     state = backend.init()
     backend.compile(state)
     text = backend.programs[10].as_text()

@@ -22,7 +22,7 @@ def test_wheel_carries_conf_and_trains(tmp_path):
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     shipped = sorted(f"rlcli/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml"))
-    assert "rlcli/conf/algo/ppo.yaml" in shipped and "rlcli/conf/tuned/a2c_CartPole-v1.yaml" in shipped
+    assert "rlcli/conf/tuned/a2c_CartPole-v1.yaml" in shipped and "rlcli/conf/sweep/ppo_CartPole-v1.yaml" in shipped
     for conf in shipped:  # every config file of the repo is in the wheel
         assert conf in names, conf
     assert "rlcli = rlcli.cli:main" in entry_points

@@ -76,7 +76,7 @@ def test_reinforce_with_gae_lambda_1_is_reward_to_go_minus_value(tmp_path):
         cfg = compose(["algo=reinforce", "env=CartPole-v1", "env.backend=jax", "num_envs=2",
                        "total_steps=1000", *overrides])
         parts = training.setup(cfg)
-        backend = training.make_loop(cfg, parts)
+        backend = training.make_loop(parts)
         state, _ = backend.chunk(backend.init(), 1)
         return jax.tree.leaves(state.learner.params)
 

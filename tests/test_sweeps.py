@@ -201,18 +201,16 @@ def test_slurm_example_renders_an_sbatch_script(tmp_path, monkeypatch):
     launcher maps it, gives the sbatch lines it documents (a stand-in `srun` lets submitit
     build its executor off a cluster)."""
     import submitit
-    from hydra import compose, initialize_config_dir
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
-    from rlcli.paths import config_dir
+    from rlcli.config import compose
 
     (tmp_path / "srun").write_text("#!/bin/sh\n")
     (tmp_path / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm_example", "hydra.launcher.partition=cpu",
-                                          f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    cfg = compose(["hydra/launcher=slurm_example", "hydra.launcher.partition=cpu", f"hydra.sweep.dir={tmp_path}"],
+                  return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert params.pop("_target_").endswith("SlurmLauncher")
     executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),

@@ -223,7 +223,7 @@ def test_policy_and_critic_subtrees_are_separate():
 def test_rules_and_checks():
     from rlcli.algos import npg
 
-    assert "algo.backtrack_iters" not in npg.RULES and "algo.max_kl" in npg.RULES
+    assert "algo.backtrack_iters" not in npg.KEYS and "algo.max_kl" in npg.KEYS
     for overrides, text in [
         (["algo=trpo", "algo.backtrack_coef=1.0"],
          "algo.backtrack_coef=1.0 is not allowed (allowed: a number in (0, 1))"),

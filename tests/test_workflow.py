@@ -77,15 +77,13 @@ def test_reproduce_bad_input(run, cli, tmp_path, args, message):
 
 
 def test_list_names_every_choice_with_its_seed_reference(cli, tmp_path):
-    from rlcli import algos
-    from rlcli.paths import config_dir
+    from rlcli import schema
 
     result = cli(["list"], tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in algos.names():
-        assert f"\n  {name} " in result.stdout
-    for path in [*(config_dir() / "estimator").glob("*.yaml"), *(config_dir() / "env").glob("*.yaml")]:
-        assert f"\n  {path.stem} " in result.stdout
+    for group in ("algo", "estimator", "env"):
+        for name in schema.choices(group):
+            assert f"\n  {name} " in result.stdout
     assert "generalized advantage estimation (000 eq. 4.2.10)" in result.stdout
     assert "obs (4,), actions Discrete(2), 500 steps" in result.stdout  # CartPole-v1
     assert "obs (3,), actions Box(1), 200 steps" in result.stdout  # Pendulum-v1

@@ -214,7 +214,7 @@ def test_programs_compiled_beside_init_match_programs_compiled_after_it(num_seed
     assert parts.sizes.num_updates % parts.sizes.updates_per_log  # a last chunk program of its own
     results = []
     for prepare in (True, False):
-        backend = training.make_loop(cfg, parts)
+        backend = training.make_loop(parts)
         state = backend.init(prepare=prepare)
         backend.compile(state)
         out, done = [], 0

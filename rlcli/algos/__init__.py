@@ -1,8 +1,11 @@
 """Algorithms: one module `algos/<name>.py` per `algo=` choice, which defines
 
 * ``make(spec, cfg, num_updates) -> Algorithm``;
-* ``RULES``: the `algo.*` keys it reads -> (check, what is allowed), checked before compiling;
-* ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none);
+* ``KEYS``: the `algo.*` keys it reads, each declared once (`rlcli.rules.Key`: default, rule,
+  help), checked before compiling and passed to `make` in their declared types;
+* ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none), the
+  first being its default;
+* optionally ``SETS``: defaults it gives keys declared elsewhere ({"num_envs": 1});
 * ``ACTION_SPACES``: ``"discrete"`` and/or ``"continuous"``;
 * optionally ``check(cfg, spec)``: cross-key checks (the env spec at hand) raising
   `rlcli.errors.ConfigError`.
@@ -26,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlcli.rules import (REQUIRED, Key, Rule, boolean, in_unit_interval, int_at_least, is_num, non_negative, one_of,
+                         positive)
 from rlcli.types import ActInfo, Algorithm, Batch, LearnerState  # noqa: F401  (what the algorithms import)
 
 
@@ -77,26 +82,27 @@ def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation, traced: tup
     return ActorCriticPolicy(network, dist, init, act)
 
 
-def _rules():
-    from rlcli.rules import boolean, in_unit_interval, int_at_least, is_num, non_negative, one_of, positive
-
-    base = {"algo.gamma": in_unit_interval(), "algo.num_steps": int_at_least(1)}
-    optimizer = {
-        "algo.learning_rate": positive(),
-        "algo.anneal_lr": boolean(),
-        "algo.optimizer": one_of("adam", "rmsprop", "sgd"),
-        "algo.eps": positive(),
-        "algo.rmsprop_decay": ((lambda v: is_num(v) and 0.0 <= v < 1.0), "a number in [0, 1)"),
-        "algo.max_grad_norm": positive(),
-    }
-    actor_critic = {"algo.vf_coef": non_negative(), "algo.ent_coef": non_negative(),
-                    "algo.normalize_advantages": boolean()}
-    return base, optimizer, actor_critic
-
-
-# rule sets shared by the algorithms' RULES: every algorithm; make_optimizer's keys; the
-# on-policy actor-critic loss coefficients
-BASE_RULES, OPTIMIZER_RULES, ACTOR_CRITIC_RULES = _rules()
+# key sets shared by the algorithms' KEYS (each algorithm sets their defaults with
+# `rules.with_defaults`): every algorithm; make_optimizer's keys; the on-policy actor-critic
+# loss coefficients
+BASE_KEYS = {
+    "algo.num_steps": Key(REQUIRED, int_at_least(1), "T: steps per env between updates (batch = num_envs x num_steps)"),
+    "algo.gamma": Key(0.99, in_unit_interval(), "discount factor gamma"),
+}
+OPTIMIZER_KEYS = {
+    "algo.learning_rate": Key(REQUIRED, positive(), "the optimizer's step size"),
+    "algo.anneal_lr": Key(False, boolean(), "decay the learning rate linearly to 0 over the run"),
+    "algo.optimizer": Key("adam", one_of("adam", "rmsprop", "sgd"), "the optimizer"),
+    "algo.eps": Key(1.0e-5, positive(), "epsilon of adam and rmsprop"),
+    "algo.rmsprop_decay": Key(0.99, Rule(lambda v: is_num(v) and 0.0 <= v < 1.0, "a number in [0, 1)", float),
+                              "rmsprop's decay of the squared-gradient average"),
+    "algo.max_grad_norm": Key(0.5, positive(), "gradients clipped to this global norm"),
+}
+ACTOR_CRITIC_KEYS = {
+    "algo.vf_coef": Key(0.5, non_negative(), "weight of the critic's loss"),
+    "algo.ent_coef": Key(0.0, non_negative(), "weight of the entropy bonus (001 \"Policy Entropy Bonus\")"),
+    "algo.normalize_advantages": Key(False, boolean(), "standardise the advantages over the batch"),
+}
 ON_POLICY_ESTIMATORS = ("td", "nstep", "gae")
 # whole-episode Monte-Carlo estimators (rlcli.estimators.MONTE_CARLO): only for algorithms
 # whose batch is made of complete episodes (reinforce)
@@ -107,13 +113,13 @@ def make_optimizer(algo_cfg, num_updates: int, learning_rate: float | None = Non
     """Gradient clipping by global norm, then Adam, RMSprop or SGD; the learning rate
     (`algo.learning_rate`, or `learning_rate` when given) is constant or annealed linearly to
     0 over the run (`algo.anneal_lr`)."""
-    lr = float(algo_cfg.learning_rate if learning_rate is None else learning_rate)
+    lr = algo_cfg.learning_rate if learning_rate is None else learning_rate
     schedule = optax.linear_schedule(lr, 0.0, num_updates) if algo_cfg.anneal_lr else lr
     name = algo_cfg.optimizer
     if name == "adam":
-        opt = optax.adam(schedule, eps=float(algo_cfg.eps))
+        opt = optax.adam(schedule, eps=algo_cfg.eps)
     elif name == "rmsprop":
-        opt = optax.rmsprop(schedule, decay=float(algo_cfg.rmsprop_decay), eps=float(algo_cfg.eps))
+        opt = optax.rmsprop(schedule, decay=algo_cfg.rmsprop_decay, eps=algo_cfg.eps)
     else:
         opt = optax.sgd(schedule)
-    return optax.chain(optax.clip_by_global_norm(float(algo_cfg.max_grad_norm)), opt)
+    return optax.chain(optax.clip_by_global_norm(algo_cfg.max_grad_norm), opt)

@@ -18,11 +18,14 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
                          actor_critic_policy, make_optimizer)
+from rlcli.rules import with_defaults
 
-RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
+KEYS = with_defaults({**BASE_KEYS, **OPTIMIZER_KEYS, **ACTOR_CRITIC_KEYS},
+                     num_steps=5, learning_rate=7.0e-4, optimizer="rmsprop")
 ESTIMATORS = ON_POLICY_ESTIMATORS
+ESTIMATOR = "nstep"
 ACTION_SPACES = ("discrete", "continuous")
 
 
@@ -35,7 +38,7 @@ def actor_critic_loss(network, dist, estimator, algo_cfg):
     time-major batch, Phi_t from `estimator` (batched), the coefficients `vf_coef` and
     `ent_coef` from `hparams` (traced: LearnerState.hparams), `algo.normalize_advantages`.
     Shared by a2c and a3c."""
-    normalize_advantages = bool(algo_cfg.normalize_advantages)
+    normalize_advantages = algo_cfg.normalize_advantages
 
     def loss_fn(params, batch: Batch, hparams: dict):
         vf_coef, ent_coef = hparams["vf_coef"], hparams["ent_coef"]

@@ -45,12 +45,22 @@ import jax
 import optax
 
 from rlcli import estimators
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
                          LearnerState, actor_critic_policy, make_optimizer)
 from rlcli.algos.a2c import TRACED, actor_critic_loss
-from rlcli.rules import int_at_least
+from rlcli.rules import Key, int_at_least, with_defaults
 
-RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES, "algo.num_workers": int_at_least(1)}
+KEYS = {
+    "algo.num_workers": Key(4, int_at_least(1), "W: asynchronous workers; num_envs must be a multiple (num_envs / W "
+                                                "envs each)"),
+    **with_defaults({**BASE_KEYS, **OPTIMIZER_KEYS, **ACTOR_CRITIC_KEYS},
+                    num_steps=(5, "T: steps per env of a worker between its gradient applications"),
+                    learning_rate=7.0e-4,
+                    optimizer=("rmsprop", "the optimizer, its state shared by the workers (A3C's shared RMSprop)"),
+                    ent_coef=0.01),
+}
+SETS = {"network.shared": True}  # one torso for actor and critic, as in the slides (000 §4.4.1)
+ESTIMATOR = "nstep"
 ESTIMATORS = ON_POLICY_ESTIMATORS
 ACTION_SPACES = ("discrete", "continuous")
 LOOP = "asynchronous"  # its own training loop: rlcli/loops/asynchronous.py
@@ -66,7 +76,7 @@ def check(cfg, spec) -> None:
             f"env.backend={format_value(cfg.env.backend)} is not allowed with algo=a3c (env.id="
             f"{spec.id!r} would run on the {spec.backend} backend; allowed: env.backend=jax or auto "
             f"with an env that has a JAX port: {', '.join(jax_ports())})")
-    workers, num_envs = int(cfg.algo.num_workers), int(cfg.num_envs)
+    workers, num_envs = cfg.algo.num_workers, cfg.num_envs
     if num_envs % workers:
         raise ConfigError(
             f"num_envs={num_envs} is not allowed with algo.num_workers={workers} (allowed with "
@@ -90,7 +100,7 @@ def make_parts(spec, cfg, num_updates: int) -> Parts:
     algo = cfg.algo
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     # one optimizer step per gradient application: W per runner update
-    tx = make_optimizer(algo, num_updates * int(algo.num_workers))
+    tx = make_optimizer(algo, num_updates * algo.num_workers)
     network, dist, init, act = actor_critic_policy(spec, cfg, tx, traced=TRACED)
     loss_fn = actor_critic_loss(network, dist, estimator, algo)
 

@@ -30,16 +30,25 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch, actor_critic_policy,
+from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
+                         actor_critic_policy,
                          make_optimizer)
-from rlcli.rules import boolean, int_at_least, non_negative, one_of
+from rlcli.rules import Key, int_at_least, one_of, with_defaults
 
 # the actor-critic coefficients without vf_coef: the critic has its own fitting phase
-ACTOR_RULES = {"algo.ent_coef": non_negative(), "algo.normalize_advantages": boolean()}
-RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_RULES,
-         "algo.critic_target": one_of("monte_carlo", "bootstrap"),
-         "algo.critic_steps": int_at_least(1)}
+ACTOR_KEYS = {k: v for k, v in ACTOR_CRITIC_KEYS.items() if k != "algo.vf_coef"}
+KEYS = {
+    **with_defaults(BASE_KEYS, num_steps=(32, "T: steps per env per batch (batch = num_envs x num_steps)")),
+    "algo.critic_target": Key("monte_carlo", one_of("monte_carlo", "bootstrap"),
+                              "monte_carlo: sampled reward sums (000 §4.1.2) | bootstrap: r + gamma V(s') (000 eq. "
+                              "4.1.6)"),
+    "algo.critic_steps": Key(10, int_at_least(1), "gradient steps fitting V to the batch before the actor step "
+                                                  "(step 3)"),
+    **with_defaults(OPTIMIZER_KEYS, learning_rate=(3.0e-4, "both the critic's steps and the actor's step")),
+    **ACTOR_KEYS,
+}
 ESTIMATORS = ON_POLICY_ESTIMATORS
+ESTIMATOR = "td"
 ACTION_SPACES = ("discrete", "continuous")
 
 
@@ -53,14 +62,14 @@ class ACState(NamedTuple):
 def make_actor_critic(spec, cfg, num_updates: int, critic_target: str, critic_steps: int) -> Algorithm:
     """The fit-critic-then-step-actor update above (shared with online_ac)."""
     algo = cfg.algo
-    gamma = float(algo.gamma)
+    gamma = algo.gamma
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, gamma))
     monte_carlo = estimators.batched(estimators.make("reward_to_go", gamma, baseline="value"))
     tx = make_optimizer(algo, num_updates)
     critic_tx = make_optimizer(algo, num_updates * critic_steps)
     network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
-    ent_coef = float(algo.ent_coef)
-    normalize_advantages = bool(algo.normalize_advantages)
+    ent_coef = algo.ent_coef
+    normalize_advantages = algo.normalize_advantages
 
     def init(key):
         params, opt_state, step, _ = base_init(key)
@@ -127,4 +136,4 @@ def make_actor_critic(spec, cfg, num_updates: int, critic_target: str, critic_st
 
 
 def make(spec, cfg, num_updates: int) -> Algorithm:
-    return make_actor_critic(spec, cfg, num_updates, str(cfg.algo.critic_target), int(cfg.algo.critic_steps))
+    return make_actor_critic(spec, cfg, num_updates, cfg.algo.critic_target, cfg.algo.critic_steps)

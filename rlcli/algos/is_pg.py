@@ -45,20 +45,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlcli import estimators, losses, rules
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+from rlcli import estimators, losses
+from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, MONTE_CARLO_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
                          actor_critic_policy, make_optimizer, reinforce)
 from rlcli.algos.reinforce import ReinforceState, episode_mask
 from rlcli.errors import ConfigError
+from rlcli.rules import Key, int_at_least, one_of, optional_positive, with_defaults
 
 RATIOS = ("trajectory", "per_decision", "first_order", "step")
-RULES = {
-    **BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES,
-    "algo.num_epochs": rules.int_at_least(1),
-    "algo.ratio": rules.one_of(*RATIOS),
-    "algo.ratio_clip": ((lambda v: v is None or rules.positive()[0](v)), "null or a number > 0"),
+KEYS = {
+    **with_defaults(BASE_KEYS, num_steps=(500, "T: steps per env per update; must be >= the env's time limit (only episodes "
+                                 "that start and end inside a rollout are used; others masked)")),
+    "algo.num_epochs": Key(4, int_at_least(1), "K: gradient steps on each batch (1: REINFORCE)"),
+    "algo.ratio": Key("first_order", one_of(*RATIOS),
+                      "trajectory: prod of all the episode's ratios on every score (000 eq. 3.2.7) | per_decision: "
+                      "each reward of the reward-to-go times the ratios up to it (3.2.8) | first_order: the score "
+                      "of t times the ratios up to t (3.2.9) | step: the ratio of step t alone (000 eq. 3.3.2)"),
+    "algo.ratio_clip": Key(None, optional_positive(), "null, or c > 0: truncate every weight at c, w <- min(w, c) "
+                                                      "(truncated IS)"),
+    **with_defaults(OPTIMIZER_KEYS, learning_rate=1.0e-3,
+                    anneal_lr=(False, "decay the learning rate linearly to 0 over the run (over num_epochs x "
+                                      "updates steps)")),
+    **with_defaults(ACTOR_CRITIC_KEYS,
+                    vf_coef=(0.5, "weight of the critic's loss (used with estimator.baseline=value)"),
+                    normalize_advantages=(False, "standardise Phi over the used steps of the batch")),
 }
 ESTIMATORS = MONTE_CARLO_ESTIMATORS
+ESTIMATOR = "reward_to_go"
+SETS = {"estimator.baseline": "value"}
 ACTION_SPACES = ("discrete", "continuous")
 
 
@@ -132,17 +146,17 @@ def effective_sample_size(weights: jax.Array, mask: jax.Array) -> jax.Array:
 
 def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
-    epochs = int(algo.num_epochs)
-    ratio = str(algo.ratio)
-    ratio_clip = None if algo.ratio_clip is None else float(algo.ratio_clip)
+    epochs = algo.num_epochs
+    ratio = algo.ratio
+    ratio_clip = algo.ratio_clip
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     baseline = str(cfg.estimator.get("baseline", "none"))
     tx = make_optimizer(algo, num_updates * epochs)  # one optimizer step per epoch
     network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
-    vf_coef = float(algo.vf_coef) if baseline == "value" else 0.0  # the critic is fitted when Phi uses it
-    ent_coef = float(algo.ent_coef)
-    normalize_advantages = bool(algo.normalize_advantages)
-    num_envs = int(cfg.num_envs)
+    vf_coef = algo.vf_coef if baseline == "value" else 0.0  # the critic is fitted when Phi uses it
+    ent_coef = algo.ent_coef
+    normalize_advantages = algo.normalize_advantages
+    num_envs = cfg.num_envs
 
     def init(key):
         return ReinforceState(*base_init(key)[:3], fresh=jnp.ones((num_envs,), bool))

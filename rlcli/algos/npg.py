@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from rlcli.algos import trpo
 
-RULES = {k: v for k, v in trpo.RULES.items() if k not in trpo.LINE_SEARCH_RULES}
+KEYS = trpo.NATURAL_STEP_KEYS
 ESTIMATORS = trpo.ESTIMATORS
+ESTIMATOR = trpo.ESTIMATOR
 ACTION_SPACES = trpo.ACTION_SPACES
 check = trpo.check
 

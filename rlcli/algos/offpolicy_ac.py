@@ -36,18 +36,22 @@ import optax
 
 from rlcli import distributions, losses, networks
 from rlcli.algos import Algorithm, sac
-from rlcli.algos.sac import (REPLAY_RULES, discrete_soft_target, init_networks, initial_state, make_act, make_q, polyak,
+from rlcli.algos.sac import (REPLAY_KEYS, REPLAY_SETS, discrete_soft_target, init_networks, initial_state, make_act, make_q, polyak,
                              replay_update, soft_target)
 from rlcli.errors import ConfigError
-from rlcli.rules import boolean, int_at_least, non_negative
+from rlcli.rules import Key, boolean, int_at_least, non_negative, with_defaults
 
-RULES = {
-    **REPLAY_RULES,
-    "algo.ent_coef": non_negative(),
-    "algo.num_action_samples": int_at_least(1),
-    "algo.baseline": boolean(),
+KEYS = {
+    **with_defaults(REPLAY_KEYS, learning_rate=(3.0e-4, "Adam's step size, for actor and critic"),
+                    learning_starts=1000, tau=(0.005, "Polyak coefficient of the target critic (1: no target "
+                                                      "network)")),
+    "algo.ent_coef": Key(0.01, non_negative(), "entropy bonus coefficient"),
+    "algo.num_action_samples": Key(4, int_at_least(1), "K actions a^pi ~ pi(.|s) per replayed state in eq. 4.4.5"),
+    "algo.baseline": Key(True, boolean(), "subtract the mean Q of the other K - 1 samples (eq. 4.4.4 with 4.4.3)"),
 }
+SETS = REPLAY_SETS
 ESTIMATORS = ("none",)
+ESTIMATOR = "none"
 ACTION_SPACES = ("discrete", "continuous")
 
 
@@ -85,9 +89,9 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
     discrete = spec.discrete
     actor, critic = networks.make_offpolicy(cfg.network, spec, num_critics=1)
-    gamma, tau, ent_coef = float(algo.gamma), float(algo.tau), float(algo.ent_coef)
-    num_samples, baseline = int(algo.num_action_samples), bool(algo.baseline)
-    tx = optax.adam(float(algo.learning_rate))
+    gamma, tau, ent_coef = algo.gamma, algo.tau, algo.ent_coef
+    num_samples, baseline = algo.num_action_samples, algo.baseline
+    tx = optax.adam(algo.learning_rate)
 
     def init(key):
         k_actor, k_critic = jax.random.split(key)
@@ -154,4 +158,4 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
             "train/target_mean": jnp.mean(target),
         }
 
-    return Algorithm(init, make_act(spec, actor, int(algo.learning_starts)), replay_update(train_step, algo))
+    return Algorithm(init, make_act(spec, actor, algo.learning_starts), replay_update(train_step, algo))

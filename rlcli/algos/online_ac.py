@@ -10,11 +10,18 @@ is batch_ac's with one transition per env, one critic step and the bootstrapped 
 from __future__ import annotations
 
 from rlcli.algos import Algorithm, batch_ac
+from rlcli.rules import Key, Rule
 
-RULES = {**{k: v for k, v in batch_ac.RULES.items() if k not in ("algo.critic_target", "algo.critic_steps")},
-         "algo.num_steps": ((lambda v: v == 1 and not isinstance(v, bool)),
-                            "1: Alg. 18 updates after every transition (num_envs sets the batch)")}
+KEYS = {
+    **{k: v for k, v in batch_ac.KEYS.items() if k not in ("algo.critic_target", "algo.critic_steps")},
+    "algo.num_steps": Key(1, Rule(lambda v: v == 1 and not isinstance(v, bool),
+                                  "1: Alg. 18 updates after every transition (num_envs sets the batch)", int),
+                          "one transition per env per update (Alg. 18); only 1 is allowed"),
+    "algo.learning_rate": batch_ac.KEYS["algo.learning_rate"]._replace(
+        default=1.0e-3, help="both the critic's step and the actor's step"),
+}
 ESTIMATORS = ("td",)
+ESTIMATOR = "td"
 ACTION_SPACES = batch_ac.ACTION_SPACES
 
 

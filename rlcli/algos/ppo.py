@@ -21,26 +21,34 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlcli import estimators, losses, rules
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch,
+from rlcli import estimators, losses
+from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
                          LearnerState, actor_critic_policy, make_optimizer)
 from rlcli.errors import ConfigError
 
-RULES = {
-    **BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES,
-    "algo.update_epochs": rules.int_at_least(1),
-    "algo.num_minibatches": rules.int_at_least(1),
-    "algo.clip_coef": rules.positive(),
-    "algo.clip_value_loss": rules.boolean(),
-    "algo.target_kl": ((lambda v: v is None or rules.positive()[0](v)), "null or a number > 0"),
+from rlcli.rules import Key, boolean, int_at_least, optional_positive, positive, with_defaults
+
+# defaults: CleanRL's ppo.py
+KEYS = {
+    **with_defaults({**BASE_KEYS, **OPTIMIZER_KEYS}, num_steps=128, learning_rate=2.5e-4, anneal_lr=True),
+    "algo.update_epochs": Key(4, int_at_least(1), "passes over each batch"),
+    "algo.num_minibatches": Key(4, int_at_least(1), "minibatches per pass (must divide the batch)"),
+    "algo.clip_coef": Key(0.2, positive(), "clip range eps of the ratio pi/pi_old"),
+    "algo.clip_value_loss": Key(True, boolean(), "clip the critic's update to +-clip_coef around the rollout's "
+                                                 "values"),
+    "algo.target_kl": Key(None, optional_positive(), "stop the epochs once approx KL > 1.5 x target_kl (null: "
+                                                     "never)"),
+    **with_defaults(ACTOR_CRITIC_KEYS, ent_coef=0.01,
+                    normalize_advantages=(True, "standardise the advantages per minibatch")),
 }
 ESTIMATORS = ON_POLICY_ESTIMATORS
+ESTIMATOR = "gae"
 ACTION_SPACES = ("discrete", "continuous")
 
 
 def check(cfg, spec) -> None:
-    batch = int(cfg.num_envs) * int(cfg.algo.num_steps)
-    minibatches = int(cfg.algo.num_minibatches)
+    batch = cfg.num_envs * cfg.algo.num_steps
+    minibatches = cfg.algo.num_minibatches
     if batch % minibatches:
         raise ConfigError(
             f"algo.num_minibatches={minibatches} does not divide the batch of num_envs x algo.num_steps = "
@@ -49,13 +57,13 @@ def check(cfg, spec) -> None:
 
 def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
-    epochs, minibatches = int(algo.update_epochs), int(algo.num_minibatches)
+    epochs, minibatches = algo.update_epochs, algo.num_minibatches
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     tx = make_optimizer(algo, num_updates * epochs * minibatches)  # one optimizer step per minibatch
     network, dist, init, act = actor_critic_policy(spec, cfg, tx)
-    vf_coef, ent_coef, clip = float(algo.vf_coef), float(algo.ent_coef), float(algo.clip_coef)
-    clip_value, normalize_advantages = bool(algo.clip_value_loss), bool(algo.normalize_advantages)
-    max_kl = None if algo.target_kl is None else 1.5 * float(algo.target_kl)
+    vf_coef, ent_coef, clip = algo.vf_coef, algo.ent_coef, algo.clip_coef
+    clip_value, normalize_advantages = algo.clip_value_loss, algo.normalize_advantages
+    max_kl = None if algo.target_kl is None else 1.5 * algo.target_kl
 
     def loss_fn(params, mb):
         dist_params, values = network.apply(params, mb["obs"])

@@ -53,11 +53,20 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses
-from rlcli.algos import (ACTOR_CRITIC_RULES, BASE_RULES, MONTE_CARLO_ESTIMATORS, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES,
+from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, MONTE_CARLO_ESTIMATORS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS,
                          Algorithm, Batch, actor_critic_policy, make_optimizer)
+from rlcli.rules import with_defaults
 
-RULES = {**BASE_RULES, **OPTIMIZER_RULES, **ACTOR_CRITIC_RULES}
+KEYS = with_defaults({**BASE_KEYS, **OPTIMIZER_KEYS, **ACTOR_CRITIC_KEYS},
+                     num_steps=(500, "T: steps per env per update; must be >= the env's time limit (only episodes "
+                                 "that start and end inside a rollout are used; others masked)"),
+                     learning_rate=1.0e-3,
+                     vf_coef=(0.5, "weight of the critic's loss (used with estimator.baseline=value or "
+                                   "estimator=td|nstep|gae)"),
+                     normalize_advantages=(False, "standardise Phi over the used steps of the batch"))
 ESTIMATORS = MONTE_CARLO_ESTIMATORS + ON_POLICY_ESTIMATORS
+ESTIMATOR = "reward_to_go"
+SETS = {"estimator.baseline": "value"}
 ACTION_SPACES = ("discrete", "continuous")
 
 
@@ -80,7 +89,7 @@ def check(cfg, spec) -> None:
     from rlcli.rules import format_value
 
     limit = spec.max_episode_steps
-    if limit is not None and int(cfg.algo.num_steps) < int(limit):
+    if limit is not None and cfg.algo.num_steps < int(limit):
         raise ConfigError(
             f"algo.num_steps={format_value(cfg.algo.num_steps)} is not allowed (allowed with "
             f"algo=reinforce and env.id={spec.id!r}: an integer >= its time limit {limit}, so "
@@ -136,16 +145,16 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     baseline = str(cfg.estimator.get("baseline", "none"))
     option2 = str(cfg.estimator.get("discounting", "option1")) == "option2"
-    gamma = float(algo.gamma)
+    gamma = algo.gamma
     tx = make_optimizer(algo, num_updates)
     network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
     # the critic is fitted when Phi uses it: a value baseline, or td / nstep / gae
     uses_critic = baseline == "value" or cfg.estimator.name in ON_POLICY_ESTIMATORS
-    vf_coef = float(algo.vf_coef) if uses_critic else 0.0
-    q_coef = float(algo.vf_coef)
-    ent_coef = float(algo.ent_coef)
-    normalize_advantages = bool(algo.normalize_advantages)
-    num_envs = int(cfg.num_envs)
+    vf_coef = algo.vf_coef if uses_critic else 0.0
+    q_coef = algo.vf_coef
+    ent_coef = algo.ent_coef
+    normalize_advantages = algo.normalize_advantages
+    num_envs = cfg.num_envs
     control_variate = baseline == "q_control_variate"
     q_net = networks.QNetwork(spec.num_actions, spec.discrete, tuple(cfg.network.hidden_sizes),
                               cfg.network.activation) if control_variate else None

@@ -41,35 +41,51 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import distributions, networks, replay
-from rlcli.algos import BASE_RULES, ActInfo, Algorithm
+from rlcli.algos import BASE_KEYS, ActInfo, Algorithm
 from rlcli.errors import ConfigError
-from rlcli.rules import boolean, int_at_least, is_num, positive
+from rlcli.rules import Key, Rule, boolean, int_at_least, is_num, positive, with_defaults
 
 # ---- shared with offpolicy_ac: replay keys, learner state, the replay update loop -------------
 
-REPLAY_RULES = {
-    **BASE_RULES,  # algo.gamma, algo.num_steps (env steps per env between updates)
-    "algo.learning_rate": positive(),
-    "algo.buffer_size": int_at_least(1),
-    "algo.batch_size": int_at_least(1),
-    "algo.learning_starts": int_at_least(0),
-    "algo.gradient_steps": int_at_least(1),
-    "algo.tau": ((lambda v: is_num(v) and 0.0 < v <= 1.0), "a number in (0, 1]"),
+def _auto_or_float(v):
+    return v if v == "auto" else float(v)
+
+
+REPLAY_KEYS = {
+    **with_defaults(BASE_KEYS, num_steps=(1, "env steps per env between updates (train frequency)")),
+    "algo.learning_rate": Key(3.0e-4, positive(), "Adam's step size, for every network (and the temperature)"),
+    "algo.buffer_size": Key(100_000, int_at_least(1), "replay rows per seed (ring buffer; saved in every "
+                                                      "checkpoint)"),
+    "algo.batch_size": Key(256, int_at_least(1), "minibatch drawn uniformly from the buffer per gradient step"),
+    "algo.learning_starts": Key(100, int_at_least(0), "env steps of uniform random actions before the first "
+                                                      "gradient step"),
+    "algo.gradient_steps": Key(1, int_at_least(1), "gradient steps per update"),
+    "algo.tau": Key(0.005, Rule(lambda v: is_num(v) and 0.0 < v <= 1.0, "a number in (0, 1]", float),
+                    "Polyak coefficient of the target critics (1: copy every step)"),
 }
+# one env, one gradient step per env step; networks of 256 x 256 ReLU units (as SB3's SAC)
+REPLAY_SETS = {"num_envs": 1, "network.hidden_sizes": [256, 256], "network.activation": "relu"}
 ESTIMATORS = ("none",)
+ESTIMATOR = "none"
 ACTION_SPACES = ("discrete", "continuous")
-RULES = {
-    **REPLAY_RULES,
-    "algo.ent_coef": ((lambda v: v == "auto" or (is_num(v) and v > 0)), "auto or a number > 0"),
-    "algo.ent_coef_init": positive(),
-    "algo.target_entropy": ((lambda v: v == "auto" or is_num(v)), "auto or a number"),
-    "algo.target_entropy_scale": ((lambda v: is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
-    "algo.use_sde": boolean(),
+# defaults: Stable-Baselines3's SAC, except buffer_size (checkpoints hold the buffer)
+KEYS = {
+    **REPLAY_KEYS,
+    "algo.ent_coef": Key("auto", Rule(lambda v: v == "auto" or (is_num(v) and v > 0), "auto or a number > 0",
+                                      _auto_or_float),
+                         "temperature alpha: auto (learned, eq. 18) or a fixed number > 0"),
+    "algo.ent_coef_init": Key(1.0, positive(), "initial alpha when ent_coef=auto"),
+    "algo.target_entropy": Key("auto", Rule(lambda v: v == "auto" or is_num(v), "auto or a number", _auto_or_float),
+                               "auto: -dim(A) (Box); target_entropy_scale * log|A| (Discrete)"),
+    "algo.target_entropy_scale": Key(0.89, Rule(lambda v: is_num(v) and 0.0 < v < 1.0, "a number in (0, 1)", float),
+                                     "Discrete only, for target_entropy=auto"),
+    "algo.use_sde": Key(False, boolean(), "gSDE exploration (Box only; Raffin et al. 2022), resampled every update"),
 }
+SETS = REPLAY_SETS
 
 
 def check(cfg, spec) -> None:
-    """Cross-key checks of the replay keys (after RULES)."""
+    """Cross-key checks of the replay keys (after KEYS)."""
     replay_check(cfg)
     if cfg.algo.use_sde and spec.discrete:
         raise ConfigError(f"algo.use_sde=true needs a continuous action space but env.id={cfg.env.id!r} has "
@@ -84,7 +100,7 @@ def replay_check(cfg) -> None:
             raise ConfigError(
                 f"normalize.{key}=true is not supported with algo={algo.name} (allowed with the replay "
                 f"algorithms: normalize.{key}=false; the buffer would keep values scaled with stale statistics)")
-    rollout = int(cfg.num_envs) * int(algo.num_steps)
+    rollout = cfg.num_envs * algo.num_steps
     if algo.batch_size > algo.buffer_size:
         raise ConfigError(f"algo.batch_size={algo.batch_size} is larger than the replay buffer (allowed: "
                           f"algo.batch_size <= algo.buffer_size = {algo.buffer_size})")
@@ -154,7 +170,7 @@ def initial_state(spec, algo_cfg, params, opt_state, noise=None) -> OffPolicySta
     noise = jnp.zeros((1,), jnp.float32) if noise is None else noise  # orbax cannot save empty arrays
     # distinct arrays everywhere: the gymnasium backend donates the learner to the jitted update
     params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
-    return OffPolicyState(params, opt_state, replay.init(int(algo_cfg.buffer_size), example),
+    return OffPolicyState(params, opt_state, replay.init(algo_cfg.buffer_size, example),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), noise)
 
 
@@ -216,8 +232,8 @@ def replay_update(train_step, algo_cfg, resample_noise=None):
     `gradient_steps` x `train_step(params, opt_state, minibatch, key) -> (params, opt_state,
     metrics)` on uniform minibatches (steps 3-7); the metrics are their mean (zeros before).
     `resample_noise(params, key)`, when given, draws a new gSDE exploration matrix after them."""
-    batch_size, gradient_steps = int(algo_cfg.batch_size), int(algo_cfg.gradient_steps)
-    learning_starts = int(algo_cfg.learning_starts)
+    batch_size, gradient_steps = algo_cfg.batch_size, algo_cfg.gradient_steps
+    learning_starts = algo_cfg.learning_starts
 
     def update(learner: OffPolicyState, batch, key):
         k_train, k_noise = jax.random.split(key)
@@ -293,18 +309,18 @@ def temperature_loss(log_alpha, log_prob, target_entropy):
 def make(spec, cfg, num_updates: int) -> Algorithm:
     del num_updates  # constant learning rates
     algo = cfg.algo
-    discrete, use_sde = spec.discrete, bool(algo.use_sde)  # use_sde: Box only (check)
+    discrete, use_sde = spec.discrete, algo.use_sde  # use_sde: Box only (check)
     actor, critic = networks.make_offpolicy(cfg.network, spec, num_critics=2, sde=use_sde)
-    gamma, tau, learning_starts = float(algo.gamma), float(algo.tau), int(algo.learning_starts)
+    gamma, tau, learning_starts = algo.gamma, algo.tau, algo.learning_starts
     auto_alpha = algo.ent_coef == "auto"
-    alpha_init = float(algo.ent_coef_init if auto_alpha else algo.ent_coef)
+    alpha_init = algo.ent_coef_init if auto_alpha else algo.ent_coef
     if algo.target_entropy != "auto":
-        target_entropy = float(algo.target_entropy)
+        target_entropy = algo.target_entropy
     elif discrete:
-        target_entropy = float(algo.target_entropy_scale) * math.log(spec.num_actions)
+        target_entropy = algo.target_entropy_scale * math.log(spec.num_actions)
     else:
         target_entropy = -float(spec.num_actions)
-    tx = optax.adam(float(algo.learning_rate))
+    tx = optax.adam(algo.learning_rate)
 
     def init(key):
         k_actor, k_critic, k_noise = jax.random.split(key, 3)

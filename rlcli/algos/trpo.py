@@ -27,25 +27,33 @@ import jax.numpy as jnp
 import optax
 
 from rlcli import estimators, losses, natural_gradient
-from rlcli.algos import (BASE_RULES, ON_POLICY_ESTIMATORS, OPTIMIZER_RULES, Algorithm, Batch, LearnerState,
+from rlcli.algos import (BASE_KEYS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch, LearnerState,
                          actor_critic_policy, make_optimizer)
 from rlcli.errors import ConfigError
-from rlcli.rules import boolean, int_at_least, is_num, positive
+from rlcli.rules import Key, Rule, boolean, int_at_least, is_num, positive, with_defaults
 
-NATURAL_STEP_RULES = {
-    "algo.normalize_advantages": boolean(),
-    "algo.max_kl": positive(),
-    "algo.damping": positive(),
-    "algo.cg_iters": int_at_least(1),
-    "algo.vf_epochs": int_at_least(1),
-    "algo.vf_minibatches": int_at_least(1),
+# the keys of the natural-gradient step and the critic's regression (shared with npg)
+NATURAL_STEP_KEYS = {
+    **with_defaults(BASE_KEYS, num_steps=128),
+    "algo.max_kl": Key(0.01, positive(), "delta: trust-region bound on the mean KL(pi_old || pi_new)"),
+    "algo.damping": Key(0.1, positive(), "added to the Fisher matrix: (F + damping I) s = g"),
+    "algo.cg_iters": Key(10, int_at_least(1), "conjugate-gradient iterations for s = F^-1 g"),
+    "algo.normalize_advantages": Key(True, boolean(), "standardise the advantages over the batch"),
+    "algo.vf_epochs": Key(10, int_at_least(1), "critic regression: epochs over the batch ..."),
+    "algo.vf_minibatches": Key(4, int_at_least(1), "... of this many minibatches, one optimizer step each"),
+    **with_defaults(OPTIMIZER_KEYS, learning_rate=(1.0e-3, "the critic's step size (the policy's step is set by "
+                                                           "max_kl)"),
+                    max_grad_norm=(0.5, "the critic's gradients clipped to this global norm")),
 }
-LINE_SEARCH_RULES = {
-    "algo.backtrack_iters": int_at_least(1),
-    "algo.backtrack_coef": ((lambda v: is_num(v) and 0.0 < v < 1.0), "a number in (0, 1)"),
+LINE_SEARCH_KEYS = {
+    "algo.backtrack_iters": Key(10, int_at_least(1), "line-search candidates: step x backtrack_coef^j, j < "
+                                                     "backtrack_iters"),
+    "algo.backtrack_coef": Key(0.8, Rule(lambda v: is_num(v) and 0.0 < v < 1.0, "a number in (0, 1)", float),
+                               "the line search's step shrink factor"),
 }
-RULES = {**BASE_RULES, **OPTIMIZER_RULES, **NATURAL_STEP_RULES, **LINE_SEARCH_RULES}
+KEYS = {**NATURAL_STEP_KEYS, **LINE_SEARCH_KEYS}
 ESTIMATORS = ON_POLICY_ESTIMATORS
+ESTIMATOR = "gae"
 ACTION_SPACES = ("discrete", "continuous")
 
 # With network.shared=false, ActorCritic's critic is `critic_torso` plus the value head, the
@@ -73,8 +81,8 @@ def check(cfg, spec) -> None:
         raise ConfigError(f"network.shared=true is not allowed with algo={name} "
                           f"(allowed with algo={name}: network.shared=false; the critic is fitted "
                           "separately from the natural-gradient policy step)")
-    batch = int(cfg.num_envs) * int(cfg.algo.num_steps)
-    if batch % int(cfg.algo.vf_minibatches):
+    batch = cfg.num_envs * cfg.algo.num_steps
+    if batch % cfg.algo.vf_minibatches:
         raise ConfigError(
             f"algo.vf_minibatches={cfg.algo.vf_minibatches} does not divide the batch of num_envs x "
             f"algo.num_steps = {cfg.num_envs} x {cfg.algo.num_steps} = {batch} (allowed: a divisor of {batch})")
@@ -82,16 +90,16 @@ def check(cfg, spec) -> None:
 
 def make(spec, cfg, num_updates: int, line_search: bool = True) -> Algorithm:
     algo = cfg.algo
-    vf_epochs, vf_minibatches = int(algo.vf_epochs), int(algo.vf_minibatches)
+    vf_epochs, vf_minibatches = algo.vf_epochs, algo.vf_minibatches
     tx = make_optimizer(algo, num_updates * vf_epochs * vf_minibatches)  # one step per minibatch
     # the critic optimizer's state covers the critic subtree only
     critic_tx = optax.GradientTransformation(lambda params: tx.init(split(params)[1]), tx.update)
     network, dist, init, act = actor_critic_policy(spec, cfg, critic_tx)
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
-    max_kl, damping, cg_iters = float(algo.max_kl), float(algo.damping), int(algo.cg_iters)
-    normalize_advantages = bool(algo.normalize_advantages)
+    max_kl, damping, cg_iters = algo.max_kl, algo.damping, algo.cg_iters
+    normalize_advantages = algo.normalize_advantages
     if line_search:
-        backtrack_iters, backtrack_coef = int(algo.backtrack_iters), float(algo.backtrack_coef)
+        backtrack_iters, backtrack_coef = algo.backtrack_iters, algo.backtrack_coef
 
     def policy_step(policy_params, critic_params, batch: Batch, advantages):
         """The natural-gradient (and, for TRPO, line-searched) step of the policy params."""

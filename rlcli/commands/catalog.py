@@ -1,16 +1,15 @@
 """`rlcli list [algos|estimators|envs] [--all]`: what can be composed, and what each choice means.
 
-Everything is read from the code and the config files, so the list cannot drift from what
-`rlcli train` accepts: algorithms are the modules of `rlcli.algos` (first docstring line, which
-cites the seed, and their `ACTION_SPACES`/`ESTIMATORS`), estimators and environments are the
-files of conf/estimator and conf/env (their first comment line), and the gymnasium backend
+Everything is read from the declarations `rlcli train` composes (rlcli.schema), so the list
+cannot drift from what it accepts: algorithms are the modules of `rlcli.algos` (first docstring
+paragraph, which cites the seed, and their `ACTION_SPACES`/`ESTIMATORS`/`ESTIMATOR`), estimators
+and environments the `CHOICES` of rlcli.estimators and rlcli.envs, and the gymnasium backend
 takes any id in gymnasium's registry (`--all` prints them).
 """
 
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 from rlcli import arguments
 from rlcli.arguments import Command
@@ -21,84 +20,57 @@ COMMAND = Command(
     "list", "[algos|estimators|envs] [--all]",
     """Lists the algo=, estimator= and env= choices of rlcli train with what each means and the seed
 equation it implements (all three sections by default). Environments are listed per backend:
-the pure-JAX ports and the presets of conf/env.""",
+the pure-JAX ports and the env= presets.""",
     (), positional=f"sections to list: {', '.join(SECTIONS)} (default: all)",
     flags=(("--all", "also print every id registered with gymnasium, each usable as env=gymnasium env.id=<id>"),),
 )
 
 
-def _first_comment(path: Path) -> str:
-    """The file's leading comment lines, joined."""
-    lines = []
-    for line in path.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        if not line.startswith("# @package"):
-            lines.append(line.lstrip("# ").strip())
-    return " ".join(lines)
-
-
-def _default_estimator(algo: str, config_dir: Path) -> str:
-    """The estimator an algo file selects (`override /estimator: X`), else train.yaml's."""
-    import yaml
-
-    data = yaml.safe_load((config_dir / "algo" / f"{algo}.yaml").read_text()) or {}
-    for entry in data.get("defaults", []):
-        if isinstance(entry, dict) and "override /estimator" in entry:
-            return entry["override /estimator"]
-    train = yaml.safe_load((config_dir / "train.yaml").read_text())
-    return next(e["estimator"] for e in train["defaults"] if isinstance(e, dict) and "estimator" in e)
-
-
-def algo_rows(config_dir: Path) -> list[tuple[str, str, str]]:
+def algo_rows() -> list[tuple[str, str, str]]:
     """(name, what it is, action spaces / estimators) per `algo=` choice."""
-    from rlcli import algos
+    from rlcli import algos, schema
 
     rows = []
-    for name in algos.names():
+    for name, choice in schema.choices("algo").items():
         mod = algos.module(name)
-        summary = " ".join((mod.__doc__ or "").strip().split("\n\n")[0].split())
-        default = _default_estimator(name, config_dir)
         fits = ", ".join(mod.ESTIMATORS)
-        rows.append((name, summary, f"actions: {', '.join(mod.ACTION_SPACES)}; estimator: {default} "
-                                    f"(allowed: {fits})"))
+        rows.append((name, choice.help, f"actions: {', '.join(mod.ACTION_SPACES)}; estimator: {mod.ESTIMATOR} "
+                                        f"(allowed: {fits})"))
     return rows
 
 
-def estimator_rows(config_dir: Path) -> list[tuple[str, str, str]]:
-    from rlcli import algos
+def estimator_rows() -> list[tuple[str, str, str]]:
+    from rlcli import algos, schema
 
     rows = []
-    for path in sorted((config_dir / "estimator").glob("*.yaml")):
-        users = [a for a in algos.names() if path.stem in algos.module(a).ESTIMATORS]
-        rows.append((path.stem, _first_comment(path), f"with algo: {', '.join(users)}"))
+    for name, choice in schema.choices("estimator").items():
+        users = [a for a in algos.names() if name in algos.module(a).ESTIMATORS]
+        rows.append((name, choice.help, f"with algo: {', '.join(users)}"))
     return rows
 
 
-def env_rows(config_dir: Path) -> list[tuple[str, str, str]]:
-    """(env= choice, backend and spaces, note) per conf/env preset."""
-    import yaml
-
-    from rlcli import envs
+def env_rows() -> list[tuple[str, str, str]]:
+    """(env= choice, backend and spaces, note) per env= preset."""
+    from rlcli import envs, schema
     from rlcli.checkpoint import quiet_stderr
 
     rows = []
-    for path in sorted((config_dir / "env").glob("*.yaml"), key=lambda p: p.stem.lower()):
-        data = yaml.safe_load(path.read_text())
-        if data.get("id") is None:
-            rows.append((path.stem, "gymnasium backend", _first_comment(path)))
+    for name, choice in sorted(schema.choices("env").items(), key=lambda item: item[0].lower()):
+        env_id = choice.keys["env.id"].default
+        if env_id is None:
+            rows.append((name, "gymnasium backend", choice.help))
             continue
-        backend = envs.resolve_backend(data["id"], data.get("backend", "auto"))
+        backend = envs.resolve_backend(env_id, choice.keys["env.backend"].default)
         try:
             with quiet_stderr():  # MuJoCo's compiler warns about its own model files
-                spec = envs.make_spec(data["id"], backend)
+                spec = envs.make_spec(env_id, backend)
             space = (f"Discrete({spec.num_actions})" if spec.discrete
                      else f"Box({spec.num_actions})")
             shape = f"obs {spec.obs_shape}, actions {space}, {spec.max_episode_steps} steps"
         except Exception as err:  # e.g. MuJoCo without the extra installed
             shape = f"unavailable here: {str(err).splitlines()[0][:80]}"
         ports = ", also gymnasium" if backend == "jax" else ""
-        rows.append((path.stem, f"{backend} backend{ports}", f"{shape}; {_first_comment(path)}".rstrip("; ")))
+        rows.append((name, f"{backend} backend{ports}", f"{shape}; {choice.help}".rstrip("; ")))
     return rows
 
 
@@ -120,8 +92,6 @@ def _table(title: str, rows: list[tuple[str, str, str]], width: int) -> str:
 
 
 def main(args: list[str]) -> int:
-    from rlcli.paths import config_dir
-
     if arguments.wants_help(args):
         print(arguments.usage(COMMAND))
         return 0
@@ -134,17 +104,16 @@ def main(args: list[str]) -> int:
         return report("list", err)
     show_all, chosen = "--all" in parsed.flags, parsed.positional
     chosen = chosen or list(SECTIONS)
-    conf = config_dir()
     width = 100
     out = []
     if "algos" in chosen:
-        out.append(_table("algorithms (algo=)", algo_rows(conf), width))
+        out.append(_table("algorithms (algo=)", algo_rows(), width))
     if "estimators" in chosen:
-        out.append(_table("advantage estimators (estimator=)", estimator_rows(conf), width))
+        out.append(_table("advantage estimators (estimator=)", estimator_rows(), width))
     if "envs" in chosen:
         from rlcli.envs import jax_ports
 
-        out.append(_table("environments (env=)", env_rows(conf), width))
+        out.append(_table("environments (env=)", env_rows(), width))
         out.append(f"  jax backend ports: {', '.join(jax_ports())}")
         ids = gymnasium_ids()
         if show_all:

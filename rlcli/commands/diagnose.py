@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from rlcli import arguments
 from rlcli.arguments import Command, Option, text_of
 from rlcli.errors import ConfigError
-from rlcli.rules import int_at_least, is_num, non_empty_text
+from rlcli.rules import in_unit_interval, int_at_least, non_empty_text
 
 COMMAND = Command(
     "diagnose", "[run=<run dir>] [batches=B] [batch_episodes=N] [reference_episodes=M] [gamma=G] "
@@ -56,7 +56,7 @@ npg ...).""",
      Option("batches", 64, int_at_least(2), "independent batches B"),
      Option("batch_episodes", 16, int_at_least(2), "whole episodes N per batch"),
      Option("reference_episodes", 4096, int_at_least(2), "episodes M of the reference gradient"),
-     Option("gamma", 1.0, (lambda v: is_num(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"), "discount of the returns"),
+     Option("gamma", 1.0, in_unit_interval(), "discount of the returns"),
      Option("out", None, non_empty_text(), "where to write (default: <run>/diagnose, or "
             "outputs/diagnose/<date>/<time>-<env>; a name taken gets -1, -2, ...)", text_of)),
     overrides="config overrides (key=value, group=option) of the policy's config",
@@ -81,7 +81,7 @@ class Options(NamedTuple):
 def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
     from rlcli.commands.common import composition_error, load_run
-    from rlcli.config import validate
+    from rlcli.config import compose, typed, validate
 
     parsed = arguments.parse(COMMAND, args)
     own, overrides, values = parsed.given, parsed.overrides, parsed.values
@@ -89,16 +89,12 @@ def parse(args: list[str]) -> Options:
         run_dir, cfg = load_run([f"run={own['run']}", *overrides])
     else:
         run_dir = None
-        from hydra import compose, initialize_config_dir
-
-        from rlcli.paths import config_dir
-
         try:
-            with initialize_config_dir(str(config_dir()), version_base="1.3"):
-                cfg = compose("train", overrides=overrides)
+            cfg = compose(overrides)
         except Exception as err:  # Hydra's parse and composition errors
             raise ConfigError(composition_error(err, overrides)) from None
     validate(cfg)
+    cfg = typed(cfg)
     from rlcli import algos, envs
 
     if envs.resolve_backend(cfg.env.id, cfg.env.backend) != "jax":
@@ -136,11 +132,11 @@ def policy_params(opts: Options):
 
     parts = train.setup(opts.cfg)
     if opts.run_dir is not None:
-        loop = train.make_loop(opts.cfg, parts)
+        loop = train.make_loop(parts)
         state, _ = train.restore_checkpoint(loop, opts.run_dir / "checkpoints")
         params = jax.tree.map(lambda x: x[0], state.learner.params)
     else:
-        key = jax.random.split(jax.random.PRNGKey(int(opts.cfg.seed)), 3)[0]
+        key = jax.random.split(jax.random.PRNGKey(opts.cfg.seed), 3)[0]
         params = parts.algo.init(key).params
     if isinstance(params, dict) and "actor_critic" in params:  # reinforce with a Q critic
         params = params["actor_critic"]
@@ -279,7 +275,7 @@ def run(opts: Options) -> dict:
     spec, params = policy_params(opts)
     network = networks.make(opts.cfg.network, spec)
     dist = distributions.for_action_space(spec.discrete)
-    key = jax.random.fold_in(jax.random.PRNGKey(int(opts.cfg.seed)), 7_000_003)
+    key = jax.random.fold_in(jax.random.PRNGKey(opts.cfg.seed), 7_000_003)
     k_batches, k_ref = jax.random.split(key)
     collect = jax.jit(lambda k, n: rollouts(opts.cfg, spec, network, dist, params, k, n), static_argnums=1)
     num = opts.batches * opts.batch_episodes
@@ -295,7 +291,7 @@ def run(opts: Options) -> dict:
     ref_se = math.sqrt(rows[-1]["variance"] / ref_chunks.shape[0]) / max(float(np.linalg.norm(ref)), 1e-30)
     lengths = np.asarray(data[-1]).sum(axis=0)
     return {"algo": opts.cfg.algo.name, "env": spec.id, "policy": str(opts.run_dir) if opts.run_dir else
-            f"initial (seed {int(opts.cfg.seed)})", "gamma": opts.gamma, "batches": opts.batches,
+            f"initial (seed {opts.cfg.seed})", "gamma": opts.gamma, "batches": opts.batches,
             "batch_episodes": opts.batch_episodes, "reference_episodes": num_ref, "parameters": int(size),
             "episode_length_mean": float(lengths.mean()), "reference_norm": float(np.linalg.norm(ref)),
             "reference_rel_se": ref_se, "rows": rows}

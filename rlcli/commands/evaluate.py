@@ -122,7 +122,7 @@ def jax_frames(opts: Options, parts, learner, norm, key, renderer) -> tuple[list
     from rlcli.envs import jax_backend
 
     env = jax_backend.make(parts.spec.id)
-    evaluate_one = rollout.jax_evaluate(opts.cfg, parts.spec, parts.algo, env, normalize.make(opts.cfg),
+    evaluate_one = rollout.jax_evaluate(parts.cfg, parts.spec, parts.algo, env, normalize.make(parts.cfg),
                                         observe=lambda final_state, step: final_state)
     ret, length, (reset_state, finals) = jax.device_get(jax.jit(evaluate_one)(learner, norm, key))
     frames = []
@@ -142,8 +142,8 @@ def gymnasium_frames(opts: Options, parts, learner, norm, seed_index: int, rende
     from rlcli import normalize, rollout
     from rlcli.envs import gymnasium_backend
 
-    seed = int(opts.cfg.seed) + seed_index
-    eval_one = rollout.host_eval_act(parts.algo, normalize.make(opts.cfg), bool(opts.cfg.eval_deterministic))
+    seed = parts.cfg.seed + seed_index
+    eval_one = rollout.host_eval_act(parts.algo, normalize.make(parts.cfg), parts.cfg.eval_deterministic)
     # the host loop's evaluation policy for this one seed: obs [1, E, ...], key [1, 2]
     act = jax.jit(lambda obs, key: jax.vmap(eval_one, in_axes=(None, None, 0, 0))(learner, norm, obs, key))
 
@@ -157,7 +157,7 @@ def gymnasium_frames(opts: Options, parts, learner, norm, seed_index: int, rende
                 frames[k].append(envs.render(k))
 
     try:
-        key = rollout.eval_keys(opts.cfg, opts.eval_seed)[seed_index][None]
+        key = rollout.eval_keys(parts.cfg, opts.eval_seed)[seed_index][None]
         ret, length = rollout.host_evaluate(act, key, [envs], [seed], opts.eval_seed,
                                             parts.spec.max_episode_steps or 100_000, observe)
     finally:
@@ -176,7 +176,7 @@ def record_videos(opts: Options, parts, state, renderer, staging: Path) -> list[
     for i in opts.seed_indices:
         learner, norm = _seed_slice(state.learner, i), _seed_slice(state.norm, i)
         if parts.backend_name == "jax":
-            key = rollout.eval_keys(opts.cfg, opts.eval_seed)[i]
+            key = rollout.eval_keys(parts.cfg, opts.eval_seed)[i]
             frames, episodes = jax_frames(opts, parts, learner, norm, key, renderer)
         else:
             frames, episodes = gymnasium_frames(opts, parts, learner, norm, i, renderer)
@@ -238,15 +238,15 @@ def run(opts: Options) -> dict:
             renderer = render.make_env(parts.spec.id)
         except render.RenderError as err:
             raise ConfigError(f"video=true: {err} (allowed: video=false, or pip install 'rlcli[video]')") from None
-    loop = train.make_loop(opts.cfg, parts)
+    loop = train.make_loop(parts)
     with contextlib.closing(loop), contextlib.ExitStack() as cleanup:
         if renderer is not None:
             cleanup.callback(renderer.close)
         state, meta = train.restore_checkpoint(loop, opts.run_dir / "checkpoints", opts.checkpoint)
         opts = opts._replace(checkpoint=int(meta["env_steps"]))  # the newest readable, by default
         returns, lengths = loop.evaluate(state, opts.eval_seed)
-        seeds = [int(opts.cfg.seed) + i for i in range(int(opts.cfg.num_seeds))]
-        result = {"algo": opts.cfg.algo.name, "env": parts.spec.id, "backend": parts.backend_name,
+        seeds = [parts.cfg.seed + i for i in range(parts.cfg.num_seeds)]
+        result = {"algo": parts.cfg.algo.name, "env": parts.spec.id, "backend": parts.backend_name,
                   "update": int(meta["update"]), **summarize(opts, seeds, returns, lengths)}
         if opts.video:
             staging = Path(tempfile.mkdtemp(prefix=".videos-", dir=opts.run_dir))

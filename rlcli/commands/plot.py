@@ -21,7 +21,7 @@ import numpy as np
 from rlcli import arguments
 from rlcli.arguments import Command, Option, text_of
 from rlcli.curves import grid, save_figure, seed_curves
-from rlcli.rules import non_empty_text, one_of
+from rlcli.rules import Rule, non_empty_text, one_of
 
 COMMAND = Command(
     "plot", "<run or multirun dir> [<dir> ...] [key=value ...]",
@@ -36,7 +36,7 @@ mean, ci_low, ci_high: the final evaluation return per seed from summary.json), 
 final-return table.""",
     (Option("x", "env_steps", one_of("env_steps", "wall_time"),
             "the x axis: env steps per seed, or seconds since the run started (compile included)", text_of),
-     Option("group_by", "algo,env,estimator", (lambda v: isinstance(v, str), "comma-separated config keys"),
+     Option("group_by", "algo,env,estimator", Rule(lambda v: isinstance(v, str), "comma-separated config keys"),
             "config keys that make a group: algo (algo.name), env (env.id), estimator (estimator.name) or any "
             "dotted key of .hydra/config.yaml; empty pools every run", text_of),
      Option("metric", "episode/return", (lambda v: isinstance(v, str) and bool(v),

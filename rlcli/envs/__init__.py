@@ -20,7 +20,32 @@ from __future__ import annotations
 import difflib
 
 from rlcli.errors import EnvConfigError
+from rlcli.rules import REQUIRED, Choice, Key, Rule, int_at_least, one_of, with_defaults
 from rlcli.types import EnvSpec
+
+ENV_KEYS = {
+    "env.id": Key(REQUIRED, Rule(lambda v: isinstance(v, str) and bool(v),
+                                 "a registered environment id, e.g. env.id=CartPole-v1"),
+                  "a JAX port or any registered gymnasium id"),
+    "env.backend": Key("auto", one_of("auto", "jax", "gymnasium"), "auto (jax where a port exists) | jax | "
+                                                                   "gymnasium"),
+    "env.vectorization": Key("auto", one_of("auto", "sync", "async", "vector"),
+                             "gymnasium backend: auto | sync | async (subprocesses) | vector (numpy-vectorised)"),
+    "env.total_steps": Key(1_000_000, int_at_least(1), "default budget in env steps (total_steps)"),
+}
+_MUJOCO = "MuJoCo (gymnasium backend, CPU): pip install -e \".[mujoco]\""
+# the env= choices (presets of the keys above)
+CHOICES = {
+    "Acrobot-v1": Choice("", with_defaults(ENV_KEYS, id="Acrobot-v1", total_steps=500_000)),
+    "CartPole-v1": Choice("", with_defaults(ENV_KEYS, id="CartPole-v1", total_steps=500_000)),
+    "HalfCheetah-v5": Choice(_MUJOCO, with_defaults(ENV_KEYS, id="HalfCheetah-v5", backend="gymnasium")),
+    "Hopper-v5": Choice(_MUJOCO, with_defaults(ENV_KEYS, id="Hopper-v5", backend="gymnasium")),
+    "MountainCar-v0": Choice("", with_defaults(ENV_KEYS, id="MountainCar-v0")),
+    "MountainCarContinuous-v0": Choice("", with_defaults(ENV_KEYS, id="MountainCarContinuous-v0")),
+    "Pendulum-v1": Choice("", with_defaults(ENV_KEYS, id="Pendulum-v1")),
+    "gymnasium": Choice("any registered gymnasium id: rlcli train env=gymnasium env.id=LunarLander-v3",
+                        with_defaults(ENV_KEYS, id=None, backend="gymnasium")),
+}
 
 
 def jax_ports() -> tuple[str, ...]:

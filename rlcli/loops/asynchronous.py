@@ -34,9 +34,9 @@ def make(cfg, spec, algo: Algorithm, sizes) -> Loop:
     applications are done."""
     parts = a3c.make_parts(spec, cfg, sizes.num_updates)
     env = jax_backend.make(spec.id)
-    num_workers, num_envs, num_steps = int(cfg.algo.num_workers), int(cfg.num_envs), int(cfg.algo.num_steps)
+    num_workers, num_envs, num_steps = cfg.algo.num_workers, cfg.num_envs, cfg.algo.num_steps
     per_worker = num_envs // num_workers
-    nan_check = bool(cfg.debug.nan_check)
+    nan_check = cfg.debug.nan_check
     normalizer = normalize.make(cfg)
     collect = rollout.jax_collect(algo, env, normalizer, per_worker)
 

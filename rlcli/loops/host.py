@@ -26,9 +26,9 @@ class HostState(NamedTuple):
 
 
 def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
-    num_seeds, num_envs, num_steps = int(cfg.num_seeds), int(cfg.num_envs), int(cfg.algo.num_steps)
-    num_eval, deterministic = int(cfg.eval_episodes), bool(cfg.eval_deterministic)
-    seeds = [int(cfg.seed) + i for i in range(num_seeds)]
+    num_seeds, num_envs, num_steps = cfg.num_seeds, cfg.num_envs, cfg.algo.num_steps
+    num_eval, deterministic = cfg.eval_episodes, cfg.eval_deterministic
+    seeds = [cfg.seed + i for i in range(num_seeds)]
     # env seeds: each learner seeds its N envs from its own seed (far apart from eval envs)
     train_envs = [gymnasium_backend.make(spec.id, num_envs, rollout.train_env_seed(seed), cfg.env.vectorization)
                   for seed in seeds]
@@ -86,7 +86,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         learner, norm, _ = packer[1](packed)
         return jax.vmap(eval_one)(learner, norm, obs, key)
 
-    nan_check = bool(cfg.debug.nan_check)
+    nan_check = cfg.debug.nan_check
     policy_fn, update_fn = policy_packed, update_packed
     if nan_check:
         policy_fn, update_fn = faults.checked(policy_fn), faults.checked(update_fn)

@@ -29,8 +29,8 @@ class RunnerState(NamedTuple):
 
 def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
     env = jax_backend.make(spec.id)
-    num_envs, num_steps = int(cfg.num_envs), int(cfg.algo.num_steps)
-    nan_check = bool(cfg.debug.nan_check)
+    num_envs, num_steps = cfg.num_envs, cfg.algo.num_steps
+    nan_check = cfg.debug.nan_check
     normalizer = normalize.make(cfg)
 
     def init_one(key):
@@ -65,7 +65,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
     compiler = xla.Compiler()  # programs by number of updates (chunks), "init" and "eval"
 
     def lower_chunk(state, num_updates):
-        fn = rollout.per_seed(partial(chunk_one, num_updates=num_updates), int(cfg.num_seeds))
+        fn = rollout.per_seed(partial(chunk_one, num_updates=num_updates), cfg.num_seeds)
         if nan_check:
             return jax.jit(faults.checked(fn), donate_argnums=0).lower(state)
         return xla.lower_cached(jax.jit(fn, donate_argnums=0), (state,), name=f"chunk{num_updates}", cfg=cfg,
@@ -78,7 +78,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         programs the first chunk does not need (a shorter last chunk; the evaluation when the
         first one comes after the second chunk or later) wait until the first chunk program is
         ready and then compile beside training."""
-        shapes = xla.seed_shapes(state, int(cfg.num_seeds))  # the arrays are donated to the first chunk
+        shapes = xla.seed_shapes(state, cfg.num_seeds)  # the arrays are donated to the first chunk
         compiler.submit(sizes.updates_per_log, partial(lower_chunk, shapes, sizes.updates_per_log))
         chunks = sizes.num_chunks
         others = [("eval", partial(xla.lower_cached, eval_fn, (shapes.learner, shapes.norm, rollout.seed_array(cfg),
@@ -87,7 +87,7 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         last = sizes.num_updates % sizes.updates_per_log  # a shorter last chunk is its own program
         if last:
             others.append((last, partial(lower_chunk, shapes, last), True))
-        spare = jax.default_backend() != "cpu" or xla.seed_devices(int(cfg.num_seeds)) < jax.device_count()
+        spare = jax.default_backend() != "cpu" or xla.seed_devices(cfg.num_seeds) < jax.device_count()
         for name, lower, later in others:
             (compiler.defer if spare and later else compiler.submit)(name, lower)
 
@@ -126,9 +126,9 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
             program = lowered.compile()
         else:
             compiler.submit("init", lambda: lowered)
-            start_compiling(xla.seed_shapes(lowered.out_info, int(cfg.num_seeds)))
+            start_compiling(xla.seed_shapes(lowered.out_info, cfg.num_seeds))
             program = compiler.get("init")
-        return xla.shard_seeds(program(seeds), int(cfg.num_seeds))
+        return xla.shard_seeds(program(seeds), cfg.num_seeds)
 
     return Loop(init, compile_programs, chunk, evaluate, lambda state: state._asdict(), restore, compiler.close,
                 compiler.programs)
