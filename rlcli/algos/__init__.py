@@ -3,9 +3,9 @@
 * ``make(spec, cfg, num_updates) -> Algorithm``;
 * ``KEYS``: the `algo.*` keys it reads, each declared once (`rlcli.rules.Key`: default, rule,
   help), checked before compiling and passed to `make` in their declared types;
-* ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none), the
-  first being its default;
-* optionally ``SETS``: defaults it gives keys declared elsewhere ({"num_envs": 1});
+* ``ESTIMATORS``: the `estimator=` choices it accepts (``("none",)`` when it uses none), and
+  ``ESTIMATOR``, its default;
+* optionally ``SETS``: its defaults for keys declared elsewhere ({"num_envs": 1});
 * ``ACTION_SPACES``: ``"discrete"`` and/or ``"continuous"``;
 * optionally ``check(cfg, spec)``: cross-key checks (the env spec at hand) raising
   `rlcli.errors.ConfigError`.

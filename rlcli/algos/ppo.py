@@ -25,7 +25,6 @@ from rlcli import estimators, losses
 from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, ON_POLICY_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
                          LearnerState, actor_critic_policy, make_optimizer)
 from rlcli.errors import ConfigError
-
 from rlcli.rules import Key, boolean, int_at_least, optional_positive, positive, with_defaults
 
 # defaults: CleanRL's ppo.py

@@ -177,7 +177,7 @@ def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma:
 
     network = networks.make(cfg.network, spec)
     dist = distributions.for_action_space(spec.discrete)
-    lam = float(cfg.estimator["lambda"]) if cfg.estimator.name == "gae" else 0.95
+    lam = cfg.estimator["lambda"] if cfg.estimator.name == "gae" else 0.95
     flat_params, unravel = ravel_pytree(params)
 
     def phis(batch):

@@ -67,14 +67,16 @@ class Options(NamedTuple):
 
 def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
-    from rlcli import checkpoint
+    from rlcli import checkpoint, config
     from rlcli.commands.common import load_run
 
     parsed = arguments.parse(COMMAND, args)
     values, given = parsed.values, parsed.given
     run_dir, cfg = load_run([f"run={given['run']}"] if "run" in given else [])
+    config.validate(cfg)
+    cfg = config.typed(cfg)
     available = checkpoint.steps(run_dir / "checkpoints")
-    num_seeds = int(cfg.num_seeds)
+    num_seeds = cfg.num_seeds
     if values["checkpoint"] is not None and values["checkpoint"] not in available:
         raise ConfigError(f"checkpoint={given['checkpoint']} is not a checkpoint of run={run_dir} (allowed: "
                           f"one of {', '.join(map(str, available))})")
@@ -82,9 +84,9 @@ def parse(args: list[str]) -> Options:
         raise ConfigError(f"seed_index={given['seed_index']} is out of range: the run has num_seeds={num_seeds} "
                           f"(allowed: an integer in [0, {num_seeds - 1}])")
     if values["episodes"] is None:
-        values["episodes"] = int(cfg.eval_episodes)
+        values["episodes"] = cfg.eval_episodes
     if values["deterministic"] is None:
-        values["deterministic"] = bool(cfg.eval_deterministic)
+        values["deterministic"] = cfg.eval_deterministic
     for key in ("video_format", "video_episodes"):
         if key in given and not values["video"]:
             raise ConfigError(f"{key}={given[key]} is given without video=true (allowed: add video=true)")
