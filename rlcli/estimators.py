@@ -30,7 +30,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from rlcli.rules import Choice, Key, in_unit_interval, one_of, optional_int_at_least
+from rlcli.rules import Choice, Key, boolean, in_unit_interval, one_of, optional_int_at_least
 
 Estimator = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -107,9 +107,9 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
 
 
 # baselines of the Monte-Carlo estimators (`estimator.baseline`): 'value' is subtracted by the
-# estimator; 'mean', 'optimal' and 'q_control_variate' by the algorithm, which holds the batch
-# (`subtract_mean`, `optimal_baseline_gradient`, `control_variate_loss`)
-BASELINES = ("none", "mean", "value", "optimal", "q_control_variate")
+# estimator; 'mean', 'leave_one_out', 'optimal' and 'q_control_variate' by the algorithm, which
+# holds the batch (`subtract_mean_baseline`, `optimal_baseline_gradient`, `control_variate_loss`)
+BASELINES = ("none", "mean", "leave_one_out", "value", "optimal", "q_control_variate")
 
 
 def discount_weights(terminated, truncated, *, gamma):
@@ -122,25 +122,30 @@ def discount_weights(terminated, truncated, *, gamma):
 
 
 def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, whole_episode,
-                 discounting, baseline):
+                 discounting, baseline, bootstrap_truncation=False):
     """Shared body of `total_return` and `reward_to_go` (one [T] segment).
 
     G_t = sum_{t'>=t} gamma^{t'-t} r_t', cut at the episode's end; t0 is the first step of
     the episode of t in the segment (t0 = 0 for an episode already running when the segment
     starts) and w_t = gamma^{t-t0}. Where the return stops without a termination (time-limit
-    truncation, or the end of the segment) it adds gamma V(s') with baseline='value' and
-    nothing otherwise: a pure Monte-Carlo return has no critic to bootstrap from, so a
-    truncation is then the end of the return.
+    truncation, or the end of the segment), Phi adds gamma V(s') only with
+    `bootstrap_truncation`: off, a truncation is the end of the return, the finite-horizon
+    objective of the seed (000 eq. 3.1.1), whatever the baseline; the baseline changes only the
+    variance. The critic's targets (the second output) bootstrap there whenever a critic is
+    fitted (baseline='value' or bootstrap_truncation), as every critic in rlcli does.
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline={baseline!r} is not allowed (allowed: one of {', '.join(BASELINES)})")
     rewards = jnp.asarray(rewards, jnp.float32)
     done = jnp.logical_or(terminated, truncated)
     last = done.at[-1].set(True)  # where the return stops: episode end or segment end
-    bootstrap = _not(terminated) * next_values if baseline == "value" else jnp.zeros_like(rewards)
+    no_bootstrap = jnp.zeros_like(rewards)
+    critic_bootstrap = (_not(terminated) * next_values if baseline == "value" or bootstrap_truncation
+                        else no_bootstrap)
+    bootstrap = critic_bootstrap if bootstrap_truncation else no_bootstrap  # Phi's
     last_f = last.astype(jnp.float32)
 
-    def backward(discount):
+    def backward(discount, bootstrap=bootstrap):
         def body(carry, inputs):
             r, b, stop = inputs
             g = r + discount * (stop * b + (1.0 - stop) * carry)
@@ -155,7 +160,8 @@ def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, 
         return jax.lax.scan(body_fn, init, xs)[1]
 
     weight = discount_weights(terminated, truncated, gamma=gamma)  # gamma^(t - t0)
-    returns = backward(gamma)  # G_t, discounted reward-to-go (bootstrapped with baseline='value')
+    returns = backward(gamma)  # G_t, the discounted reward-to-go of Phi
+    targets = returns if bootstrap_truncation or baseline != "value" else backward(gamma, critic_bootstrap)
     if whole_episode:
         # option 1: R(tau), undiscounted (3.1.8); option 2: sum_t gamma^(t-t0) r_t (4.1.7)
         episode = returns if discounting == "option2" else backward(1.0)
@@ -165,55 +171,86 @@ def _monte_carlo(rewards, values, next_values, terminated, truncated, *, gamma, 
         phi = returns if discounting == "option1" else weight * returns
     if baseline == "value":
         phi = phi - (weight if discounting == "option2" else 1.0) * values
-    return phi, returns
+    return phi, targets
 
 
 def total_return(rewards, values, next_values, terminated, truncated, *, gamma,
-                 discounting="option1", baseline="none"):
+                 discounting="option1", baseline="none", bootstrap_truncation=False):
     """Phi_t = the return of the whole episode of t, the same for each of its steps (Alg. 15,
     000 eq. 3.1.8). `discounting` (000 §4.1.4, "before or after causality"): option1 keeps
     R(tau) = sum_t r_t undiscounted (3.1.8; gamma is introduced only after causality, which
     this estimator does not apply); option2 is sum_t gamma^{t-t0} r_t from the episode's first
     step t0 (000 eq. 4.1.7, option 2).
 
-    baseline: 'none', 'mean' and 'optimal' return Phi (the batch mean of 000 eq. 3.1.11 and
-    the optimal baseline of 3.1.17 are the algorithm's, which holds the batch: `subtract_mean`,
-    `optimal_baseline_gradient`); 'value' returns
+    baseline: 'none', 'mean', 'leave_one_out' and 'optimal' return Phi (the episode mean of
+    000 eq. 3.1.11 and the optimal baseline of 3.1.17 are the algorithm's, which holds the
+    batch: `subtract_mean_baseline`, `optimal_baseline_gradient`); 'value' returns
     Phi_t - w V(s_t) (000 eq. 4.2.2), w = 1 for option1, gamma^{t-t0} for option2. `targets`
     are always the discounted reward-to-go G_t (see `reward_to_go`), the critic's target.
-    Truncation and the segment's end: see `_monte_carlo` (bootstrap only with 'value', the
-    bootstrap V(s') then counting as one more reward).
+    Truncation and the segment's end: see `_monte_carlo` (Phi bootstraps only with
+    `bootstrap_truncation`, the bootstrap V(s') then counting as one more reward).
     """
     return _monte_carlo(rewards, values, next_values, terminated, truncated, gamma=gamma,
-                        whole_episode=True, discounting=discounting, baseline=baseline)
+                        whole_episode=True, discounting=discounting, baseline=baseline,
+                        bootstrap_truncation=bootstrap_truncation)
 
 
 def reward_to_go(rewards, values, next_values, terminated, truncated, *, gamma,
-                 discounting="option1", baseline="none"):
+                 discounting="option1", baseline="none", bootstrap_truncation=False):
     """Phi_t = G_t = sum_{t'>=t} gamma^{t'-t} r_t' to the episode's end (causality, 000 eq.
     3.1.10, with the discount of option 1, §4.1.4). option2 keeps the factor gamma^{t-t0} on
     the whole term, Phi_t = gamma^{t-t0} G_t (000 eq. 4.1.8, last line: later decisions
     count less); option1 drops it (the version used in practice, 000 §4.1.4).
 
-    baseline: 'none'/'mean'/'q_control_variate' return Phi ('mean': the algorithm subtracts
-    the batch mean, 000 eq. 3.1.11, `subtract_mean`; 'q_control_variate': the algorithm
-    subtracts w_t Q_w(s_t, a_t) and adds the correction term, 000 eq. 4.2.6,
+    baseline: 'none'/'mean'/'leave_one_out'/'q_control_variate' return Phi ('mean',
+    'leave_one_out': the algorithm subtracts b_t, the mean over the batch's episodes of their
+    reward-to-go at the same step of the episode, `subtract_mean_baseline`; 'q_control_variate':
+    the algorithm subtracts w_t Q_w(s_t, a_t) and adds the correction term, 000 eq. 4.2.6,
     `control_variate_loss`); 'value': w_t (G_t - V(s_t)) with w_t = 1 (option1, 000
     eq. 4.2.2) or gamma^{t-t0} (option2). `targets` = G_t. At a truncation (or the segment's
-    end) G_t bootstraps with gamma V(s') only with baseline='value' (it is then the n-step
-    return to the end of the segment, `nstep` with n=None); otherwise there is no
-    critic and the truncation is taken as the end of the return. Termination never bootstraps.
+    end) Phi's G_t bootstraps with gamma V(s') only with `bootstrap_truncation` (it is then the
+    n-step return to the end of the segment, `nstep` with n=None); otherwise the truncation is
+    the end of the return (the seed's finite-horizon objective), and the critic's targets
+    bootstrap there (see `_monte_carlo`). Termination never bootstraps.
     """
     return _monte_carlo(rewards, values, next_values, terminated, truncated, gamma=gamma,
-                        whole_episode=False, discounting=discounting, baseline=baseline)
+                        whole_episode=False, discounting=discounting, baseline=baseline,
+                        bootstrap_truncation=bootstrap_truncation)
 
 
-def subtract_mean(phi: jax.Array, mask: jax.Array) -> jax.Array:
-    """The mean baseline b = mean of Phi over the batch's used steps (000 eq. 3.1.11, taken
-    per step for the reward-to-go): phi - b, over a batch of any shape; mask 1 = used."""
-    from rlcli.losses import mean
+def episode_steps(terminated, truncated):
+    """[T, N] -> [T, N] int: t - t0, the step's index within its episode (t0 its first step in
+    the segment)."""
+    done = jnp.logical_or(terminated, truncated)
+    starts = jnp.concatenate([jnp.ones_like(done[:1]), done[:-1]], axis=0)
+    return jax.lax.scan(lambda j, s: (jnp.where(s, 0, j + 1),) * 2, jnp.zeros(done.shape[1:], jnp.int32), starts)[1]
 
-    return phi - mean(phi, mask.astype(jnp.float32))
+
+def subtract_mean_baseline(phi, terminated, truncated, mask, *, per_step: bool, leave_one_out: bool = False):
+    """Phi minus the mean baseline of 000 eq. 3.1.11, a mean over the batch's used episodes
+    (mask 1), not over its steps, on a time-major [T, N] batch:
+
+    * per_step=False (total_return, Phi = R(tau) on every step): b = (1/N) sum_i R(tau_i);
+    * per_step=True (reward_to_go): b_t = the mean of Phi at the same step j = t - t0 of every
+      used episode still running at j (the analogue of 3.1.11 for each term of the sum).
+
+    Subtracting a mean that includes the episode itself scales the gradient's expectation by
+    (1 - 1/N) (N fixed; N_j for the step-j term). `leave_one_out` takes each episode's b from
+    the other episodes only, b_{-i} = (sum - own) / (N - 1) (0 where no other episode has step
+    j), independent of episode i and so unbiased (000 eq. 3.1.12)."""
+    mask = mask.astype(jnp.float32)
+    done = jnp.logical_or(terminated, truncated)
+    if per_step:
+        index = episode_steps(terminated, truncated).reshape(-1)
+        num = phi.size
+        total = jax.ops.segment_sum((phi * mask).reshape(-1), index, num_segments=num)[index].reshape(phi.shape)
+        count = jax.ops.segment_sum(mask.reshape(-1), index, num_segments=num)[index].reshape(phi.shape)
+    else:
+        starts = jnp.concatenate([jnp.ones_like(done[:1]), done[:-1]], axis=0).astype(jnp.float32) * mask
+        total, count = jnp.sum(phi * starts), jnp.sum(starts)
+    if leave_one_out:
+        return phi - jnp.where(count > 1.0, (total - phi) / jnp.maximum(count - 1.0, 1.0), 0.0)
+    return phi - total / jnp.maximum(count, 1.0)
 
 
 def optimal_baseline(scores, returns, valid):
@@ -308,8 +345,9 @@ def batched(estimator: Estimator) -> Estimator:
 
 
 _DISCOUNTING = "option1: {} | option2: {}"
-_BASELINE_HELP = ("none | mean: minus the batch mean (000 eq. 3.1.11) | value: minus V(s_t), critic fitted to the "
-                  "reward-to-go, bootstraps at truncation (000 eq. 4.2.2) | {}")
+_BASELINE_HELP = ("none | mean: minus the mean over the batch's episodes (000 eq. 3.1.11), biased by the factor "
+                  "(1 - 1/N) | leave_one_out: minus the mean over the batch's other episodes, unbiased | value: minus "
+                  "V(s_t), critic fitted to the reward-to-go (000 eq. 4.2.2) | {}")
 
 
 def _monte_carlo_keys(option1: str, option2: str, baseline: str) -> dict[str, Key]:
@@ -317,8 +355,11 @@ def _monte_carlo_keys(option1: str, option2: str, baseline: str) -> dict[str, Ke
                                          _DISCOUNTING.format(option1, option2)),
             # optimal: total_return only, q_control_variate: reward_to_go only (checked with the
             # algorithm: rlcli.algos.reinforce.check)
-            "estimator.baseline": Key("none", one_of("none", "mean", "value", "optimal", "q_control_variate"),
-                                      _BASELINE_HELP.format(baseline))}
+            "estimator.baseline": Key("none", one_of(*BASELINES), _BASELINE_HELP.format(baseline)),
+            "estimator.bootstrap_truncation": Key(
+                False, boolean(), "at a time-limit truncation add gamma V(s') to Phi's return (a critic is then "
+                                  "fitted); false: the truncation ends the return, the seed's finite-horizon objective "
+                                  "(000 eq. 3.1.1), whatever the baseline")}
 
 
 # the estimator= choices and their keys
@@ -356,5 +397,6 @@ def make_from_config(cfg, gamma: float) -> Estimator:
     if cfg.name == "nstep":
         return make("nstep", gamma, n=cfg.n)
     if cfg.name in MONTE_CARLO:
-        return make(cfg.name, gamma, discounting=cfg.discounting, baseline=cfg.baseline)
+        return make(cfg.name, gamma, discounting=cfg.discounting, baseline=cfg.baseline,
+                    bootstrap_truncation=cfg.bootstrap_truncation)
     return make(cfg.name, gamma)

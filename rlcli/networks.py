@@ -68,7 +68,8 @@ class ActorCritic(nn.Module):
 
 
 # the network= choices and their keys
-CHOICES = {"mlp": Choice("MLP actor-critic; shared: true = one torso for both heads, false = two networks (000 §4.4.1)", {
+CHOICES = {"mlp": Choice("MLP actor-critic; shared: true = one torso for both heads, false = two networks "
+                         "(000 §4.4.1)", {
     "network.hidden_sizes": Key([64, 64], int_list(), "units of each hidden layer"),
     "network.activation": Key("tanh", one_of("tanh", "relu", "elu", "gelu", "silu"), "the hidden layers' "
                                                                                      "activation"),

@@ -45,6 +45,11 @@ def track_episodes(stats: EpisodeStats, reward, terminated, truncated) -> Episod
     )
 
 
+def restart_running(stats: EpisodeStats) -> EpisodeStats:
+    """The episodes in flight abandoned (every column restarts): running return and length 0."""
+    return stats._replace(running_return=stats.running_return * 0, running_length=stats.running_length * 0)
+
+
 def reset_totals(stats: EpisodeStats) -> EpisodeStats:
     zero = stats.count * 0
     return stats._replace(count=zero, return_sum=zero, length_sum=zero)

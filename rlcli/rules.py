@@ -58,7 +58,8 @@ def with_defaults(keys: dict[str, Key], **defaults) -> dict[str, Key]:
         short = name.rsplit(".", 1)[-1]
         if short in defaults:
             value = defaults.pop(short)
-            key = key._replace(default=value[0], help=value[1]) if isinstance(value, tuple) else key._replace(default=value)
+            pair = value if isinstance(value, tuple) else (value, key.help)
+            key = key._replace(default=pair[0], help=pair[1])
         out[name] = key
         if out[name].default is REQUIRED:
             raise TypeError(f"{name} needs a default")

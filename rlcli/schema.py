@@ -119,6 +119,24 @@ def keys_of(cfg) -> dict[str, Key]:
     return keys
 
 
+def complete(cfg) -> list[str]:
+    """Give a saved run's config the keys declared after it was written, with their declared
+    defaults (in place; the config must not be in struct mode); returns the keys added. A key is
+    added with the default that keeps the behaviour of the runs before it, where there is one."""
+    from omegaconf import OmegaConf
+
+    from rlcli.rules import MISSING, get
+
+    try:
+        declared = keys_of(cfg)
+    except Exception:  # a config too damaged to say: validation names what is wrong
+        return []
+    added = [name for name, key in declared.items() if get(cfg, name) is MISSING and not name.endswith(".name")]
+    for name in added:
+        OmegaConf.update(cfg, name, declared[name].default, force_add=True)
+    return added
+
+
 def nested(values: dict[str, Any]) -> dict:
     """{"algo.gamma": 0.99} -> {"algo": {"gamma": 0.99}}"""
     out: dict = {}

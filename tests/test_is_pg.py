@@ -12,29 +12,29 @@ from conftest import compose, train
 from rlcli import config
 from rlcli.algos import is_pg, reinforce
 
-# column 0 starts fresh: episode A = t0-1 (terminated at t1), episode B = t2-4 (truncated at t4);
-# column 1 starts mid-episode: t0-1 are the rest of it (masked), episode t2-3 (terminated), t4
-# starts an episode the segment cuts (masked)
+# both columns start fresh (T = 5; episodes starting at t0 <= 2 are used). Column 0: episode A
+# = t0-1 (terminated at t1), episode B = t2-4 (truncated at t4). Column 1: episode C = t0-1
+# (terminated), D = t2-3 (terminated), t4 starts an episode the segment cuts (masked)
 TERM = jnp.array([[0, 0], [1, 1], [0, 0], [0, 1], [0, 0]], bool)
 TRUNC = jnp.array([[0, 0], [0, 0], [0, 0], [0, 0], [1, 0]], bool)
 RHO = jnp.array([[2.0, 5.0], [0.5, 5.0], [3.0, 0.5], [2.0, 4.0], [0.25, 7.0]])
-MASK, _ = reinforce.episode_mask(TERM, TRUNC, jnp.array([True, False]))
+MASK = reinforce.episode_mask(TERM, TRUNC, 2)
 
 
 @pytest.mark.parametrize("ratio,clip,expected", [
     # the ratio of step t alone; masked steps weigh 1
-    ("step", None, [[2, 1], [0.5, 1], [3, 0.5], [2, 4], [0.25, 1]]),
-    # products from the episode's first step to t: restart at t2 (after A's termination)
-    ("first_order", None, [[2, 1], [1, 1], [3, 0.5], [6, 2], [1.5, 1]]),
-    ("per_decision", None, [[2, 1], [1, 1], [3, 0.5], [6, 2], [1.5, 1]]),
-    # the whole episode's product on each of its steps: A 2 x 0.5, B 3 x 2 x 0.25, 0.5 x 4
-    ("trajectory", None, [[1, 1], [1, 1], [1.5, 2], [1.5, 2], [1.5, 1]]),
-    ("step", 2.0, [[2, 1], [0.5, 1], [2, 0.5], [2, 2], [0.25, 1]]),
-    ("first_order", 2.0, [[2, 1], [1, 1], [2, 0.5], [2, 2], [1.5, 1]]),  # clip after the product
-    ("trajectory", 1.25, [[1, 1], [1, 1], [1.25, 1.25], [1.25, 1.25], [1.25, 1]]),
+    ("step", None, [[2, 5], [0.5, 5], [3, 0.5], [2, 4], [0.25, 1]]),
+    # products from the episode's first step to t: restart at t2 (after A's and C's terminations)
+    ("first_order", None, [[2, 5], [1, 25], [3, 0.5], [6, 2], [1.5, 1]]),
+    ("per_decision", None, [[2, 5], [1, 25], [3, 0.5], [6, 2], [1.5, 1]]),
+    # the whole episode's product on each of its steps: A 2 x 0.5, B 3 x 2 x 0.25, C 5 x 5, D 0.5 x 4
+    ("trajectory", None, [[1, 25], [1, 25], [1.5, 2], [1.5, 2], [1.5, 1]]),
+    ("step", 2.0, [[2, 2], [0.5, 2], [2, 0.5], [2, 2], [0.25, 1]]),
+    ("first_order", 2.0, [[2, 2], [1, 2], [2, 0.5], [2, 2], [1.5, 1]]),  # clip after the product
+    ("trajectory", 1.25, [[1, 1.25], [1, 1.25], [1.25, 1.25], [1.25, 1.25], [1.25, 1]]),
 ])
 def test_importance_weights_hand_computed(ratio, clip, expected):
-    assert MASK.astype(int).tolist() == [[1, 0], [1, 0], [1, 1], [1, 1], [1, 0]]
+    assert MASK.astype(int).tolist() == [[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]]
     weights = is_pg.importance_weights(jnp.log(RHO), TERM, TRUNC, MASK, ratio, clip)
     np.testing.assert_allclose(weights, expected, rtol=1e-6)
 
@@ -135,7 +135,7 @@ def test_bad_input():
     # the baselines that only REINFORCE implements (rlcli.algos.reinforce.OWN_BASELINES)
     assert _error(["estimator=total_return", "estimator.baseline=optimal"]) == (
         "estimator.baseline=optimal does not fit algo=is_pg (allowed with algo=is_pg: "
-        "estimator.baseline=none, mean, value)")
+        "estimator.baseline=none, mean, leave_one_out, value)")
     message = _error(["env=CartPole-v1", "algo.num_steps=200"])
     assert message.startswith("algo.num_steps=200 is not allowed (allowed with algo=is_pg and env.id='CartPole-v1'")
     with pytest.raises(ValueError, match="ratio='full' is not allowed"):

@@ -19,33 +19,54 @@ TERM = jnp.array([0, 1, 0, 0, 0, 0], bool)
 TRUNC = jnp.array([0, 0, 0, 1, 0, 0], bool)
 
 
-def _phi(name, discounting, baseline):
-    fn = estimators.make(name, 0.5, discounting=discounting, baseline=baseline)
+def _phi(name, discounting, baseline, bootstrap=False):
+    fn = estimators.make(name, 0.5, discounting=discounting, baseline=baseline, bootstrap_truncation=bootstrap)
     return [np.asarray(x) for x in fn(R, V, NV, TERM, TRUNC)]
 
 
-@pytest.mark.parametrize("name,discounting,baseline,expected", [
+@pytest.mark.parametrize("name,discounting,baseline,bootstrap,expected", [
     # G_t, gamma 0.5, no bootstrap: [1+.5*2, 2, 3+.5*4, 4, 5+.5*6, 6]
-    ("reward_to_go", "option1", "none", [2, 2, 5, 4, 8, 6]),
+    ("reward_to_go", "option1", "none", False, [2, 2, 5, 4, 8, 6]),
     # x gamma^(t-t0): w = [1, .5, 1, .5, 1, .5]
-    ("reward_to_go", "option2", "none", [2, 1, 5, 2, 8, 3]),
-    ("reward_to_go", "option1", "mean", [2, 2, 5, 4, 8, 6]),  # the mean is the algorithm's
+    ("reward_to_go", "option2", "none", False, [2, 1, 5, 2, 8, 3]),
+    ("reward_to_go", "option1", "mean", False, [2, 2, 5, 4, 8, 6]),  # the mean is the algorithm's
+    # the value baseline alone changes no return: G minus V = [2-.5, 2-1, 5-1.5, 4-2, 8-2.5, 6-3]
+    ("reward_to_go", "option1", "value", False, [1.5, 1, 3.5, 2, 5.5, 3]),
+    ("reward_to_go", "option2", "value", False, [1.5, 0.5, 3.5, 1, 5.5, 1.5]),  # w G - w V
     # bootstrap at the truncation (4 + .5*40 = 24) and the segment end (6 + .5*60 = 36), not
-    # at the termination: G = [2, 2, 15, 24, 23, 36], minus V
-    ("reward_to_go", "option1", "value", [1.5, 1, 13.5, 22, 20.5, 33]),
-    ("reward_to_go", "option2", "value", [1.5, 0.5, 13.5, 11, 20.5, 16.5]),
-    ("total_return", "option1", "none", [3, 3, 7, 7, 11, 11]),  # undiscounted R(tau)
-    ("total_return", "option2", "none", [2, 2, 5, 5, 8, 8]),  # sum gamma^(t-t0) r_t
-    # R(tau) + V(s') (weight 1) where it bootstraps: [3, 3+4+40, 5+6+60] minus V
-    ("total_return", "option1", "value", [2.5, 2, 45.5, 45, 68.5, 68]),
+    # at the termination: G = [2, 2, 15, 24, 23, 36]
+    ("reward_to_go", "option1", "none", True, [2, 2, 15, 24, 23, 36]),
+    ("reward_to_go", "option1", "value", True, [1.5, 1, 13.5, 22, 20.5, 33]),
+    ("reward_to_go", "option2", "value", True, [1.5, 0.5, 13.5, 11, 20.5, 16.5]),
+    ("total_return", "option1", "none", False, [3, 3, 7, 7, 11, 11]),  # undiscounted R(tau)
+    ("total_return", "option2", "none", False, [2, 2, 5, 5, 8, 8]),  # sum gamma^(t-t0) r_t
+    ("total_return", "option1", "value", False, [2.5, 2, 5.5, 5, 8.5, 8]),  # R(tau) - V
+    ("total_return", "option2", "value", False, [1.5, 1.5, 3.5, 4, 5.5, 6.5]),  # minus gamma^(t-t0) V
+    # R(tau) + V(s') (weight 1) where it bootstraps: [3, 3+4+40, 5+6+60] (minus V)
+    ("total_return", "option1", "none", True, [3, 3, 47, 47, 71, 71]),
+    ("total_return", "option1", "value", True, [2.5, 2, 45.5, 45, 68.5, 68]),
     # [2, 15, 23] minus gamma^(t-t0) V
-    ("total_return", "option2", "value", [1.5, 1.5, 13.5, 14, 20.5, 21.5]),
+    ("total_return", "option2", "value", True, [1.5, 1.5, 13.5, 14, 20.5, 21.5]),
 ])
-def test_monte_carlo_hand_computed(name, discounting, baseline, expected):
-    phi, targets = _phi(name, discounting, baseline)
+def test_monte_carlo_hand_computed(name, discounting, baseline, bootstrap, expected):
+    phi, targets = _phi(name, discounting, baseline, bootstrap)
     np.testing.assert_allclose(phi, expected, rtol=1e-6)
-    bootstrapped = [2, 2, 15, 24, 23, 36] if baseline == "value" else [2, 2, 5, 4, 8, 6]
-    np.testing.assert_allclose(targets, bootstrapped, rtol=1e-6)  # the critic's target G_t
+    # the critic's target G_t bootstraps whenever a critic is fitted (a value baseline or a bootstrap)
+    bootstrapped = [2, 2, 15, 24, 23, 36] if baseline == "value" or bootstrap else [2, 2, 5, 4, 8, 6]
+    np.testing.assert_allclose(targets, bootstrapped, rtol=1e-6)
+
+
+def test_a_baseline_changes_only_the_variance():
+    """The issue's case: a 3-step truncated episode with V(final obs) = 50 and V = 0 elsewhere
+    gets Phi = [3, 3, 3] (rewards 1 each, total return) with every baseline but value, which
+    subtracts V(s_t) = 0: the same; 53 only with bootstrap_truncation."""
+    r, v, nv = jnp.ones(3), jnp.zeros(3), jnp.array([0.0, 0.0, 50.0])
+    term, trunc = jnp.zeros(3, bool), jnp.array([False, False, True])
+    for baseline in ("none", "mean", "leave_one_out", "value", "optimal"):
+        phi, _ = estimators.total_return(r, v, nv, term, trunc, gamma=1.0, baseline=baseline)
+        np.testing.assert_allclose(phi, [3, 3, 3])
+    phi, _ = estimators.total_return(r, v, nv, term, trunc, gamma=1.0, baseline="none", bootstrap_truncation=True)
+    np.testing.assert_allclose(phi, [53, 53, 53])
 
 
 def test_reward_to_go_matches_rlax_and_nstep():
@@ -58,16 +79,18 @@ def test_reward_to_go_matches_rlax_and_nstep():
     phi, _ = estimators.reward_to_go(r, v, nv, term, trunc, gamma=gamma)
     reference = rlax.discounted_returns(r, gamma * (1.0 - done.astype(np.float32)), 0.0)
     np.testing.assert_allclose(phi, reference, rtol=1e-5, atol=1e-5)
-    # with the value baseline it is the n-step return to the end of the segment (A3C)
-    adv, targets = estimators.reward_to_go(r, v, nv, term, trunc, gamma=gamma, baseline="value")
+    # bootstrapped, with the value baseline it is the n-step return to the end of the segment (A3C)
+    adv, targets = estimators.reward_to_go(r, v, nv, term, trunc, gamma=gamma, baseline="value",
+                                           bootstrap_truncation=True)
     adv_n, targets_n = estimators.nstep(r, v, nv, term, trunc, gamma=gamma)
     np.testing.assert_allclose(adv, adv_n, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(targets, targets_n, rtol=1e-5, atol=1e-5)
 
 
 def test_reinforce_with_gae_lambda_1_is_reward_to_go_minus_value(tmp_path):
-    """estimator=gae with lambda=1 is the Monte-Carlo return minus V (000 eq. 4.2.7), so one
-    REINFORCE update with it gives the parameters of reward_to_go with the value baseline."""
+    """estimator=gae with lambda=1 is the Monte-Carlo return minus V (000 eq. 4.2.7), bootstrapped
+    at truncation, so one REINFORCE update with it gives the parameters of reward_to_go with the
+    value baseline and bootstrap_truncation."""
     import jax
 
     from rlcli import train as training
@@ -81,48 +104,94 @@ def test_reinforce_with_gae_lambda_1_is_reward_to_go_minus_value(tmp_path):
         return jax.tree.leaves(state.learner.params)
 
     for a, b in zip(one_update(["estimator=gae", "estimator.lambda=1.0"]),
-                    one_update(["estimator=reward_to_go", "estimator.baseline=value"])):
+                    one_update(["estimator=reward_to_go", "estimator.baseline=value",
+                                "estimator.bootstrap_truncation=true"])):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
-def test_mean_baseline_over_used_steps():
-    phi = jnp.array([[2.0, 10.0], [4.0, 99.0]])
-    mask = jnp.array([[1, 1], [1, 0]])
-    b = (2 + 10 + 4) / 3
-    np.testing.assert_allclose(estimators.subtract_mean(phi, mask), phi - b, rtol=1e-6)
+def test_mean_baseline_is_a_mean_over_episodes():
+    """The issue's case: one column, a 1-step episode (R = 1) then a 3-step one (R = 3): the mean
+    of eq. 3.1.11 over the batch's episodes is b = 2 (a mean over the 4 steps would give 2.5)."""
+    term = jnp.array([[1], [0], [0], [1]], bool)
+    trunc = jnp.zeros_like(term)
+    phi = jnp.array([[1.0], [3.0], [3.0], [3.0]])  # R(tau) on every step of its episode
+    got = estimators.subtract_mean_baseline(phi, term, trunc, jnp.ones((4, 1)), per_step=False)
+    np.testing.assert_allclose(got[:, 0], [1 - 2, 3 - 2, 3 - 2, 3 - 2])
+    # leave-one-out: each episode's b is the other's return
+    got = estimators.subtract_mean_baseline(phi, term, trunc, jnp.ones((4, 1)), per_step=False, leave_one_out=True)
+    np.testing.assert_allclose(got[:, 0], [1 - 3, 3 - 1, 3 - 1, 3 - 1])
+
+
+def test_reward_to_go_mean_baseline_is_per_step_of_the_episode():
+    """b_t is the mean over the used episodes of their reward-to-go at the same step j of the
+    episode, over the episodes still running at j. Column 0: episodes of 2 and 3 steps; column
+    1: one of 4 steps, then a masked step. Reward-to-go G per step: col 0 [5, 2 | 9, 4, 1],
+    col 1 [7, 6, 3, 1, 8(masked)]."""
+    term = jnp.array([[0, 0], [1, 0], [0, 0], [0, 1], [1, 0]], bool)
+    G = jnp.array([[5.0, 7.0], [2.0, 6.0], [9.0, 3.0], [4.0, 1.0], [1.0, 8.0]])
+    mask = jnp.array([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]], jnp.float32)
+    got = np.asarray(estimators.subtract_mean_baseline(G, term, jnp.zeros_like(term), mask, per_step=True))
+    # j = 0: episodes' G 5, 9, 7 -> 7; j = 1: 2, 4, 6 -> 4; j = 2: 1, 3 -> 2; j = 3: 1 -> 1
+    expected = [[5 - 7, 7 - 7], [2 - 4, 6 - 4], [9 - 7, 3 - 2], [4 - 4, 1 - 1], [1 - 2, None]]
+    for t in range(5):
+        for n in range(2):
+            if expected[t][n] is not None:
+                assert got[t, n] == pytest.approx(expected[t][n]), (t, n)
+    loo = np.asarray(estimators.subtract_mean_baseline(G, term, jnp.zeros_like(term), mask, per_step=True,
+                                                       leave_one_out=True))
+    # j = 0 for col 0's first episode: (9 + 7) / 2 = 8; j = 3 has one episode: b = 0
+    assert loo[0, 0] == pytest.approx(5 - 8) and loo[3, 1] == pytest.approx(1 - 0)
+    assert loo[4, 0] == pytest.approx(1 - 3)  # j = 2 of col 0's second episode: the other is 3
 
 
 def test_episode_mask_hand_computed():
-    # column 0 starts fresh: episode t0-1 used, t2-4 cut by the segment's end; column 1 starts
-    # mid-episode: its rest (t0) is dropped, t1-3 used, t4 dropped
-    done = jnp.array([[0, 1], [1, 0], [0, 0], [0, 1], [0, 0]], bool)
-    mask, fresh = reinforce.episode_mask(done, jnp.zeros_like(done), jnp.array([True, False]))
-    np.testing.assert_array_equal(mask, [[1, 0], [1, 1], [0, 1], [0, 1], [0, 0]])
-    np.testing.assert_array_equal(fresh, [False, False])
+    """Columns start fresh at t = 0; with T = 8 and a time limit L = 5, the episodes starting at
+    t0 <= 3 are used. Column 0: episodes [0-1], [2-4], [5-7]: the third starts at 5, not used.
+    Column 1: [0-3], [4-5], [6-7]: only the first. Column 2: [0-4] then an unfinished one."""
+    done = np.zeros((8, 3), bool)
+    done[[1, 4, 7], 0] = True
+    done[[3, 5, 7], 1] = True
+    done[4, 2] = True
+    mask = reinforce.episode_mask(jnp.asarray(done), jnp.zeros((8, 3), bool), 8 - 5)
+    np.testing.assert_array_equal(np.asarray(mask, int).T, [[1, 1, 1, 1, 1, 0, 0, 0],
+                                                            [1, 1, 1, 1, 0, 0, 0, 0],
+                                                            [1, 1, 1, 1, 1, 0, 0, 0]])
 
 
-def test_episode_mask_uses_exactly_the_whole_episodes_of_each_segment():
-    """A stream of episodes cut into segments of T steps with `fresh` carried: the used steps
-    are exactly those of the episodes lying wholly inside one segment (a Python reference)."""
+def test_episode_batches_have_no_length_bias():
+    """Synthetic episodes of 500 steps (probability 0.8) and 100 steps (0.2), i.i.d., fill
+    2,048 columns that start fresh at t = 0 (T = 1000, time limit 500). The share of short
+    episodes among the used ones is the i.i.d. share 0.2 within 3 standard errors. The rule it
+    replaces (columns going on from one rollout to the next, T = 500, an episode used when it
+    starts and ends inside one rollout) gives about 0.5, far outside."""
     rng = np.random.default_rng(0)
-    T, num_segments = 12, 30
-    lengths = rng.integers(1, T + 1, size=200)
-    ends = np.cumsum(lengths) - 1
-    ends = ends[ends < T * num_segments]
-    done = np.zeros(T * num_segments, bool)
-    done[ends] = True
-    expected = np.zeros_like(done)
-    start = 0
-    for end in ends:
-        if start // T == end // T:  # starts (at a reset) and ends in the same segment
-            expected[start:end + 1] = True
-        start = end + 1
-    fresh = jnp.array([True])
-    for s in range(num_segments):
-        seg = jnp.asarray(done[s * T:(s + 1) * T, None])
-        mask, fresh = reinforce.episode_mask(seg, jnp.zeros_like(seg), fresh)
-        np.testing.assert_array_equal(mask[:, 0], expected[s * T:(s + 1) * T])
-    assert expected.sum() > T * num_segments / 3
+    T, L, columns = 1000, 500, 2048
+    done = np.zeros((T, columns), bool)
+    short_start = np.zeros((T, columns), bool)  # the episode starting here is a short one
+    for n in range(columns):
+        t = 0
+        while t < T:
+            length = 100 if rng.random() < 0.2 else 500
+            short_start[t, n] = length == 100
+            if t + length - 1 < T:
+                done[t + length - 1, n] = True
+            t += length
+    mask = np.asarray(reinforce.episode_mask(jnp.asarray(done), jnp.zeros_like(done), T - L))
+    starts = np.concatenate([np.ones((1, columns), bool), done[:-1]], axis=0)
+    used = starts & mask
+    share = short_start[used].mean()
+    se = np.sqrt(0.2 * 0.8 / used.sum())
+    assert abs(share - 0.2) < 3 * se, (share, se, used.sum())
+    # the old rule, on a stream of episodes per column cut into rollouts of 500 steps
+    old_short = old_all = 0
+    for n in range(256):
+        start = 0
+        while start < 20 * 500:
+            length = 100 if rng.random() < 0.2 else 500
+            if start // 500 == (start + length - 1) // 500:
+                old_all, old_short = old_all + 1, old_short + (length == 100)
+            start += length
+    assert old_short / old_all - 0.2 > 10 * np.sqrt(0.2 * 0.8 / old_all), old_short / old_all
 
 
 def _error(overrides):
@@ -137,7 +206,8 @@ def test_bad_input():
     message = _error(["algo=sac", "estimator=gae"])
     assert "estimator=gae does not fit algo=sac" in message
     assert _error(["algo=reinforce", "estimator.baseline=bogus"]) == (
-        "estimator.baseline='bogus' is not allowed (allowed: one of none, mean, value, optimal, q_control_variate)")
+        "estimator.baseline='bogus' is not allowed (allowed: one of none, mean, leave_one_out, value, optimal, "
+        "q_control_variate)")
     assert _error(["algo=reinforce", "estimator=reward_to_go", "estimator.baseline=optimal"]) == (
         "estimator.baseline=optimal does not fit estimator=reward_to_go (allowed with estimator.baseline=optimal: "
         "estimator=total_return; 000 eq. 3.1.17 is defined for the whole-trajectory return)")
@@ -145,7 +215,8 @@ def test_bad_input():
     assert message.startswith("estimator.baseline=q_control_variate does not fit estimator=total_return "
                               "(allowed with estimator.baseline=q_control_variate: estimator=reward_to_go")
     assert _error(["algo=is_pg", "estimator=total_return", "estimator.baseline=optimal"]) == (
-        "estimator.baseline=optimal does not fit algo=is_pg (allowed with algo=is_pg: estimator.baseline=none, mean, value)")
+        "estimator.baseline=optimal does not fit algo=is_pg (allowed with algo=is_pg: estimator.baseline=none, mean, "
+        "leave_one_out, value)")
     assert "estimator.discounting='option3'" in _error(["algo=reinforce", "estimator.discounting=option3"])
     assert "algo.num_steps=200 is not allowed" in _error(["algo=reinforce", "algo.num_steps=200"])
 
@@ -277,7 +348,7 @@ def _synthetic(overrides, T=6, seed=0):
 
 
 def test_reinforce_optimal_baseline_update_matches_per_episode_reference():
-    """The update with estimator.baseline=optimal is -(1/n_used) sum_i g_i (R_i - b_{-i}), g_i
+    """The update with estimator.baseline=optimal is -(1/(T N)) sum_i g_i (R_i - b_{-i}), g_i
     from a per-episode jax.grad of sum_t log pi (a loop over the batch's whole episodes),
     R_i the undiscounted return, b_{-i} leave-one-out per component (numpy)."""
     import jax
@@ -301,15 +372,16 @@ def test_reinforce_optimal_baseline_update_matches_per_episode_reference():
         num, den = (g[others] ** 2 * R[others, None]).sum(0), (g[others] ** 2).sum(0)
         b = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
         expected += g[i] * (R[i] - b)
-    expected = -expected / 7  # 7 used steps
+    expected = -expected / 12  # the sum over the used steps / (T x N) = 6 x 2
     np.testing.assert_allclose(flat(grads), expected, rtol=2e-3, atol=1e-6)
     assert np.abs(expected).max() > 1e-3 and math.isfinite(metrics["train/optimal_baseline"])
 
 
 def test_reinforce_q_control_variate_update_matches_hand_formula():
     """Discrete actions: the policy gradient of estimator.baseline=q_control_variate is
-    (1/n) sum_t [grad log pi(a_t|s_t) (G_t - Q(s_t, a_t)) + sum_a grad pi(a|s_t) Q(s_t, a)] (000 eq.
-    4.2.6) and Q's gradient that of vf_coef/2 mean (Q(s_t, a_t) - G_t)^2."""
+    (1/(T N)) sum over the used steps t of [grad log pi(a_t|s_t) (G_t - Q(s_t, a_t))
+    + sum_a grad pi(a|s_t) Q(s_t, a)] (000 eq. 4.2.6) and Q's gradient that of
+    vf_coef/2 mean (Q(s_t, a_t) - G_t)^2."""
     import jax
 
     from rlcli import networks
@@ -318,7 +390,7 @@ def test_reinforce_q_control_variate_update_matches_hand_formula():
                                                      "algo.gamma=0.9", "algo.vf_coef=0.5"])
     network = networks.make(cfg.network, spec)
     q_net = networks.QNetwork(2, True, (8,), cfg.network.activation)
-    mask, _ = reinforce.episode_mask(batch.terminated, batch.truncated, jnp.ones(2, bool))
+    mask = reinforce.episode_mask(batch.terminated, batch.truncated, 1000 - 500)
     G = estimators.batched(estimators.make("reward_to_go", 0.9))(batch.reward, batch.value, batch.value,
                                                                   batch.terminated, batch.truncated)[0]
     used = [(t, n) for t in range(6) for n in range(2) if mask[t, n]]
@@ -330,7 +402,7 @@ def test_reinforce_q_control_variate_update_matches_hand_formula():
             pi = jax.nn.softmax(network.apply(ac, batch.obs[t, n])[0])
             a = int(batch.action[t, n])
             total += jnp.log(pi[a]) * float(G[t, n] - q_all[t, n, a]) + jnp.sum(pi * q_all[t, n])
-        return total / len(used)
+        return total / mask.size  # the sum over the used steps / (T x N)
 
     def q_loss(qp):
         q = q_net.apply(qp, batch.obs)

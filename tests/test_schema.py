@@ -119,3 +119,21 @@ def test_with_defaults_refuses_a_missing_or_unknown_default():
     keys = with_defaults(OPTIMIZER_KEYS, learning_rate=(1e-3, "the help"))
     assert keys["algo.learning_rate"].default == 1e-3 and keys["algo.learning_rate"].help == "the help"
     assert keys["algo.eps"] == OPTIMIZER_KEYS["algo.eps"]
+
+
+def test_a_run_saved_before_a_key_existed_gets_its_default():
+    """A saved config without keys declared later (estimator.bootstrap_truncation, an algo key,
+    a network key) is completed with their declared defaults and validates; the run's own
+    values stay."""
+    from rlcli import config, schema
+
+    data = OmegaConf.to_container(compose(["algo=reinforce", "algo.learning_rate=0.005"]), resolve=True)
+    del data["estimator"]["bootstrap_truncation"], data["algo"]["anneal_lr"], data["network"]["log_std_init"]
+    old = OmegaConf.create(data)
+    with pytest.raises(config.ConfigError, match="is missing"):
+        config.validate(old)
+    added = schema.complete(old)
+    assert sorted(added) == ["algo.anneal_lr", "estimator.bootstrap_truncation", "network.log_std_init"]
+    assert old.estimator.bootstrap_truncation is False and old.algo.anneal_lr is False
+    assert old.algo.learning_rate == 0.005
+    config.validate(old)

@@ -48,14 +48,13 @@ import optax
 from rlcli import estimators, losses
 from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, MONTE_CARLO_ESTIMATORS, OPTIMIZER_KEYS, Algorithm, Batch,
                          actor_critic_policy, make_optimizer, reinforce)
-from rlcli.algos.reinforce import ReinforceState, episode_mask
+from rlcli.algos.reinforce import ReinforceState, episode_mask, subtract_baseline
 from rlcli.errors import ConfigError
 from rlcli.rules import Key, int_at_least, one_of, optional_positive, with_defaults
 
 RATIOS = ("trajectory", "per_decision", "first_order", "step")
 KEYS = {
-    **with_defaults(BASE_KEYS, num_steps=(500, "T: steps per env per update; must be >= the env's time limit (only episodes "
-                                 "that start and end inside a rollout are used; others masked)")),
+    **{name: reinforce.KEYS[name] for name in BASE_KEYS},  # REINFORCE's rollout length and gamma
     "algo.num_epochs": Key(4, int_at_least(1), "K: gradient steps on each batch (1: REINFORCE)"),
     "algo.ratio": Key("first_order", one_of(*RATIOS),
                       "trajectory: prod of all the episode's ratios on every score (000 eq. 3.2.7) | per_decision: "
@@ -74,6 +73,7 @@ ESTIMATORS = MONTE_CARLO_ESTIMATORS
 ESTIMATOR = "reward_to_go"
 SETS = {"estimator.baseline": "value"}
 ACTION_SPACES = ("discrete", "continuous")
+FRESH_EPISODES = True  # REINFORCE's episode batching (rlcli.algos.reinforce)
 
 
 def check(cfg, spec) -> None:
@@ -153,20 +153,20 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     baseline = str(cfg.estimator.get("baseline", "none"))
     tx = make_optimizer(algo, num_updates * epochs)  # one optimizer step per epoch
     network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
-    vf_coef = algo.vf_coef if baseline == "value" else 0.0  # the critic is fitted when Phi uses it
+    # the critic is fitted when Phi uses it: a value baseline or a bootstrap at truncation
+    vf_coef = algo.vf_coef if baseline == "value" or cfg.estimator.bootstrap_truncation else 0.0
     ent_coef = algo.ent_coef
     normalize_advantages = algo.normalize_advantages
-    num_envs = cfg.num_envs
+    last_start = cfg.algo.num_steps - spec.max_episode_steps
 
     def init(key):
-        return ReinforceState(*base_init(key)[:3], fresh=jnp.ones((num_envs,), bool))
+        return ReinforceState(*base_init(key)[:3])
 
     def phi(reward, values, next_values, batch: Batch, mask):
         """REINFORCE's Phi_t (and the critic's targets) over [T, N]: estimator, baseline,
         standardisation, zero on unused steps."""
         advantages, targets = estimator(reward, values, next_values, batch.terminated, batch.truncated)
-        if baseline == "mean":
-            advantages = estimators.subtract_mean(advantages, mask)
+        advantages = subtract_baseline(advantages, batch, mask, cfg.estimator.name, baseline)
         if normalize_advantages:
             advantages = losses.normalize(advantages, mask=mask)
         return advantages * mask, targets
@@ -182,7 +182,8 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
             score_weights = jnp.ones_like(weights)
         else:
             score_weights = weights
-        policy_loss = losses.policy_gradient_loss(log_prob, score_weights * advantages, mask)
+        # the sum over the used steps / (T x N), as REINFORCE's (rlcli.algos.reinforce)
+        policy_loss = losses.policy_gradient_loss(log_prob, score_weights * advantages * mask)
         critic_loss = losses.value_loss(values, targets, mask)
         entropy = losses.entropy_bonus(dist.entropy(dist_params), mask)
         loss = policy_loss + vf_coef * critic_loss - ent_coef * entropy
@@ -199,8 +200,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
 
     def update(learner: ReinforceState, batch: Batch, key):
         del key  # deterministic given the batch
-        mask, fresh = episode_mask(batch.terminated, batch.truncated, learner.fresh)
-        mask = mask.astype(jnp.float32)
+        mask = episode_mask(batch.terminated, batch.truncated, last_start).astype(jnp.float32)
         # Phi and the critic's targets: once per batch, with the behaviour parameters
         _, values = network.apply(learner.params, batch.obs)
         _, next_values = network.apply(learner.params, batch.next_obs)
@@ -221,6 +221,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         metrics["train/advantage_mean"] = losses.mean(advantages, mask)
         metrics["train/used_fraction"] = jnp.mean(mask)
         metrics["train/episodes"] = jnp.sum(done * mask)
-        return ReinforceState(params, opt_state, learner.update_step + 1, fresh), metrics
+        return ReinforceState(params, opt_state, learner.update_step + 1), metrics
 
     return Algorithm(init, act, update)

@@ -11,19 +11,26 @@ discounted reward-to-go G_t). With `estimator=td|nstep|gae` Phi_t is the critic-
 advantage of 000 eq. 4.1.4 / 4.2.8 / 4.2.10 over the same whole-episode batch, the critic
 fitted to that estimator's targets. Shared or two-network design as `network.shared`.
 
-Episode batching. The runner steps `num_envs` columns for `algo.num_steps` steps per update
-and auto-resets; a column goes on from where the last update left it. A step is *used* only
-if its episode both starts inside this segment at a reset and ends inside it (termination or
-time limit): a column's first step counts as a start only when the previous segment's last
-step ended an episode (`fresh`, carried in the learner state; true after the initial reset).
-Every complete episode of the segment is used, so the batch holds Alg. 15's trajectories
-{tau^i}, each sampled whole from the current policy; the partial episode at the end of a
-column (and the rest of one already running at its start) is masked out and contributes
-nothing. `algo.num_steps` must be at least the env's time limit, so an episode that starts
-at a column's first step always ends inside it (with a converged CartPole policy every
-segment is then exactly one 500-step episode per column). The step budget (`total_steps`,
-`env_steps`) counts every step taken, masked ones included; `train/used_fraction` is the
-share used, `train/episodes` the number of episodes per update.
+Episode batching (`FRESH_EPISODES`: the loops reset every column at the start of each
+rollout). A column of T = `algo.num_steps` steps starts a fresh episode at t = 0 and
+auto-resets; an episode is *used* when it starts at t0 <= T - L, L the env's time limit, so
+that it always ends inside the rollout. Whether an episode is used is decided by the episodes
+before it in its column, never by its own length: the used episodes are i.i.d. trajectories
+of the current policy, Alg. 15's {tau^i} (keeping the episodes that happen to end inside a
+rollout would favour short ones). The first episode of every column is always used; the rest
+of the column after the last used episode is masked out and costs samples (about half of
+them while episodes are much shorter than L with T = 2L; none once they last L/2 or more).
+`algo.num_steps` must be at least L. The step budget (`total_steps`, `env_steps`) counts every
+step taken, masked ones included; `train/used_fraction` is the share used, `train/episodes`
+the number of episodes per update.
+
+The policy loss sums over the used steps and divides by T x num_envs, a constant, so that the
+gradient's expectation is a fixed multiple of grad J (by Wald's identity the expected sum over
+the used episodes is E[#episodes] grad J); dividing by the number of used steps, which depends
+on the episodes' lengths, would bias its direction. `estimator.baseline=mean` is the mean over
+the batch's episodes (000 eq. 3.1.11; per step of the episode for the reward-to-go) and
+`leave_one_out` the same over the other episodes (unbiased);
+`estimators.subtract_mean_baseline`.
 
 Two more baselines, each refused where the seed does not define it (`check`):
 
@@ -58,8 +65,9 @@ from rlcli.algos import (ACTOR_CRITIC_KEYS, BASE_KEYS, MONTE_CARLO_ESTIMATORS, O
 from rlcli.rules import with_defaults
 
 KEYS = with_defaults({**BASE_KEYS, **OPTIMIZER_KEYS, **ACTOR_CRITIC_KEYS},
-                     num_steps=(500, "T: steps per env per update; must be >= the env's time limit (only episodes "
-                                 "that start and end inside a rollout are used; others masked)"),
+                     num_steps=(1000, "T: steps per env per update, at least the env's time limit L: every column "
+                                  "starts a fresh episode, and the episodes starting at t <= T - L are used; 2L "
+                                  "keeps at least about half the steps"),
                      learning_rate=1.0e-3,
                      vf_coef=(0.5, "weight of the critic's loss (used with estimator.baseline=value or "
                                    "estimator=td|nstep|gae)"),
@@ -68,13 +76,13 @@ ESTIMATORS = MONTE_CARLO_ESTIMATORS + ON_POLICY_ESTIMATORS
 ESTIMATOR = "reward_to_go"
 SETS = {"estimator.baseline": "value"}
 ACTION_SPACES = ("discrete", "continuous")
+FRESH_EPISODES = True  # every rollout starts a fresh episode in each column (rlcli.loops)
 
 
 class ReinforceState(NamedTuple):
     params: Any
     opt_state: Any
     update_step: jax.Array
-    fresh: jax.Array  # [N] bool: the column's next step is the first of an episode
 
 
 # baselines that only algo=reinforce implements (algorithms that share `check`, e.g. is_pg, refuse them)
@@ -89,18 +97,22 @@ def check(cfg, spec) -> None:
     from rlcli.rules import format_value
 
     limit = spec.max_episode_steps
-    if limit is not None and cfg.algo.num_steps < int(limit):
+    name = cfg.algo.name
+    if limit is None:
+        raise ConfigError(f"env.id={spec.id!r} has no time limit, which algo={name} needs (allowed with "
+                          f"algo={name}: an env with a time limit, e.g. a gymnasium id registered with "
+                          "max_episode_steps): a rollout must hold whole episodes")
+    if cfg.algo.num_steps < int(limit):
         raise ConfigError(
             f"algo.num_steps={format_value(cfg.algo.num_steps)} is not allowed (allowed with "
-            f"algo=reinforce and env.id={spec.id!r}: an integer >= its time limit {limit}, so "
+            f"algo={name} and env.id={spec.id!r}: an integer >= its time limit {limit}, so "
             "that an episode starting with a rollout ends inside it)")
     baseline = str(cfg.estimator.get("baseline", "none"))
     if baseline not in OWN_BASELINES:
         return
-    name = cfg.algo.name
     if name != "reinforce":
         raise ConfigError(f"estimator.baseline={baseline} does not fit algo={name} (allowed with "
-                          f"algo={name}: estimator.baseline=none, mean, value)")
+                          f"algo={name}: estimator.baseline=none, mean, leave_one_out, value)")
     needed = BASELINE_ESTIMATOR[baseline]
     if cfg.estimator.name != needed:
         why = ("000 eq. 3.1.17 is defined for the whole-trajectory return" if baseline == "optimal"
@@ -127,15 +139,25 @@ def episode_scores(log_prob_fn, params, obs, action, mask, slots, num_slots: int
         g * mask.reshape((-1,) + (1,) * (g.ndim - 1)), slots, num_segments=num_slots), per_step)
 
 
-def episode_mask(terminated: jax.Array, truncated: jax.Array, fresh: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """[T, N] flags -> (mask [T, N]: the step belongs to an episode that starts at a reset inside
-    the segment and ends inside it, next `fresh` [N]: the segment's last step ended an
-    episode). `fresh` [N] says whether the segment's first step starts an episode."""
+def episode_mask(terminated: jax.Array, truncated: jax.Array, last_start: int) -> jax.Array:
+    """[T, N] flags of a rollout whose columns start fresh episodes at t = 0 -> mask [T, N]: the
+    step belongs to an episode that starts at t0 <= `last_start` (T - L: it then ends inside the
+    rollout; the first episode always counts). Only the earlier episodes of a column decide
+    whether an episode counts, never its own length. (The mask also requires the episode to end
+    inside the rollout, which the time limit guarantees.)"""
     done = jnp.logical_or(terminated, truncated).astype(jnp.int32)
-    ended_before = jnp.cumsum(done, axis=0) - done  # episode ends strictly before t
     ends_from_here = jnp.cumsum(done[::-1], axis=0)[::-1]  # episode ends at t or later
-    started_here = jnp.logical_or(fresh[None, :], ended_before > 0)
-    return jnp.logical_and(started_here, ends_from_here > 0), done[-1].astype(bool)
+    start = jnp.arange(done.shape[0])[:, None] - estimators.episode_steps(terminated, truncated)
+    return jnp.logical_and(start <= last_start, ends_from_here > 0)
+
+
+def subtract_baseline(phi, batch: Batch, mask, estimator_name: str, baseline: str):
+    """Phi minus the batch baselines `mean` and `leave_one_out` (the others: Phi as it is)."""
+    if baseline not in ("mean", "leave_one_out"):
+        return phi
+    return estimators.subtract_mean_baseline(phi, batch.terminated, batch.truncated, mask,
+                                             per_step=estimator_name == "reward_to_go",
+                                             leave_one_out=baseline == "leave_one_out")
 
 
 def make(spec, cfg, num_updates: int) -> Algorithm:
@@ -145,16 +167,18 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     baseline = str(cfg.estimator.get("baseline", "none"))
     option2 = str(cfg.estimator.get("discounting", "option1")) == "option2"
+    last_start = cfg.algo.num_steps - spec.max_episode_steps
     gamma = algo.gamma
     tx = make_optimizer(algo, num_updates)
     network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
-    # the critic is fitted when Phi uses it: a value baseline, or td / nstep / gae
-    uses_critic = baseline == "value" or cfg.estimator.name in ON_POLICY_ESTIMATORS
+    # the critic is fitted when Phi uses it: a value baseline, a bootstrap at truncation, or
+    # td / nstep / gae
+    uses_critic = (baseline == "value" or cfg.estimator.get("bootstrap_truncation", False)
+                   or cfg.estimator.name in ON_POLICY_ESTIMATORS)
     vf_coef = algo.vf_coef if uses_critic else 0.0
     q_coef = algo.vf_coef
     ent_coef = algo.ent_coef
     normalize_advantages = algo.normalize_advantages
-    num_envs = cfg.num_envs
     control_variate = baseline == "q_control_variate"
     q_net = networks.QNetwork(spec.num_actions, spec.discrete, tuple(cfg.network.hidden_sizes),
                               cfg.network.activation) if control_variate else None
@@ -164,12 +188,12 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
 
     def init(key):
         if not control_variate:
-            return ReinforceState(*base_init(key)[:3], fresh=jnp.ones((num_envs,), bool))
+            return ReinforceState(*base_init(key)[:3])
         k_ac, k_q = jax.random.split(key)
         obs = jnp.zeros((1,) + spec.obs_shape, jnp.float32)
         action = None if spec.discrete else jnp.zeros((1, spec.num_actions), jnp.float32)
         params = {"actor_critic": base_init(k_ac).params, "q": q_net.init(k_q, obs, action)}
-        return ReinforceState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.ones((num_envs,), bool))
+        return ReinforceState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
     def act(learner, obs, key, deterministic=False):
         return base_act(learner._replace(params=policy_params(learner.params)), obs, key, deterministic)
@@ -180,8 +204,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         advantages, targets = estimator(
             batch.reward, jax.lax.stop_gradient(values), jax.lax.stop_gradient(next_values),
             batch.terminated, batch.truncated)
-        if baseline == "mean":
-            advantages = estimators.subtract_mean(advantages, mask)
+        advantages = subtract_baseline(advantages, batch, mask, cfg.estimator.name, baseline)
         if normalize_advantages and not control_variate:  # control_variate_loss standardises Phi - w Q
             advantages = losses.normalize(advantages, mask=mask)
         return dist_params, values, advantages * mask, targets
@@ -193,6 +216,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         critic_loss = losses.value_loss(values, targets, mask)
         entropy = losses.entropy_bonus(dist.entropy(dist_params), mask)
         rest = vf_coef * critic_loss - ent_coef * entropy
+        per_batch = jnp.sum(mask) / mask.size  # the policy term: sum over used steps / (T x N)
         metrics = {"loss/value": critic_loss, "policy/entropy": entropy,
                    "train/advantage_mean": losses.mean(advantages, mask),
                    "train/value_mean": losses.mean(values, mask)}
@@ -201,6 +225,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
                                                                 advantages, targets, mask, key)
             rest = rest + q_coef * q_loss
             metrics.update({"loss/q": q_loss, "train/q_mean": q_mean})
+        policy_loss = policy_loss * jax.lax.stop_gradient(per_batch)
         metrics.update({"loss/policy": policy_loss, "loss/total": policy_loss + rest})
         # with the optimal baseline the policy term's gradient is made apart (optimal_policy_grads)
         return (policy_loss + rest if with_policy else rest), metrics
@@ -240,14 +265,13 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         returns = jax.ops.segment_sum(flat(phi), slots, num_segments=horizon * columns) / jnp.maximum(steps, 1.0)
         valid = steps > 0
         grad = estimators.optimal_baseline_gradient(scores, returns, valid)
-        scale = -1.0 / jnp.maximum(jnp.sum(mask), 1.0)
+        scale = -1.0 / mask.size  # the sum over the used episodes / (T x N), as the surrogate
         g2 = sum(jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))) for g in jax.tree.leaves(scores))
         weighted_b = jnp.sum(g2 * returns) / jnp.maximum(jnp.sum(g2), 1e-30)  # 3.1.17 with |g|^2
         return jax.tree.map(lambda g: scale * g, grad), weighted_b
 
     def update(learner: ReinforceState, batch: Batch, key):
-        mask, fresh = episode_mask(batch.terminated, batch.truncated, learner.fresh)
-        mask = mask.astype(jnp.float32)
+        mask = episode_mask(batch.terminated, batch.truncated, last_start).astype(jnp.float32)
         if baseline == "optimal":
             without_policy = partial(loss_fn, with_policy=False)
             grads, metrics = jax.grad(without_policy, has_aux=True)(learner.params, batch, mask, key)
@@ -261,6 +285,6 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         metrics["train/used_fraction"] = jnp.mean(mask)
         metrics["train/episodes"] = jnp.sum(done * mask)
-        return ReinforceState(params, opt_state, learner.update_step + 1, fresh), metrics
+        return ReinforceState(params, opt_state, learner.update_step + 1), metrics
 
     return Algorithm(init, act, update)

@@ -110,6 +110,9 @@ def load_run(args: list[str]):
         cfg = OmegaConf.load(saved)
     except (OmegaConfBaseException, ValueError, OSError) as err:
         raise ConfigError(f"run={runs[0]}: .hydra/config.yaml cannot be read: {str(err).splitlines()[0]}") from None
+    from rlcli.schema import complete
+
+    complete(cfg)  # keys declared after the run was written: their defaults
     OmegaConf.set_struct(cfg, True)
     for key, value in pairs:
         if key == "run":

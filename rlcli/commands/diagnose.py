@@ -3,21 +3,27 @@
 For one policy - the initial policy of `seed` for the composed config (as `rlcli train` would
 start it), or a run's checkpoint (`run=<dir>`, restored as `rlcli eval` does) - whole
 episodes are sampled on the env (jax backend, one episode per column from a reset) and the
-policy gradient is estimated with each estimator and baseline on `batches` independent
-batches of `batch_episodes` episodes, using the production estimators (`rlcli.estimators`,
-`rlcli.losses`): total_return and reward_to_go (000 eq. 3.1.8, 3.1.10) with the baselines
-none, mean (3.1.11), value (4.2.2, the policy network's own critic) and optimal (3.1.17,
-total_return only), and gae (4.2.10, biased by the critic's error). Each estimate is the
-seed's (1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t over the batch's N episodes.
+policy gradient is estimated with every estimator and baseline `rlcli train` accepts for an
+on-policy algorithm, on `batches` independent batches of `batch_episodes` episodes, using the
+production estimators (`rlcli.estimators`, `rlcli.losses`): total_return and reward_to_go (000
+eq. 3.1.8, 3.1.10) with the baselines none, mean (3.1.11, the mean over the batch's episodes),
+leave_one_out (the same over the other episodes), value (4.2.2, the policy network's own
+critic), optimal (3.1.17, total_return) and q_control_variate (4.2.6, reward_to_go; when the
+policy's run fitted a Q critic), with discounting option 2 (000 eq. 4.1.7/4.1.8) as well when
+gamma < 1; and td, nstep and gae (4.1.4, 4.2.8, 4.2.10: biased by the critic's error). Each
+estimate is the seed's (1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t over the batch's N
+episodes.
 
-The reference gradient is reward_to_go with the value baseline (unbiased whatever the critic)
-on `reference_episodes` further independent episodes; its relative standard error is
-printed. Per estimator: the variance of a single-batch estimate (trace of the covariance over
-the batches), the cosine similarity and relative error ||g - ref|| / ||ref|| of the mean over
-the batches and (averaged) of single-batch estimates. `gamma` defaults to 1: every
-Monte-Carlo estimator then has the undiscounted grad J as its expectation (with gamma < 1 the
-option-1 reward-to-go, 000 §4.1.4, is not the gradient of the same objective as the total
-return); the mean baseline is biased by O(1/N) (000 eq. 3.1.11 uses the batch's own mean).
+The reference gradient is reward_to_go with the value baseline and discounting option 2
+(unbiased for the gradient of E[sum_t gamma^t r_t] whatever the critic: no bootstrap at the time
+limit, the seed's finite-horizon objective; with gamma = 1 option 2 is option 1) on
+`reference_episodes` further independent episodes; its relative standard error is printed. Per
+estimator: the variance of a single-batch estimate (trace of the covariance over the batches),
+the cosine similarity and relative error ||g - ref|| / ||ref|| of the mean over the batches
+and (averaged) of single-batch estimates. `gamma` defaults to 1: every Monte-Carlo estimator
+then has the undiscounted grad J as its expectation (with gamma < 1 the option-1 reward-to-go,
+000 §4.1.4, is not the gradient of the same objective); the mean baseline is biased by the
+factor (1 - 1/N) (000 eq. 3.1.11 with the batch's own mean), leave_one_out is not.
 
 Writes diagnose.csv, diagnose.json and diagnose.png (bar plots) into `out` (default:
 <run>/diagnose for run=, else outputs/diagnose/<date>/<time>-<env>).
@@ -40,12 +46,14 @@ from rlcli.rules import in_unit_interval, int_at_least, non_empty_text
 COMMAND = Command(
     "diagnose", "[run=<run dir>] [batches=B] [batch_episodes=N] [reference_episodes=M] [gamma=G] "
     "[out=<dir>] [key=value ...]",
-    """Estimates the policy gradient of one policy with every Monte-Carlo estimator and baseline
-(total_return, reward_to_go x none, mean, value, optimal; gae) on B independent batches of N
-whole episodes and prints, per estimator, the variance of a single-batch estimate (trace of the
-covariance), and the cosine similarity and relative error against a reference gradient
-(reward_to_go with the value baseline on M more episodes) of the mean over the batches and of
-single-batch estimates. gamma (1: every Monte-Carlo estimator is then unbiased for the
+    """Estimates the policy gradient of one policy with every estimator and baseline rlcli train
+accepts (total_return x none, mean, leave_one_out, value, optimal; reward_to_go x none, mean,
+leave_one_out, value, and q_control_variate for a run that fitted a Q critic; discounting option
+2 too when gamma < 1; td, nstep, gae) on B independent batches of N whole episodes and prints,
+per estimator, the variance of a single-batch estimate (trace of the covariance), and the
+cosine similarity and relative error against a reference gradient (reward_to_go with the value
+baseline and discounting option 2, no bootstrap at the time limit, on M more episodes) of the
+mean over the batches and of single-batch estimates. gamma (1: every Monte-Carlo estimator is then unbiased for the
 undiscounted gradient) discounts the returns. The policy: run=<run dir> restores the run's
 latest checkpoint (its first seed); without run=, the initial policy of seed= for the config
 composed from the key=value overrides, as `rlcli train` would start it (e.g. env=CartPole-v1
@@ -61,9 +69,23 @@ npg ...).""",
             "outputs/diagnose/<date>/<time>-<env>; a name taken gets -1, -2, ...)", text_of)),
     overrides="config overrides (key=value, group=option) of the policy's config",
 )
-REFERENCE = "reward_to_go/value"
-ESTIMATORS = ("total_return/none", "total_return/mean", "total_return/value", "total_return/optimal",
-              "reward_to_go/none", "reward_to_go/mean", "reward_to_go/value", "gae")
+REFERENCE = "reward_to_go/value/option2"
+BASELINES = {"total_return": ("none", "mean", "leave_one_out", "value", "optimal"),
+             "reward_to_go": ("none", "mean", "leave_one_out", "value", "q_control_variate")}
+CRITIC_ESTIMATORS = ("td", "nstep", "gae")
+
+
+def estimator_names(gamma: float, has_q: bool) -> tuple[str, ...]:
+    """The rows: <estimator>/<baseline>[/option2] and the critic-based estimators."""
+    names = []
+    for estimator, baselines in BASELINES.items():
+        for baseline in baselines:
+            if baseline == "q_control_variate" and not has_q:
+                continue
+            names.append(f"{estimator}/{baseline}")
+            if gamma < 1.0 and baseline not in ("optimal", "q_control_variate"):
+                names.append(f"{estimator}/{baseline}/option2")
+    return (*names, *CRITIC_ESTIMATORS)
 FIELDS = ("estimator", "variance", "cos_mean", "rel_err_mean", "cos_single", "rel_err_single")
 
 
@@ -138,9 +160,10 @@ def policy_params(opts: Options):
     else:
         key = jax.random.split(jax.random.PRNGKey(opts.cfg.seed), 3)[0]
         params = parts.algo.init(key).params
+    q_params = None
     if isinstance(params, dict) and "actor_critic" in params:  # reinforce with a Q critic
-        params = params["actor_critic"]
-    return parts.spec, params
+        params, q_params = params["actor_critic"], params["q"]
+    return parts.spec, params, q_params
 
 
 def rollouts(cfg, spec, network, dist, params, key, num: int):
@@ -167,7 +190,8 @@ def rollouts(cfg, spec, network, dist, params, key, num: int):
     return batch.obs, batch.action, batch.reward, batch.terminated, batch.truncated, batch.next_obs, mask
 
 
-def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma: float, names=ESTIMATORS):
+def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma: float, names: tuple[str, ...],
+              q_params=None):
     """Per batch and estimator of `names` the gradient estimate, flattened: [batches, len(names), P]."""
     import jax
     import jax.numpy as jnp
@@ -178,22 +202,28 @@ def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma:
     network = networks.make(cfg.network, spec)
     dist = distributions.for_action_space(spec.discrete)
     lam = cfg.estimator["lambda"] if cfg.estimator.name == "gae" else 0.95
+    n = cfg.estimator.n if cfg.estimator.name == "nstep" else None
     flat_params, unravel = ravel_pytree(params)
+    q_net = None if q_params is None else networks.QNetwork(spec.num_actions, spec.discrete,
+                                                            tuple(cfg.network.hidden_sizes), cfg.network.activation)
 
     def phis(batch):
         obs, action, reward, terminated, truncated, next_obs, mask = batch
         _, values = network.apply(params, obs)
-        _, next_values = network.apply(params, next_obs)  # V(s'): a truncation bootstraps (value, gae)
+        _, next_values = network.apply(params, next_obs)  # V(s'): td, nstep, gae bootstrap at a truncation
         out = []
         for name in names:
-            if name == "gae":
-                fn = estimators.make("gae", gamma, lam=lam)
+            if name in CRITIC_ESTIMATORS:
+                fn = estimators.make(name, gamma, **({"lam": lam} if name == "gae" else {"n": n} if name == "nstep"
+                                                     else {}))
             else:
-                estimator, baseline = name.split("/")
-                fn = estimators.make(estimator, gamma, discounting="option1", baseline=baseline)
+                estimator, baseline, *option = name.split("/")
+                fn = estimators.make(estimator, gamma, discounting=(option or ["option1"])[0], baseline=baseline)
             phi = estimators.batched(fn)(reward, values, next_values, terminated, truncated)[0]
-            if name.endswith("/mean"):
-                phi = estimators.subtract_mean(phi, mask)
+            if name.split("/")[1:2] in (["mean"], ["leave_one_out"]):
+                phi = estimators.subtract_mean_baseline(phi, terminated, truncated, mask,
+                                                        per_step=name.startswith("reward_to_go"),
+                                                        leave_one_out="/leave_one_out" in name)
             out.append(phi * mask)
         return jnp.stack(out)
 
@@ -207,6 +237,26 @@ def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma:
             return losses.policy_gradient_loss(log_prob, phi, mask)
         return -jax.grad(loss)(flat) * jnp.sum(mask) / batch_episodes
 
+    def control_variate_grad(flat, batch, phi, key):
+        """000 eq. 4.2.6 with the run's Q_w: (1/N) sum_i sum_t [grad log pi (G_t - Q_w(s_t, a_t)) +
+        grad E_pi Q_w(s_t, .)], from the production `estimators.control_variate_loss`."""
+        obs, action, *_, mask = batch
+
+        def loss(f):
+            dist_params = network.apply(unravel(f), obs)[0]
+            log_prob = dist.log_prob(dist_params, action)
+            if spec.discrete:
+                q_all = q_net.apply(q_params, obs)
+                q_taken = jnp.take_along_axis(q_all, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+                expected_q = estimators.expected_q_discrete(dist_params, q_all)
+            else:
+                q_taken = q_net.apply(q_params, obs, action)
+                mean, log_std = dist_params
+                sample = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
+                expected_q = q_net.apply(q_params, obs, sample)
+            return estimators.control_variate_loss(log_prob, expected_q, phi, q_taken, jnp.ones_like(phi), mask)
+        return -jax.grad(loss)(flat) * jnp.sum(mask) / batch_episodes
+
     def one_batch(batch):
         obs, action, *_, mask = batch
         phi = phis(batch)
@@ -214,11 +264,14 @@ def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma:
         for e, name in enumerate(names):
             if name == "total_return/optimal":
                 def episode_score(o, a, m):
-                    return jax.grad(lambda f: jnp.sum(m * dist.log_prob(network.apply(unravel(f), o)[0], a)))(flat_params)
+                    return jax.grad(lambda f: jnp.sum(m * dist.log_prob(network.apply(unravel(f), o)[0], a)))(
+                        flat_params)
                 scores = jax.vmap(episode_score, in_axes=1)(obs, action, mask)  # [N, P] g(tau_i)
                 returns = phi[e, 0]  # R(tau_i) at each episode's first step
                 rows.append(estimators.optimal_baseline_gradient(scores, returns, jnp.ones(batch_episodes))
                             / batch_episodes)
+            elif name == "reward_to_go/q_control_variate":
+                rows.append(control_variate_grad(flat_params, batch, phi[e], jax.random.PRNGKey(e)))
             else:
                 rows.append(surrogate_grad(flat_params, batch, phi[e]))
         return jnp.stack(rows)
@@ -235,7 +288,7 @@ def reference(cfg, spec, params, data, chunk: int, gamma: float):
     (their mean is the reference gradient)."""
     import numpy as np
 
-    est, _ = estimates(cfg, spec, params, data, data[0].shape[1] // chunk, chunk, gamma, names=(REFERENCE,))
+    est, _ = estimates(cfg, spec, params, data, data[0].shape[1] // chunk, chunk, gamma, (REFERENCE,))
     return np.asarray(est[:, 0])
 
 
@@ -245,14 +298,14 @@ def _cos(a, b):
     return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
-def summarize(batch_estimates, ref, ref_chunks) -> list[dict]:
+def summarize(names, batch_estimates, ref, ref_chunks) -> list[dict]:
     """Rows of FIELDS per estimator and one for the reference itself (its variance per
     chunk of the same size as a batch)."""
     import numpy as np
 
     ref_norm = max(float(np.linalg.norm(ref)), 1e-30)
     rows = []
-    for name, est in [*zip(ESTIMATORS, np.moveaxis(batch_estimates, 1, 0)), ("reference", ref_chunks)]:
+    for name, est in [*zip(names, np.moveaxis(batch_estimates, 1, 0)), ("reference", ref_chunks)]:
         est = np.asarray(est, np.float64)
         mean = est.mean(axis=0)
         rows.append({
@@ -272,7 +325,8 @@ def run(opts: Options) -> dict:
 
     from rlcli import distributions, networks
 
-    spec, params = policy_params(opts)
+    spec, params, q_params = policy_params(opts)
+    names = estimator_names(opts.gamma, q_params is not None)
     network = networks.make(opts.cfg.network, spec)
     dist = distributions.for_action_space(spec.discrete)
     key = jax.random.fold_in(jax.random.PRNGKey(opts.cfg.seed), 7_000_003)
@@ -284,10 +338,11 @@ def run(opts: Options) -> dict:
     # only the steps up to the longest episode matter (the rest is masked)
     longest = int(max(np.asarray(d[-1]).sum(axis=0).max() for d in (data, ref_data)))
     data, ref_data = (tuple(x[:longest] for x in d) for d in (data, ref_data))
-    batch_est, size = estimates(opts.cfg, spec, params, data, opts.batches, opts.batch_episodes, opts.gamma)
+    batch_est, size = estimates(opts.cfg, spec, params, data, opts.batches, opts.batch_episodes, opts.gamma, names,
+                                q_params)
     ref_chunks = reference(opts.cfg, spec, params, ref_data, opts.batch_episodes, opts.gamma)
     ref = ref_chunks.astype(np.float64).mean(axis=0)
-    rows = summarize(np.asarray(batch_est), ref, ref_chunks)
+    rows = summarize(names, np.asarray(batch_est), ref, ref_chunks)
     ref_se = math.sqrt(rows[-1]["variance"] / ref_chunks.shape[0]) / max(float(np.linalg.norm(ref)), 1e-30)
     lengths = np.asarray(data[-1]).sum(axis=0)
     return {"algo": opts.cfg.algo.name, "env": spec.id, "policy": str(opts.run_dir) if opts.run_dir else

@@ -79,13 +79,16 @@ def replay_plan(run_dir: Path, cfg) -> list[tuple]:
     resumed (legs.json). A run without legs.json is one leg with its saved config."""
     from omegaconf import OmegaConf
 
-    from rlcli import train
+    from rlcli import schema, train
 
     legs = train.read_legs(run_dir)
     if len(legs) < 2 or legs[0]["start_update"] != 0:
         return [(cfg, None)]
     starts = [leg["start_update"] for leg in legs[1:]]
-    return [(OmegaConf.create(leg["config"]), stop) for leg, stop in zip(legs, [*starts, None])]
+    configs = [OmegaConf.create(leg["config"]) for leg in legs]
+    for config in configs:
+        schema.complete(config)  # keys declared after the run was written
+    return list(zip(configs, [*starts, None]))
 
 
 def _parse(args: list[str]):

@@ -129,6 +129,12 @@ class GymnasiumVecEnv:
         obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
         return obs.astype(np.float32)
 
+    def restart(self) -> np.ndarray:
+        """Reset all envs, their generators going on (no reseeding): a fresh episode in every
+        env, different from the previous ones."""
+        obs, _ = self.envs.reset()
+        return obs.astype(np.float32)
+
     def step(self, action: np.ndarray) -> Step:
         action = np.asarray(action)
         if not self.spec.discrete:

@@ -19,6 +19,15 @@ def kind(algo_name: str, backend_name: str) -> str:
     return own or {"jax": "jax", "gymnasium": "host"}[backend_name]
 
 
+def fresh_episodes(algo_name: str) -> bool:
+    """Whether every rollout of the algorithm starts a fresh episode in each column
+    (`FRESH_EPISODES` in its module: the Monte-Carlo batches of reinforce and is_pg)."""
+    return getattr(algos.module(algo_name), "FRESH_EPISODES", False)
+
+
 def make(cfg, spec, algo, sizes, backend_name: str) -> Loop:
-    module = importlib.import_module(f"rlcli.loops.{kind(cfg.algo.name, backend_name)}")
-    return module.make(cfg, spec, algo, sizes)
+    name = kind(cfg.algo.name, backend_name)
+    module = importlib.import_module(f"rlcli.loops.{name}")
+    if name == "asynchronous":
+        return module.make(cfg, spec, algo, sizes)
+    return module.make(cfg, spec, algo, sizes, fresh=fresh_episodes(cfg.algo.name))

@@ -25,7 +25,9 @@ class HostState(NamedTuple):
     norm: normalize.NormState  # [S]
 
 
-def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
+def make(cfg, spec, algo: Algorithm, sizes: config.Sizes, fresh: bool = False) -> Loop:
+    """`fresh`: every rollout starts with every env reset (a fresh episode at t = 0), the
+    episodes in flight abandoned (`rlcli.loops.fresh_episodes`); the envs' generators go on."""
     num_seeds, num_envs, num_steps = cfg.num_seeds, cfg.num_envs, cfg.algo.num_steps
     num_eval, deterministic = cfg.eval_episodes, cfg.eval_deterministic
     seeds = [cfg.seed + i for i in range(num_seeds)]
@@ -54,6 +56,8 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         # [S, 2, N] output of each step
         log_prob_value = jnp.stack(batch.log_prob)  # [T, S, 2, N]
         batch = batch._replace(log_prob=log_prob_value[:, :, 0], value=log_prob_value[:, :, 1])
+        if fresh:
+            stats = rollout.restart_running(stats)
         stats, _ = jax.lax.scan(lambda stats, step: (rollout.track_episodes(stats, *step), None), stats,
                                 (batch.reward, batch.terminated, batch.truncated))
         keys = jax.vmap(jax.random.split)(key)
@@ -137,6 +141,8 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
         carry = pack_state(state, rollout.reset_totals(state.episodes))
         per_update: list = []  # [S, M] metrics of each update, on the device
         for _ in range(num_updates):
+            if fresh:
+                obs = np.stack([env.restart() for env in train_envs])
             batch, obs, key = rollout.host_collect(lambda obs, key, carry=carry: unwrap(policy_fn(carry, obs, key)),
                                                    train_envs, empty_batch(), obs, key)
             carry, metrics, key = unwrap(compiled["update"](carry, batch, key))

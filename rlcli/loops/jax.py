@@ -27,7 +27,9 @@ class RunnerState(NamedTuple):
     norm: normalize.NormState
 
 
-def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
+def make(cfg, spec, algo: Algorithm, sizes: config.Sizes, fresh: bool = False) -> Loop:
+    """`fresh`: every rollout starts with every column reset (a fresh episode at t = 0), the
+    episodes in flight abandoned (`rlcli.loops.fresh_episodes`)."""
     env = jax_backend.make(spec.id)
     num_envs, num_steps = cfg.num_envs, cfg.algo.num_steps
     nan_check = cfg.debug.nan_check
@@ -42,6 +44,11 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes) -> Loop:
     collect = rollout.jax_collect(algo, env, normalizer, num_envs)
 
     def update_step(runner: RunnerState, _):
+        if fresh:
+            key, k_reset = jax.random.split(runner.key)
+            obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
+            runner = runner._replace(env_state=env_state, obs=obs, key=key,
+                                     episodes=rollout.restart_running(runner.episodes))
         carry = EnvCarry(runner.env_state, runner.obs, runner.key, runner.episodes)
         carry, batch = collect(runner.learner, runner.norm, carry, num_steps)
         runner = runner._replace(env_state=carry.env_state, obs=carry.obs, key=carry.key, episodes=carry.episodes)
