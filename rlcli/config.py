@@ -59,7 +59,7 @@ def validate(cfg: DictConfig) -> Sizes:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that does not resolve
         raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from None
-    from rlcli import algos, runtime, schema
+    from rlcli import algos, networks, runtime, schema
     from rlcli.remote import check_config as check_logger
 
     for group in ("algo", "network", "logger", "estimator"):
@@ -109,6 +109,7 @@ def validate(cfg: DictConfig) -> Sizes:
             f"environments with {' or '.join(algo.ACTION_SPACES)} actions)")
     if hasattr(algo, "check"):
         algo.check(cfg, spec)
+    networks.check(cfg, spec)
 
     steps_per_update = cfg.num_envs * cfg.algo.num_steps
     total = cfg.total_steps

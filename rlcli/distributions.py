@@ -5,15 +5,17 @@ Two policies from the seeds (001, "How should we parameterize our policy?"):
 * categorical over discrete actions: the network outputs one logit x_i per action and
   pi(a_i|s) = exp(x_i) / sum_j exp(x_j);
 * diagonal Gaussian over continuous actions: a = mu(s) + sigma * z, z ~ N(0, I), with a
-  state-independent learned log-std, and
+  state-independent learned log-std, or the slides' state-dependent sigma_phi(s) (a = mu_theta(s)
+  + sigma_phi(s) * z; `network.state_dependent_std`), and
   log pi(a|s) = -1/2 sum_k [log(2 pi sigma_k^2) + (a_k - mu_k)^2 / sigma_k^2].
 
 SAC's tanh-squashed Gaussian (a = tanh(u), u Gaussian, with the change-of-variables
 correction) is a set of functions at the end of this file, over the pre-squash sample u.
 
 A distribution is a `Distribution` of functions; its parameters ("dist params") are the raw
-network outputs: `logits` (shape [..., A]) for the categorical, `(mean, log_std)` (each
-[..., D]) for the Gaussian. All functions broadcast over leading batch axes.
+network outputs: `logits` (shape [..., A]) for the categorical, `(mean, log_std)` for the
+Gaussian, mean [..., D] and log_std [D] (state-independent, broadcast) or [..., D] (one per
+state). All functions broadcast over leading batch axes.
 """
 
 from __future__ import annotations

@@ -47,18 +47,23 @@ def explained_variance(values: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def clipped_surrogate_loss(log_prob: jax.Array, old_log_prob: jax.Array, advantages: jax.Array,
-                           clip: float) -> tuple[jax.Array, jax.Array]:
+                           clip: float, weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """PPO's clipped surrogate on the importance-sampled surrogate objective (000 eq. 3.3.2):
 
-        L = -mean min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t),  rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+        L = -mean w_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t),  rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
 
-    (Schulman et al. 2017, eq. 7). Returns (loss, fraction of samples where the clip is active)."""
+    (Schulman et al. 2017, eq. 7), w_t = 1 without `weights` (PPO's usual form), or given per
+    sample, e.g. the gamma^(t - t0) of 3.3.2 (`rlcli.estimators.discount_weights`); held
+    constant. Returns (loss, fraction of samples where the clip is active)."""
     ratio = jnp.exp(log_prob - old_log_prob)
     advantages = jax.lax.stop_gradient(advantages)
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * advantages
     clip_fraction = jnp.mean((jnp.abs(ratio - 1.0) > clip).astype(jnp.float32))
-    return -jnp.mean(jnp.minimum(unclipped, clipped)), clip_fraction
+    objective = jnp.minimum(unclipped, clipped)
+    if weights is not None:
+        objective = jax.lax.stop_gradient(weights) * objective
+    return -jnp.mean(objective), clip_fraction
 
 
 def clipped_value_loss(values: jax.Array, old_values: jax.Array, targets: jax.Array,

@@ -3,9 +3,15 @@
 Two designs (000 §4.4.1): `shared: false`, the two-network design (simple and stable, no
 shared features), and `shared: true`, one torso feeding both heads. The policy head outputs
 the raw distribution parameters of `rlcli.distributions`: logits for a Discrete action space,
-(mean, log_std) with a state-independent learned log-std for a Box one (001, "diagonal
-Gaussian"). Orthogonal initialisation as in the A2C/PPO reference implementations: sqrt(2)
-for hidden layers, 0.01 for the policy head, 1 for the value head.
+(mean, log_std) for a Box one (001, "diagonal Gaussian", a = mu_theta(s) + sigma * z): by
+default a state-independent learned log-std vector; with `state_dependent_std: true` a
+second head on the actor's features, log sigma_phi(s) (001's a = mu_theta(s) + sigma_phi(s) z),
+a Dense layer named `log_std_head` with a zero kernel and bias `log_std_init`, so that
+log sigma_phi(s) = log_std_init for every state at the start (unclipped). It is part of the
+policy: with `shared: false` it reads the actor torso (rlcli.algos.trpo.split keeps it on the
+policy side), with `shared: true` the shared torso. Orthogonal initialisation as in the A2C/PPO
+reference implementations: sqrt(2) for hidden layers, 0.01 for the policy head, 1 for the
+value head.
 
 The off-policy algorithms (sac, offpolicy_ac) use separate modules, appended below: Q networks
 (an ensemble for SAC's twin critics), a tanh-squashed Gaussian actor with a state-dependent
@@ -21,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlcli.errors import ConfigError
 from rlcli.rules import Choice, Key, boolean, int_list, number, one_of
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "silu": nn.silu}
@@ -52,6 +59,7 @@ class ActorCritic(nn.Module):
     activation: str = "tanh"
     shared: bool = False
     log_std_init: float = 0.0
+    state_dependent_std: bool = False
 
     @nn.compact
     def __call__(self, obs):
@@ -63,7 +71,12 @@ class ActorCritic(nn.Module):
         head = _dense(self.num_actions, 0.01)(actor_features)
         if self.discrete:
             return head, value
-        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.num_actions,))
+        if self.state_dependent_std:  # log sigma_phi(s), [..., D]; starts at log_std_init everywhere
+            log_std = nn.Dense(self.num_actions, kernel_init=nn.initializers.zeros,
+                               bias_init=nn.initializers.constant(self.log_std_init),
+                               name="log_std_head")(actor_features)
+        else:  # one learned log sigma per action dimension, [D], broadcast over the batch
+            log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.num_actions,))
         return (head, log_std), value
 
 
@@ -75,7 +88,21 @@ CHOICES = {"mlp": Choice("MLP actor-critic; shared: true = one torso for both he
                                                                                      "activation"),
     "network.shared": Key(False, boolean(), "one torso for actor and critic (true) or two networks (false)"),
     "network.log_std_init": Key(0.0, number(), "initial log-std of the Gaussian policy (Box action spaces)"),
+    "network.state_dependent_std": Key(False, boolean(), "Box only: log sigma_phi(s) as an output head of the actor "
+                                                         "torso (001: a = mu_theta(s) + sigma_phi(s) z; zero kernel, "
+                                                         "bias log_std_init) instead of one state-independent log-std "
+                                                         "(on-policy algorithms; sac's and offpolicy_ac's actors "
+                                                         "always have one)"),
 })}
+
+
+def check(cfg, spec) -> None:
+    """Cross-key checks of the network keys with the env (typed cfg): a state-dependent std
+    needs a Gaussian policy."""
+    if cfg.network.state_dependent_std and spec.discrete:
+        raise ConfigError(f"network.state_dependent_std=true needs a continuous action space but env.id="
+                          f"{cfg.env.id!r} has a discrete one (allowed with discrete actions: "
+                          "network.state_dependent_std=false)")
 
 
 def make(cfg, spec) -> ActorCritic:
@@ -87,6 +114,7 @@ def make(cfg, spec) -> ActorCritic:
         activation=cfg.activation,
         shared=cfg.shared,
         log_std_init=cfg.log_std_init,
+        state_dependent_std=cfg.state_dependent_std,
     )
 
 

@@ -77,6 +77,53 @@ def test_target_kl_stops_after_the_first_minibatch_that_moves_the_policy():
     assert int(free.opt_state[1][0].count) == 12
 
 
+# a 5-step rollout of one env with an episode boundary inside: terminated after t=1, truncated
+# after t=2, so the episodes start at t = 0, 2, 3 and gamma^(t - t0) = 1, g, 1, 1, g
+GAMMA = 0.5
+WEIGHTS = np.array([1.0, GAMMA, 1.0, 1.0, GAMMA])
+TERMINATED = np.array([0, 1, 0, 0, 0], bool)
+TRUNCATED = np.array([0, 0, 1, 0, 0], bool)
+REWARDS = np.array([1.0, -1.0, 2.0, 0.5, -2.0], np.float32)
+ACTIONS = np.array([0, 1, 1, 0, 1])
+
+
+def zero_params_batch(learner, old_log_prob):
+    """The learner with every parameter 0 (pi(a|s) = 1/2 for CartPole's two actions, V = 0, so
+    the TD advantage is the reward) and the fixed rollout as a [5, 1] batch."""
+    learner = learner._replace(params=jax.tree.map(jnp.zeros_like, learner.params))
+    obs = np.random.default_rng(0).normal(size=(6, 1, 4)).astype(np.float32)
+    col = lambda x: jnp.asarray(x)[:, None]  # noqa: E731
+    return learner, Batch(obs[:-1], col(ACTIONS), col(REWARDS), col(TERMINATED), col(TRUNCATED),
+                          col(old_log_prob.astype(np.float32)), col(np.zeros(5, np.float32)), obs[1:])
+
+
+@pytest.mark.parametrize("discount,normalize", [(False, True), (True, True), (True, False)])
+def test_discounted_surrogate_hand_computed(discount, normalize):
+    """algo.discount_surrogate (000 eq. 3.3.2): the policy loss of one epoch of one minibatch
+    is -mean w_t min(rho_t A_t, clip(rho_t) A_t) with w_t = gamma^(t - t0) applied after the
+    advantages are standardised (w_t = 1 without the option), computed here in NumPy."""
+    from rlcli import config
+
+    cfg = compose(["algo=ppo", "env=CartPole-v1", "estimator=td", "num_envs=1", "algo.num_steps=5",
+                   "algo.num_minibatches=1", "algo.update_epochs=1", f"algo.gamma={GAMMA}",
+                   f"algo.discount_surrogate={str(discount).lower()}",
+                   f"algo.normalize_advantages={str(normalize).lower()}"])
+    config.validate(cfg)
+    algo = algos.make("ppo", envs.make_spec("CartPole-v1", "jax"), config.typed(cfg), 10)
+    ratio = np.array([0.5, 1.0, 1.5, 1.1, 0.9])
+    learner, batch = zero_params_batch(algo.init(jax.random.PRNGKey(0)), np.log(0.5) - np.log(ratio))
+    _, metrics = jax.jit(algo.update)(learner, batch, jax.random.PRNGKey(1))
+
+    adv = REWARDS.astype(np.float64)  # r_t + gamma (1 - terminated) V(s') - V(s) with V = 0
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    weights = WEIGHTS if discount else np.ones(5)
+    expected = -np.mean(weights * np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv))
+    np.testing.assert_allclose(float(metrics["loss/policy"]), expected, rtol=1e-5)
+    unweighted = -np.mean(np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv))
+    assert discount == (abs(expected - unweighted) > 1e-3)  # the case tells the two apart
+
+
 def _final_mean(summary):
     returns = summary["final_eval"]["return_mean"]
     print("final deterministic evaluation return per seed:", [round(r, 1) for r in returns])

@@ -200,6 +200,43 @@ def test_trpo_update_stays_in_the_trust_region(env_id):
     assert metrics == metrics_again
 
 
+@pytest.mark.parametrize("discount", [False, True], ids=["unweighted", "discounted"])
+def test_discounted_surrogate_gradient_hand_computed(discount):
+    """algo.discount_surrogate (000 eq. 3.3.2) on a 5-step rollout of one CartPole env with a
+    termination after t=1 and a truncation after t=2 (episodes start at t = 0, 2, 3), gamma = 0.5.
+    With every parameter 0 the policy is uniform, V = 0 (the TD advantage is the reward) and only
+    the policy head's bias b moves the logits, so the surrogate's gradient is
+    d/db mean_t w_t A_t pi(a_t)/pi_old(a_t) = mean_t w_t A_t (onehot(a_t) - 1/2),
+    A standardised over the batch, w_t = gamma^(t - t0) = (1, g, 1, 1, g) with the option and 1
+    without. The step moves b along that gradient (it is an eigenvector of the Fisher matrix)."""
+    gamma = 0.5
+    cfg = compose(["algo=trpo", "env=CartPole-v1", "estimator=td", "num_envs=1", "algo.num_steps=5",
+                   "algo.vf_minibatches=1", f"algo.gamma={gamma}", f"algo.discount_surrogate={str(discount).lower()}"])
+    config.validate(cfg)
+    algo = trpo.make(envs.make_spec("CartPole-v1", "jax"), config.typed(cfg), num_updates=10)
+    learner = jax.jit(algo.init)(jax.random.PRNGKey(0))
+    learner = learner._replace(params=jax.tree.map(jnp.zeros_like, learner.params))
+    rewards, actions = np.array([1.0, -1.0, 2.0, 0.5, -2.0]), np.array([0, 1, 1, 0, 1])
+    terminated, truncated = np.array([0, 1, 0, 0, 0], bool), np.array([0, 0, 1, 0, 0], bool)
+    obs = np.random.default_rng(0).normal(size=(6, 1, 4)).astype(np.float32)
+    col = lambda x: jnp.asarray(x)[:, None]  # noqa: E731
+    zeros = np.zeros(5, np.float32)
+    batch = Batch(obs[:-1], col(actions), col(rewards.astype(np.float32)), col(terminated), col(truncated),
+                  col(zeros), col(zeros), obs[1:])
+    new, metrics = jax.jit(algo.update)(learner, batch, jax.random.PRNGKey(1))
+
+    adv = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+    weights = np.array([1.0, gamma, 1.0, 1.0, gamma]) if discount else np.ones(5)
+    grad = np.mean((weights * adv)[:, None] * (np.eye(2)[actions] - 0.5), axis=0)
+    np.testing.assert_allclose(float(metrics["train/grad_norm"]), np.linalg.norm(grad), rtol=1e-5)
+    policy, _ = trpo.split(new.params)
+    bias = np.asarray(policy["params"]["Dense_1"]["bias"], np.float64)
+    assert float(metrics["train/accepted"]) == 1.0
+    np.testing.assert_allclose(bias / np.linalg.norm(bias), grad / np.linalg.norm(grad), rtol=1e-4)
+    unweighted = np.mean(adv[:, None] * (np.eye(2)[actions] - 0.5), axis=0)
+    assert discount == (abs(np.linalg.norm(grad) - np.linalg.norm(unweighted)) > 1e-3)
+
+
 def test_policy_and_critic_subtrees_are_separate():
     """With network.shared=false the critic subtree does not change the policy's output and
     the policy subtree does not change the value."""

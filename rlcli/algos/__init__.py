@@ -50,7 +50,9 @@ def make(name: str, spec, cfg, num_updates: int) -> Algorithm:
 class ActorCriticPolicy(NamedTuple):
     """The `network=` actor-critic with the action distribution of the env's action space, as
     shared by the on-policy algorithms: `init` and `act` are theirs as they stand (`init` puts
-    the `traced` algo.* keys into LearnerState.hparams)."""
+    the `traced` algo.* keys into LearnerState.hparams). For a Box space the Gaussian's log-std
+    is a learned vector, or with `network.state_dependent_std` a head log sigma_phi(s) of the
+    actor torso (001 diagonal Gaussian, a = mu_theta(s) + sigma_phi(s) z)."""
 
     network: Any
     dist: Any

@@ -13,6 +13,19 @@ critic regression (000 eq. 4.1.5), optionally clipped around the rollout's value
 are clipped by global norm; the learning rate may be annealed linearly. With `target_kl`, the
 epochs stop early once a minibatch's approximate KL(pi_old || pi) exceeds 1.5 x target_kl (as
 Stable-Baselines3); that minibatch's step is not applied.
+
+`algo.discount_surrogate: true` keeps the gamma^t of 000 eq. 3.3.2, which PPO's usual form (and
+CleanRL's, Stable-Baselines3's) drops: each step's term of the clipped objective is weighted by
+w_t = gamma^(t - t0), t0 the first step of t's episode within the rollout segment (an episode
+already running when the segment starts counts from the segment's first step;
+`rlcli.estimators.discount_weights`, per env column),
+
+    L_pi = -mean w_t min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t).
+
+The weight is applied after the per-minibatch normalisation of A (which standardises the
+unweighted advantages) and multiplies the per-step term, clip included; since w_t > 0 that is
+the same as clipping with the weighted advantage w_t A_t. The value loss, the entropy bonus and
+the KL estimate are unweighted.
 """
 
 from __future__ import annotations
@@ -39,6 +52,9 @@ KEYS = {
                                                      "never)"),
     **with_defaults(ACTOR_CRITIC_KEYS, ent_coef=0.01,
                     normalize_advantages=(True, "standardise the advantages per minibatch")),
+    "algo.discount_surrogate": Key(False, boolean(), "weight each step's surrogate term by gamma^(t-t0), t0 its "
+                                                     "episode's first step in the rollout (000 eq. 3.3.2; applied "
+                                                     "after normalising A); false: unweighted, as CleanRL and SB3"),
 }
 ESTIMATORS = ON_POLICY_ESTIMATORS
 ESTIMATOR = "gae"
@@ -63,12 +79,15 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     vf_coef, ent_coef, clip = algo.vf_coef, algo.ent_coef, algo.clip_coef
     clip_value, normalize_advantages = algo.clip_value_loss, algo.normalize_advantages
     max_kl = None if algo.target_kl is None else 1.5 * algo.target_kl
+    gamma, discount_surrogate = algo.gamma, algo.discount_surrogate
 
     def loss_fn(params, mb):
         dist_params, values = network.apply(params, mb["obs"])
         log_prob = dist.log_prob(dist_params, mb["action"])
         advantages = losses.normalize(mb["advantage"]) if normalize_advantages else mb["advantage"]
-        policy_loss, clip_fraction = losses.clipped_surrogate_loss(log_prob, mb["log_prob"], advantages, clip)
+        weights = mb["weight"] if discount_surrogate else None  # gamma^(t - t0), after normalising
+        policy_loss, clip_fraction = losses.clipped_surrogate_loss(log_prob, mb["log_prob"], advantages, clip,
+                                                                   weights)
         if clip_value:
             value_loss = losses.clipped_value_loss(values, mb["value"], mb["target"], clip)
         else:
@@ -102,6 +121,9 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         advantages, targets = estimator(batch.reward, values, next_values, batch.terminated, batch.truncated)
         flat = {"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob, "value": values,
                 "advantage": advantages, "target": targets}
+        if discount_surrogate:
+            flat["weight"] = estimators.batched(lambda te, tr: estimators.discount_weights(te, tr, gamma=gamma))(
+                batch.terminated, batch.truncated)
         size = batch.reward.size
         flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), flat)
 

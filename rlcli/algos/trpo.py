@@ -3,7 +3,14 @@
 Each update maximises the importance-sampled surrogate of the policy-iteration view of the
 policy gradient (000 eq. 3.3.2, without the gamma^t weight, as usual),
 
-    L(theta') = mean_i [pi_theta'(a_i|s_i) / pi_theta(a_i|s_i) A_i],
+    L(theta') = mean_i [pi_theta'(a_i|s_i) / pi_theta(a_i|s_i) w_i A_i],   w_i = 1,
+
+or, with `algo.discount_surrogate: true`, with the weight of 3.3.2 kept: w_i = gamma^(t_i - t0),
+t0 the first step of step i's episode within the rollout segment (the segment's first step for
+an episode already running when it starts; `rlcli.estimators.discount_weights`, per env column),
+applied after the advantages are standardised over the batch. The weighted L is what the
+natural-gradient step and the line search use (its gradient g, the improvement check and the
+`loss/policy` metric); the trust region and the critic's regression are unweighted.
 
 within the trust region mean_i KL(pi_theta || pi_theta') <= delta = `algo.max_kl`, which keeps
 the state distributions of the two policies close enough for L to be trusted (000 §3.3). The
@@ -39,6 +46,9 @@ NATURAL_STEP_KEYS = {
     "algo.damping": Key(0.1, positive(), "added to the Fisher matrix: (F + damping I) s = g"),
     "algo.cg_iters": Key(10, int_at_least(1), "conjugate-gradient iterations for s = F^-1 g"),
     "algo.normalize_advantages": Key(True, boolean(), "standardise the advantages over the batch"),
+    "algo.discount_surrogate": Key(False, boolean(), "weight each step's surrogate term by gamma^(t-t0), t0 its "
+                                                     "episode's first step in the rollout (000 eq. 3.3.2; applied "
+                                                     "after normalising A); false: unweighted, as usual"),
     "algo.vf_epochs": Key(10, int_at_least(1), "critic regression: epochs over the batch ..."),
     "algo.vf_minibatches": Key(4, int_at_least(1), "... of this many minibatches, one optimizer step each"),
     **with_defaults(OPTIMIZER_KEYS, learning_rate=(1.0e-3, "the critic's step size (the policy's step is set by "
@@ -57,8 +67,8 @@ ESTIMATOR = "gae"
 ACTION_SPACES = ("discrete", "continuous")
 
 # With network.shared=false, ActorCritic's critic is `critic_torso` plus the value head, the
-# first Dense it builds (`Dense_0`); everything else (`actor_torso`, the policy head, log_std)
-# is the policy.
+# first Dense it builds (`Dense_0`); everything else (`actor_torso`, the policy head, log_std
+# or, with network.state_dependent_std=true, `log_std_head`) is the policy.
 CRITIC_KEYS = ("critic_torso", "Dense_0")
 
 
@@ -97,7 +107,7 @@ def make(spec, cfg, num_updates: int, line_search: bool = True) -> Algorithm:
     network, dist, init, act = actor_critic_policy(spec, cfg, critic_tx)
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     max_kl, damping, cg_iters = algo.max_kl, algo.damping, algo.cg_iters
-    normalize_advantages = algo.normalize_advantages
+    normalize_advantages, discount_surrogate, gamma = algo.normalize_advantages, algo.discount_surrogate, algo.gamma
     if line_search:
         backtrack_iters, backtrack_coef = algo.backtrack_iters, algo.backtrack_coef
 
@@ -109,7 +119,7 @@ def make(spec, cfg, num_updates: int, line_search: bool = True) -> Algorithm:
         old_dist = jax.lax.stop_gradient(policy(policy_params))
         old_log_prob = dist.log_prob(old_dist, batch.action)
 
-        def surrogate(dist_params):  # 000 eq. 3.3.2: mean of the likelihood ratio times A
+        def surrogate(dist_params):  # 000 eq. 3.3.2: mean of the likelihood ratio times (w) A
             ratio = jnp.exp(dist.log_prob(dist_params, batch.action) - old_log_prob)
             return jnp.mean(ratio * advantages)
 
@@ -166,6 +176,9 @@ def make(spec, cfg, num_updates: int, line_search: bool = True) -> Algorithm:
                    "train/explained_variance": losses.explained_variance(values, targets)}
         if normalize_advantages:
             advantages = losses.normalize(advantages)
+        if discount_surrogate:  # 000 eq. 3.3.2's gamma^(t - t0), after normalising
+            advantages = advantages * estimators.batched(
+                lambda te, tr: estimators.discount_weights(te, tr, gamma=gamma))(batch.terminated, batch.truncated)
         policy_params, policy_metrics = policy_step(policy_params, critic_params, batch, advantages)
         flat_obs = batch.obs.reshape((-1,) + batch.obs.shape[2:])
         critic_params, opt_state = fit_critic(critic_params, learner.opt_state, policy_params, flat_obs,
