@@ -75,7 +75,7 @@ def test_effective_sample_size_hand_computed():
     assert float(is_pg.effective_sample_size(weights, jnp.zeros_like(mask))) == 0.0
 
 
-COMMON = ["env=CartPole-v1", "env.backend=jax", "num_envs=2", "total_steps=1000", "network.shared=false",
+COMMON = ["env=CartPole-v1", "env.backend=jax", "num_envs=2", "total_steps=2000", "network.shared=false",
           "algo.gamma=0.99", "algo.learning_rate=1e-3", "algo.anneal_lr=false", "algo.max_grad_norm=1.0",
           "algo.vf_coef=0.5", "algo.ent_coef=0.01", "algo.normalize_advantages=true"]
 
@@ -146,9 +146,9 @@ def test_is_pg_runs_on_gymnasium_backend(tmp_path):
     """Two updates on the host loop with trajectory weights truncated at 1.5: the metrics are
     finite, the weights' statistics within their bounds."""
     summary, records = train(tmp_path, ["algo=is_pg", "env=CartPole-v1", "env.backend=gymnasium",
-                                        "num_envs=2", "total_steps=2000", "log_interval=1000",
+                                        "num_envs=2", "total_steps=4000", "log_interval=2000",
                                         "eval_episodes=2", "algo.ratio=trajectory", "algo.ratio_clip=1.5"])
-    assert summary["total_steps"] == 2000 and len(records) == 2
+    assert summary["total_steps"] == 4000 and len(records) == 2
     for record in records:
         assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
         assert 0.0 < record["train/ess"] <= 1.0 + 1e-6
