@@ -1,5 +1,6 @@
-"""The off-policy algorithms (algo=sac, algo=offpolicy_ac) and their replay buffer: hand-computed
-numbers, independent references (scipy, finite differences) and learning thresholds."""
+"""The off-policy algorithms (algo=sac, algo=offpolicy_ac, algo=naive_offpolicy_ac) and their
+replay buffer: hand-computed numbers, independent references (scipy, finite differences) and
+learning thresholds."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from scipy import integrate, stats
 from conftest import compose, train
 from rlcli import distributions as D
 from rlcli import replay
-from rlcli.algos import Batch, offpolicy_ac, sac
+from rlcli.algos import Batch, naive_offpolicy_ac, offpolicy_ac, sac
 
 # ---- replay buffer ----------------------------------------------------------------------------
 
@@ -264,7 +265,8 @@ def fake_batch(spec, key, steps, envs):
 
 
 @pytest.mark.parametrize("algo,env", [("sac", "Pendulum-v1"), ("sac", "CartPole-v1"),
-                                      ("offpolicy_ac", "Pendulum-v1"), ("offpolicy_ac", "CartPole-v1")])
+                                      ("offpolicy_ac", "Pendulum-v1"), ("offpolicy_ac", "CartPole-v1"),
+                                      ("naive_offpolicy_ac", "Pendulum-v1"), ("naive_offpolicy_ac", "CartPole-v1")])
 def test_update_waits_for_learning_starts_and_explores_uniformly(algo, env):
     """No gradient step (parameters unchanged, metrics 0) until learning_starts transitions were
     collected; uniform random actions until then, policy actions after; gradient_steps steps
@@ -396,3 +398,124 @@ def test_discrete_actions_cartpole(tmp_path, algo):
                                   "algo.batch_size=128", "algo.learning_starts=1000", "network.hidden_sizes=[64,64]",
                                   "network.activation=relu", "eval_episodes=10"])
     assert min(final_returns(summary)) >= 150
+
+
+# ---- Alg. 19 as written (naive_offpolicy_ac) --------------------------------------------------
+
+
+def naive_parts(env, overrides=()):
+    """Alg. 19's networks and losses with one hidden ReLU layer as wide as the observation: with
+    an identity kernel, zero bias and non-negative observations it passes s through unchanged,
+    so V(s) = w . s + b and the logits s @ W + c are set by hand."""
+    from rlcli import config, envs
+
+    spec = envs.make_spec(env, "jax")
+    cfg = compose(["algo=naive_offpolicy_ac", f"env={env}", "network.activation=relu",
+                   f"network.hidden_sizes=[{int(np.prod(spec.obs_shape))}]", *overrides])
+    config.validate(cfg)
+    return naive_offpolicy_ac.build(spec, config.typed(cfg)), spec
+
+
+def linear(kernel, bias):
+    """Params of a one-hidden-layer network that computes s @ kernel + bias for s >= 0."""
+    kernel = jnp.float32(kernel)
+    identity = {"kernel": jnp.eye(kernel.shape[0]), "bias": jnp.zeros(kernel.shape[0])}
+    return {"params": {"MLP_0": {"Dense_0": identity}, "Dense_0": {"kernel": kernel, "bias": jnp.float32(bias)}}}
+
+
+def naive_batch(action):
+    """Three transitions (CartPole's 4-dim observations): the second terminated, the third
+    truncated by the time limit, stored as not terminated (only `terminated` stops the bootstrap)."""
+    obs = jnp.float32([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]])
+    next_obs = jnp.float32([[0.5, 0, 0, 1], [3, 0, 0, 0], [1, 0, 0, 2]])
+    return replay.Transition(obs, jnp.asarray(action), jnp.float32([1.0, -2.0, 0.5]),
+                             jnp.array([False, True, False]), next_obs)
+
+
+CRITIC = linear([[1.0], [2.0], [0.0], [0.0]], [0.5])  # V(s) = s0 + 2 s1 + 0.5
+TARGET = linear([[2.0], [0.0], [0.0], [1.0]], [-1.0])  # Vbar(s) = 2 s0 + s3 - 1
+
+
+def test_naive_critic_target_and_loss_by_hand():
+    """Alg. 19 step 4, gamma = 0.9: V(s_i) = (1.5, 2.5, 0.5); Vbar(s'_i) = (1, 5, 3); y = (1 + 0.9
+    x 1, -2 (terminated: no bootstrap), 0.5 + 0.9 x 3 (truncated: bootstraps)) = (1.9, -2, 3.2);
+    L = 1/2 mean((1.5 - 1.9)^2, (2.5 + 2)^2, (0.5 - 3.2)^2) = 1/2 (0.16 + 20.25 + 7.29) / 3."""
+    parts, _ = naive_parts("CartPole-v1", ["algo.gamma=0.9"])
+    assert jax.tree.map(jnp.shape, CRITIC) == jax.tree.map(jnp.shape, parts.critic.init(jax.random.PRNGKey(0),
+                                                                                           jnp.zeros((1, 4))))
+    mb = naive_batch([0, 0, 0])
+    loss, (v, y) = parts.critic_loss(CRITIC, TARGET, mb)
+    np.testing.assert_allclose(v, [1.5, 2.5, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(y, [1.9, -2.0, 3.2], rtol=1e-6)
+    np.testing.assert_allclose(float(loss), 0.5 * (0.16 + 20.25 + 7.29) / 3, rtol=1e-6)
+    # the same from the NumPy formulas
+    obs, next_obs = np.asarray(mb.obs, np.float64), np.asarray(mb.next_obs, np.float64)
+    v_np, v_bar = obs @ [1, 2, 0, 0] + 0.5, next_obs @ [2, 0, 0, 1] - 1
+    y_np = np.array([1.0, -2.0, 0.5]) + 0.9 * (1 - np.array([0, 1, 0])) * v_bar
+    np.testing.assert_allclose(float(loss), 0.5 * np.mean((v_np - y_np) ** 2), rtol=1e-6)
+    # the target is held fixed: no gradient to the target network; d L / d b = mean(V - y)
+    grad_critic, grad_target = jax.grad(lambda c, t: parts.critic_loss(c, t, mb)[0], argnums=(0, 1))(CRITIC, TARGET)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grad_target))
+    np.testing.assert_allclose(grad_critic["params"]["Dense_0"]["bias"], [np.mean(v_np - y_np)], rtol=1e-6)
+
+
+def test_naive_actor_loss_scores_the_replayed_actions_by_hand():
+    """Alg. 19 steps 5-6 on the batch above with the replayed actions a = (1, 0, 1): logits
+    (0, 1), (0, -1), (0, 2); A_i = r_i + 0.9 (1 - terminated_i) V(s'_i) - V(s_i) with V(s') =
+    (1, -, 1.5): A = (1 + 0.9 - 1.5, -2 - 2.5, 0.5 + 1.35 - 0.5) = (0.4, -4.5, 1.35); the loss is
+    -mean(log pi(a_i|s_i) A_i) with hand log-softmaxes, and its gradient with respect to the
+    logits' bias -1/N sum_i A_i (onehot(a_i) - pi(.|s_i))."""
+    parts, _ = naive_parts("CartPole-v1", ["algo.gamma=0.9"])
+    actor = linear([[0.0, 1.0], [0.0, -1.0], [0.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
+    assert jax.tree.map(jnp.shape, actor) == jax.tree.map(jnp.shape, parts.actor.init(jax.random.PRNGKey(0),
+                                                                                         jnp.zeros((1, 4))))
+    logits = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 2.0]])
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    advantage = np.array([0.4, -4.5, 1.35])
+    for action in ([1, 0, 1], [0, 1, 1]):
+        mb = naive_batch(action)
+        loss, (adv, log_prob) = parts.actor_loss(actor, CRITIC, mb)
+        np.testing.assert_allclose(adv, advantage, rtol=1e-5)
+        np.testing.assert_allclose(log_prob, log_softmax[np.arange(3), action], rtol=1e-5)
+        np.testing.assert_allclose(float(loss), -np.mean(log_softmax[np.arange(3), action] * advantage), rtol=1e-5)
+        grad = jax.grad(lambda a, mb=mb: parts.actor_loss(a, CRITIC, mb)[0])(actor)["params"]["Dense_0"]["bias"]
+        expected = -np.mean(advantage[:, None] * (np.eye(2)[action] - np.exp(log_softmax)), axis=0)
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+    # a'_1 = 0 at s_1 = (0, 1, 0, 0): log pi = -log(1 + e^-1)
+    np.testing.assert_allclose(log_softmax[1, 0], -math.log(1 + math.exp(-1)))
+    # the advantage is held fixed: no gradient reaches the critic through the actor's loss
+    grad_critic = jax.grad(lambda c: parts.actor_loss(actor, c, naive_batch([1, 0, 1]))[0])(CRITIC)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grad_critic))
+
+
+def test_naive_replayed_box_action_log_prob_against_scipy():
+    """Pendulum (actions in [-2, 2]): a replayed action a (env units) is scored as tanh(u) with u
+    = atanh(a / 2): log N(u; mu, sigma) - log(1 - (a / 2)^2) (scipy, float64); an action on the
+    bound stays finite (clipped to 1 - 1e-6 before the atanh)."""
+    parts, _ = naive_parts("Pendulum-v1")
+    params = parts.actor.init(jax.random.PRNGKey(4), jnp.zeros((1, 3)))
+    obs = jnp.float32([[0.3, -0.2, 1.0], [1.0, 0.0, -0.5], [-0.7, 0.7, 2.0]])
+    action = jnp.float32([[1.2], [-0.4], [1.99]])
+    mean, log_std, _ = parts.actor.apply(params, obs)
+    unit = np.asarray(action, np.float64)[:, 0] / 2
+    reference = (stats.norm.logpdf(np.arctanh(unit), np.asarray(mean, np.float64)[:, 0],
+                                   np.exp(np.asarray(log_std, np.float64)[:, 0])) - np.log(1 - unit ** 2))
+    got = parts.replayed_log_prob(params, obs, action)
+    np.testing.assert_allclose(got, reference, rtol=1e-4)
+    at_bound = parts.replayed_log_prob(params, obs[:1], jnp.float32([[2.0]]))
+    assert np.isfinite(float(at_bound[0]))
+
+
+@pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1"])
+def test_naive_offpolicy_ac_short_run(tmp_path, env):
+    """600 env steps through the runner: the learning steps' metrics are finite, and the run ends
+    with a finite evaluation."""
+    summary, records = train(tmp_path, ["algo=naive_offpolicy_ac", f"env={env}", "total_steps=600",
+                                        "algo.learning_starts=200", "algo.batch_size=64",
+                                        "network.hidden_sizes=[32,32]", "log_interval=200", "eval_episodes=2"])
+    assert [r["env_steps"] for r in records] == [200, 400, 600]
+    for key in ("loss/critic", "loss/actor", "policy/entropy", "policy/replayed_log_prob", "train/v_mean",
+                "train/target_mean", "train/advantage_mean"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert records[-1]["loss/critic"] > 0
+    assert summary["final_eval"]["episodes"] == 2 and np.isfinite(summary["final_eval_return_mean"])
