@@ -1,32 +1,15 @@
 """`rlcli diagnose [run=<run dir>] [key=value ...]`: how noisy is each policy-gradient estimator?
 
-For one policy - the initial policy of `seed` for the composed config (as `rlcli train` would
-start it), or a run's checkpoint (`run=<dir>`, restored as `rlcli eval` does) - whole
-episodes are sampled on the env (jax backend, one episode per column from a reset) and the
-policy gradient is estimated with every estimator and baseline `rlcli train` accepts for an
-on-policy algorithm, on `batches` independent batches of `batch_episodes` episodes, using the
-production estimators (`rlcli.estimators`, `rlcli.losses`): total_return and reward_to_go (000
-eq. 3.1.8, 3.1.10) with the baselines none, mean (3.1.11, the mean over the batch's episodes),
-leave_one_out (the same over the other episodes), value (4.2.2, the policy network's own
-critic), optimal (3.1.17, total_return) and q_control_variate (4.2.6, reward_to_go; when the
-policy's run fitted a Q critic), with discounting option 2 (000 eq. 4.1.7/4.1.8) as well when
-gamma < 1; and td, nstep and gae (4.1.4, 4.2.8, 4.2.10: biased by the critic's error). Each
-estimate is the seed's (1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t over the batch's N
-episodes.
-
-The reference gradient is reward_to_go with the value baseline and discounting option 2
-(unbiased for the gradient of E[sum_t gamma^t r_t] whatever the critic: no bootstrap at the time
-limit, the seed's finite-horizon objective; with gamma = 1 option 2 is option 1) on
-`reference_episodes` further independent episodes; its relative standard error is printed. Per
-estimator: the variance of a single-batch estimate (trace of the covariance over the batches),
-the cosine similarity and relative error ||g - ref|| / ||ref|| of the mean over the batches
-and (averaged) of single-batch estimates. `gamma` defaults to 1: every Monte-Carlo estimator
-then has the undiscounted grad J as its expectation (with gamma < 1 the option-1 reward-to-go,
-000 §4.1.4, is not the gradient of the same objective); the mean baseline is biased by the
-factor (1 - 1/N) (000 eq. 3.1.11 with the batch's own mean), leave_one_out is not.
-
-Writes diagnose.csv, diagnose.json and diagnose.png (bar plots) into `out` (default:
-<run>/diagnose for run=, else outputs/diagnose/<date>/<time>-<env>).
+For one policy (the initial policy of `seed` for the composed config, or a run's checkpoint)
+whole episodes are sampled on the env (jax backend, one episode per column from a reset,
+`rollout.jax_fresh_episodes`) and the policy gradient is estimated with every estimator and
+baseline `rlcli train` accepts for an on-policy algorithm (`estimator_names`; what each row is:
+COMMAND's description) through the production estimators (`rlcli.estimators`, `rlcli.losses`).
+Each estimate is the seed's (1/N) sum_i sum_t grad log pi(a_t|s_t) Phi_t over a batch's N
+episodes. The reference, reward_to_go minus V with discounting option 2 and no bootstrap at the
+time limit, is unbiased for the gradient of E[sum_t gamma^t r_t] (000 eq. 3.1.10, 4.1.8, 4.2.2)
+whatever the critic; with `gamma` = 1 (the default) every Monte-Carlo row has the same
+expectation, the mean baseline's up to its (1 - 1/N) factor (000 eq. 3.1.11).
 """
 
 from __future__ import annotations
