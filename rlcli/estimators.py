@@ -59,28 +59,49 @@ def nstep(rewards, values, next_values, terminated, truncated, *, gamma, n=None)
     t..t+n, n+1 rewards, beside gamma^n; this uses the usual reading, n rewards then gamma^n V,
     which is also rlax's `n_step_bootstrapped_returns`.) `n=None` sums to the
     end of the segment, as in A3C (001, "N-Step Returns for A3C updates").
+
+    n=None (or n >= T) is a reverse `jax.lax.scan` over time, y_t = r_t + gamma y_{t+1}, or
+    r_t + gamma (1 - terminated_t) V(s'_t) where the episode or the segment ends (O(T)). A
+    finite n < T is a `jax.lax.scan` over the offset k = 0..n-1, all t at once: step k adds
+    gamma^k r_{t+k} to every window still open and closes, with its bootstrap, those that end
+    at t+k (O(T n) work; each return summed in increasing k). Either way the traced program is one
+    scan body, whatever n and T.
     """
     if n is not None and int(n) < 1:
         raise ValueError(f"nstep: n={n} is not allowed (allowed: null or an integer >= 1)")
     rewards = jnp.asarray(rewards, jnp.float32)
     horizon = rewards.shape[0]
-    n = horizon if n is None else min(int(n), horizon)
     done = jnp.logical_or(terminated, truncated)
-    bootstrap = _not(terminated) * next_values
+    bootstrap = jnp.asarray(_not(terminated) * next_values, jnp.float32)
+    if n is None or int(n) >= horizon:
+        stop = done.at[-1].set(True)  # the return ends: the episode's end or the segment's
+
+        def backward(carry, inputs):
+            r, b, s = inputs
+            g = r + gamma * jnp.where(s, b, carry)
+            return g, g
+
+        returns = jax.lax.scan(backward, jnp.zeros((), jnp.float32), (rewards, bootstrap, stop),
+                               reverse=True)[1]
+        return returns - values, returns
+    n = int(n)
     steps = jnp.arange(horizon)
-    returns = jnp.zeros_like(rewards)
-    alive = jnp.ones_like(rewards)  # 1 while the window of step t is still open at offset k
-    discount = 1.0
-    for k in range(n):
+
+    def offset(carry, inputs):
+        returns, alive = carry  # alive: 1 while the window of step t is still open at offset k
+        k, discount = inputs
         idx = jnp.minimum(steps + k, horizon - 1)
         returns = returns + alive * discount * rewards[idx]
-        stops = jnp.logical_or(done[idx], steps + k >= horizon - 1)
-        if k == n - 1:
-            stops = jnp.ones_like(stops)
+        stops = done[idx] | (steps + k >= horizon - 1) | (k == n - 1)
         stop_now = alive * stops.astype(jnp.float32)
         returns = returns + stop_now * discount * gamma * bootstrap[idx]
-        alive = alive - stop_now
-        discount = discount * gamma
+        return (returns, alive - stop_now), None
+
+    discounts = [1.0]  # gamma^k, each rounded once from double precision
+    for _ in range(n - 1):
+        discounts.append(discounts[-1] * gamma)
+    init = (jnp.zeros_like(rewards), jnp.ones_like(rewards))
+    (returns, _), _ = jax.lax.scan(offset, init, (jnp.arange(n), jnp.asarray(discounts, jnp.float32)))
     return returns - values, returns
 
 

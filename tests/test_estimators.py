@@ -249,6 +249,79 @@ def test_nstep_matches_reference(seed, n):
     _check(JIT_NSTEP(*traj, gamma=0.99, n=n), *ref_nstep(*traj, 0.99, n))
 
 
+def ref_nstep_formula(r, v, nv, term, trunc, gamma, n):
+    """000 eq. 4.2.8 written from the formula, independently of `ref_nstep`:
+    y_t = sum_{k<m} gamma^k r_{t+k} + gamma^m (1 - terminated_{t+m-1}) V(s'_{t+m-1}), where m
+    is n cut to the first episode end (terminated or truncated) at or after t, and to the end
+    of the segment. float64 throughout."""
+    T = len(r)
+    horizon = T if n is None else n
+    y = np.zeros(T)
+    for t in range(T):
+        end = t  # the last step of the window: the first of t+horizon-1, an episode end, T-1
+        while end < min(t + horizon, T) - 1 and not (term[end] or trunc[end]):
+            end += 1
+        m = end - t + 1
+        y[t] = sum(gamma**k * float(r[t + k]) for k in range(m))
+        y[t] += gamma**m * (0.0 if term[end] else float(nv[end]))
+    return y - np.asarray(v, np.float64), y
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 31, 32, 100, None])
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.3])
+def test_nstep_matches_formula(n, p):
+    # T=32, several boundary densities (none, a few, many), n=1, n<T, n=T-1, n=T, n>T, None.
+    traj = random_trajectory(2, T=32, p=p)
+    if p > 0:
+        assert traj[3].any() and traj[4].any()
+    for gamma in (0.9, 1.0):
+        _check(JIT_NSTEP(*traj, gamma=gamma, n=n), *ref_nstep_formula(*traj, gamma, n))
+
+
+def test_nstep_formula_reference_is_hand_checked():
+    # the formula reference itself against the hand-computed numbers above
+    _check(ref_nstep_formula(*HAND, GAMMA, 2), [1.5, 1.0, 4.125, 7.0, 7.5, 5.0],
+           [2.0, 2.0, 5.625, 9.0, 10.0, 8.0])
+    _check(ref_nstep_formula(*HAND, GAMMA, None), [1.5, 1.0, 6.0, 7.0, 7.5, 5.0],
+           [2.0, 2.0, 7.5, 9.0, 10.0, 8.0])
+
+
+def _eqn_count(jaxpr) -> int:
+    """Equations of a jaxpr, those of its sub-jaxprs (scan, cond and while bodies) included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += 1
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _eqn_count(inner)
+    return total
+
+
+def _nstep_size(T, n):
+    x, flags = jnp.zeros(T, jnp.float32), jnp.zeros(T, bool)
+    closed = jax.make_jaxpr(lambda *a: estimators.nstep(*a, gamma=0.99, n=n))(x, x, x, flags, flags)
+    return len(closed.jaxpr.eqns), _eqn_count(closed.jaxpr)
+
+
+def test_nstep_trace_size_does_not_grow_with_T_or_n():
+    # The traced program must not be unrolled over the rollout (n=None: n = T, quadratic) or
+    # over n: its size is the same for T=100 and T=400, for n=5 and n=50, and stays within a
+    # few times that of gae (one scan) for every n.
+    sizes = {(T, n): _nstep_size(T, n) for T in (100, 400) for n in (5, 50, None)}
+    x, flags = jnp.zeros(400), jnp.zeros(400, bool)
+    gae_top = len(jax.make_jaxpr(lambda *a: estimators.gae(*a, gamma=0.99, lam=0.95))(
+        x, x, x, flags, flags).jaxpr.eqns)
+    for n in (5, 50, None):
+        (top_100, all_100), (top_400, all_400) = sizes[100, n], sizes[400, n]
+        assert top_400 <= top_100 + 2 and all_400 <= all_100 + 2, sizes
+        assert top_400 <= 3 * gae_top and all_400 <= 100, (sizes, gae_top)
+    for T in (100, 400):
+        (top_5, all_5), (top_50, all_50) = sizes[T, 5], sizes[T, 50]
+        assert top_50 <= top_5 + 2 and all_50 <= all_5 + 2, sizes
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.9, 1.0])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_gae_matches_reference(seed, lam):
