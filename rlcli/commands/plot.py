@@ -39,8 +39,8 @@ final-return table.""",
      Option("group_by", "algo,env,estimator", Rule(lambda v: isinstance(v, str), "comma-separated config keys"),
             "config keys that make a group: algo (algo.name), env (env.id), estimator (estimator.name) or any "
             "dotted key of .hydra/config.yaml; empty pools every run", text_of),
-     Option("metric", "episode/return", (lambda v: isinstance(v, str) and bool(v),
-                                         "episode/return, eval/return_mean or another numeric key of metrics.jsonl"),
+     Option("metric", "episode/return", Rule(lambda v: isinstance(v, str) and bool(v),
+                                             "episode/return, eval/return_mean or another numeric key of metrics.jsonl"),
             "the y axis: training episodes that finished in the interval, or the evaluations", text_of),
      Option("out", None, non_empty_text(), "where to write (default: the first directory if it is a multirun "
             "directory, else <first run dir>/plots; a name taken gets -1, -2, ...)", text_of)),
