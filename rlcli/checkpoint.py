@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -167,8 +168,16 @@ def _restore_step(directory: Path, like: Any, step: int) -> tuple[Any, dict]:
         if "not compatible with the stored shape" in text or "tree structure" in text.lower():
             raise CheckpointError(f"checkpoint {directory / str(step)} does not fit this config: "
                                   f"{text.splitlines()[0]}") from None
+        ignore_stray_coroutines()
         raise DamagedCheckpoint(directory, step, "its array data") from None
     return from_storable(restored.state, like), meta
+
+
+def ignore_stray_coroutines() -> None:
+    """A failed restore can leave one of orbax's metadata coroutines never awaited; when it is
+    collected (often at exit) Python warns on stderr, which would add lines to the one-line
+    error. Silence that one warning for the rest of the process."""
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
 
 
 @contextlib.contextmanager
