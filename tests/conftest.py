@@ -57,3 +57,32 @@ def run_cli(args, cwd, timeout=600):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# The shared run: one small finished `rlcli train` run directory, built once per test session
+# and shared by the xdist workers (the first to need it builds it under a file lock), for the
+# tests that only read a run directory. Tests must not change it: copy it (shutil.copytree)
+# first, or give commands an `out=` elsewhere.
+SHARED_RUN = ["algo=a2c", "env=CartPole-v1", "num_seeds=2", "total_steps=2000", "log_interval=400",
+              "checkpoint_interval=800", "eval_episodes=2", "logger=quiet"]
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """A finished a2c CartPole-v1 run of SHARED_RUN: 2 seeds, metrics every 400 env steps,
+    checkpoints at 800, 1600 and 2000."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's directory, the same for every xdist worker
+    run = root / "shared-run" / "run"
+    with open(root / "shared-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run / "summary.json").exists():
+            if run.parent.exists():
+                shutil.rmtree(run.parent)
+            run.parent.mkdir()
+            result = run_cli(["train", *SHARED_RUN, f"hydra.run.dir={run}"], run.parent)
+            assert result.returncode == 0, result.stderr
+    return run

@@ -348,58 +348,6 @@ def test_sde_needs_a_box_action_space():
         validate(compose(["algo=sac", "env=CartPole-v1", "algo.use_sde=true"]))
 
 
-# ---- learning (5 vmapped seeds in one process) ------------------------------------------------
-
-
-def final_returns(summary):
-    returns = summary["final_eval"]["return_mean"]
-    print(f"{summary['algo']} on {summary['env']}: final deterministic eval return per seed",
-          [round(r, 1) for r in returns], "mean", round(float(np.mean(returns)), 1),
-          f"({summary['total_steps']} env steps, {summary['wall_time_s']} s wall)")
-    return returns
-
-
-@pytest.mark.slow
-def test_sac_pendulum(tmp_path):
-    """Tuned values (conf/tuned/sac_Pendulum-v1.yaml) for 15k of their 20k steps: the mean over 5
-    seeds of the final deterministic evaluation return (20 episodes each) is >= -200."""
-    summary, _ = train(tmp_path, ["algo=sac", "env=Pendulum-v1", "num_seeds=5", "total_steps=15000",
-                                  "log_interval=5000", "eval_episodes=20"])
-    assert np.mean(final_returns(summary)) >= -200
-
-
-@pytest.mark.slow
-def test_sac_mountain_car_continuous_with_gsde(tmp_path):
-    """Tuned values (gSDE exploration), 50k steps: the mean over 5 seeds of the final
-    deterministic evaluation return is >= 90 (measured: 93.5, every seed >= 92.4; seeds 5-9:
-    93.4)."""
-    summary, _ = train(tmp_path, ["algo=sac", "env=MountainCarContinuous-v0", "num_seeds=5",
-                                  "log_interval=16672", "eval_episodes=10"])  # 3 chunks of 521 updates
-    assert summary["total_steps"] == 50016
-    assert np.mean(final_returns(summary)) >= 90
-
-
-@pytest.mark.slow
-def test_offpolicy_ac_pendulum(tmp_path):
-    """Tuned values for 10k of their 20k steps: the mean over 5 seeds of the final deterministic
-    evaluation return (20 episodes each) is >= -400."""
-    summary, _ = train(tmp_path, ["algo=offpolicy_ac", "env=Pendulum-v1", "num_seeds=5", "total_steps=10000",
-                                  "eval_episodes=20"])
-    assert np.mean(final_returns(summary)) >= -400
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("algo", ["sac", "offpolicy_ac"])
-def test_discrete_actions_cartpole(tmp_path, algo):
-    """Discrete SAC / offpolicy_ac with exact expectations over actions, 12k steps, 2 seeds: each
-    seed's deterministic evaluation return is >= 150, about 7 times a random policy's 22."""
-    summary, _ = train(tmp_path, [f"algo={algo}", "env=CartPole-v1", "num_seeds=2", "num_envs=4",
-                                  "total_steps=12000", "log_interval=4000", "algo.learning_rate=1e-3",
-                                  "algo.batch_size=128", "algo.learning_starts=1000", "network.hidden_sizes=[64,64]",
-                                  "network.activation=relu", "eval_episodes=10"])
-    assert min(final_returns(summary)) >= 150
-
-
 # ---- Alg. 19 as written (naive_offpolicy_ac) --------------------------------------------------
 
 

@@ -157,29 +157,27 @@ def test_help(capsys):
     assert "usage: rlcli plot" in capsys.readouterr().out
 
 
-def test_real_run_vmapped_seeds(tmp_path, cli):
-    """A real 2-seed run through `rlcli train`: the curves' means are the per-step means of
-    metrics.jsonl's episode/return, the final table that of summary.json's final_eval."""
+def test_real_run_vmapped_seeds(tmp_path, cli, shared_run):
+    """A real 2-seed run through `rlcli train` (the session's shared run): the curves' means are
+    the per-step means of metrics.jsonl's episode/return, the final table that of summary.json's
+    final_eval."""
     from rlcli.logger import read_metrics
 
-    run = tmp_path / "run"
-    trained = cli(["train", "algo=a2c", "env=CartPole-v1", "total_steps=4096", "num_envs=4", "num_seeds=2",
-                   "log_interval=1024", "logger=quiet", f"hydra.run.dir={run}"], tmp_path)
-    assert trained.returncode == 0, trained.stderr
+    run, plots = shared_run, tmp_path / "plots"
     assert (run / "curve.png").read_bytes()[:8] == PNG_SIGNATURE  # train's own plot
-    plotted = cli(["plot", str(run)], tmp_path)
+    plotted = cli(["plot", str(run), f"out={plots}"], tmp_path)
     assert plotted.returncode == 0, plotted.stderr
-    rows = rows_of(read_csv(run / "plots" / "curves.csv"), A2C)
+    rows = rows_of(read_csv(plots / "curves.csv"), A2C)
     records = read_metrics(run)
     steps = sorted({r["env_steps"] for r in records})
     assert [r["x"] for r in rows] == steps and {r["n_seeds"] for r in rows} == {2}
     for row, x in zip(rows, steps):
         assert row["mean"] == pytest.approx(np.mean([r["episode/return"] for r in records if r["env_steps"] == x]))
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
-    (final,) = read_csv(run / "plots" / "final_returns.csv")
+    (final,) = read_csv(plots / "final_returns.csv")
     summary = json.loads((run / "summary.json").read_text())
     assert int(final["n_seeds"]) == 2 and float(final["mean"]) == pytest.approx(summary["final_eval_return_mean"])
-    assert_png(run / "plots" / "curves.png")
+    assert_png(plots / "curves.png")
 
 
 def test_the_runs_curve_shows_seed_lines_or_beyond_ten_seeds_their_mean_and_range():

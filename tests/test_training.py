@@ -1,4 +1,4 @@
-"""Training runs: determinism, seeds in one process vs separate runs, learning thresholds."""
+"""Training runs: determinism, seeds in one process vs separate runs, the learning canary."""
 
 import numpy as np
 import pytest
@@ -37,35 +37,32 @@ def test_same_seed_same_numbers_and_vmapped_seeds_match_separate_runs(tmp_path, 
     assert numbers(both, 0)[0]["loss/total"] != numbers(both, 1)[0]["loss/total"]
 
 
-def first_solved(records, threshold=475.0):
-    """Env steps of the first evaluation at or above threshold, per seed (None: never)."""
-    out = {}
-    for r in records:
-        if r.get("eval/return_mean") is not None and r["eval/return_mean"] >= threshold:
-            out.setdefault(r["seed_index"], r["env_steps"])
-    return out
+def random_policy_return(episodes=200, seed=0):
+    """Mean return of uniformly random actions on gymnasium's own CartPole-v1."""
+    import gymnasium as gym
+
+    env, rng, total = gym.make("CartPole-v1"), np.random.default_rng(seed), 0.0
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(int(rng.integers(2)))
+            total += reward
+            done = terminated or truncated
+    return total / episodes
 
 
-@pytest.mark.slow
-def test_a2c_solves_cartpole_jax_backend(tmp_path):
-    """Shipped defaults, 5 seeds, 500k env steps: a deterministic evaluation return >= 475 in
-    at least 4 of 5 seeds (the RL Baselines3 Zoo reports 500 at 500k)."""
-    summary, records = train(tmp_path, ["algo=a2c", "env=CartPole-v1", "num_seeds=5",
-                                        "eval_interval=50000"])
-    assert summary["total_steps"] == 500_000
-    solved = first_solved(records)
-    print("first env steps with eval return >= 475 per seed:", solved,
-          "final:", summary["final_eval"]["return_mean"])
-    assert len(solved) >= 4
-
-
-@pytest.mark.slow
-def test_a2c_solves_cartpole_gymnasium_backend(tmp_path):
-    """The same defaults on the host-vectorised gymnasium backend: at least 1 of 2 seeds reaches
-    475 within 500k env steps."""
-    summary, records = train(tmp_path, ["algo=a2c", "env=CartPole-v1", "env.backend=gymnasium",
-                                        "num_seeds=2", "eval_interval=50000"])
-    solved = first_solved(records)
-    print("first env steps with eval return >= 475 per seed:", solved,
-          "final:", summary["final_eval"]["return_mean"])
-    assert len(solved) >= 1
+def test_a2c_canary(tmp_path):
+    """The per-push learning canary (the learning goals live in benchmarks/learning.py): A2C with
+    the shipped CartPole-v1 settings, 4 vmapped seeds, 60k env steps: the mean over the seeds of
+    the final deterministic evaluation return (10 episodes each) is at least five times the mean
+    return of uniformly random actions (200 episodes of gymnasium's CartPole-v1: about 22)."""
+    random_return = random_policy_return()
+    assert 15 < random_return < 30  # the known figure for CartPole-v1, about 22
+    summary, _ = train(tmp_path, ["algo=a2c", "env=CartPole-v1", "num_seeds=4", "total_steps=60000",
+                                  "eval_episodes=10"])
+    assert summary["total_steps"] == 60_000
+    returns = summary["final_eval"]["return_mean"]
+    print("final deterministic evaluation return per seed:", [round(r, 1) for r in returns],
+          "random actions:", round(random_return, 1))
+    assert float(np.mean(returns)) >= 5 * random_return, (returns, random_return)

@@ -6,31 +6,24 @@ import pytest
 
 from rlcli.commands.reproduce import compare
 
-TINY = ["algo=a2c", "env=CartPole-v1", "total_steps=1600", "num_envs=4", "log_interval=400",
-        "eval_episodes=2", "num_seeds=2", "logger=quiet"]
+
+@pytest.fixture
+def run(shared_run):
+    """The session's shared run (tests/conftest.py): 2 seeds x 5 records (400 ... 2000 env steps)."""
+    return shared_run
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from conftest import run_cli
-
-    cwd = tmp_path_factory.mktemp("reproduce")
-    result = run_cli(["train", *TINY, f"hydra.run.dir={cwd / 'run'}"], cwd)
+def test_reproduce_matches_bit_for_bit_on_cpu(run, cli, tmp_path):
+    out = tmp_path / "reproduced"
+    result = cli(["reproduce", f"run={run}", f"out={out}"], tmp_path)
     assert result.returncode == 0, result.stderr
-    return cwd / "run"
-
-
-def test_reproduce_matches_bit_for_bit_on_cpu(run, cli):
-    result = cli(["reproduce", f"run={run}"], run.parent)
-    assert result.returncode == 0, result.stderr
-    out = run.with_name("run-reproduced")
     report = json.loads((out / "reproduce.json").read_text())
     original = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    # 2 seeds x 4 records (400, 800, 1200, 1600 env steps), every value compared
-    assert report["match"] and report["tolerance"] == "exact" and report["records"] == 8 == len(original)
+    # 2 seeds x 5 records (400, 800, 1200, 1600, 2000 env steps), every value compared
+    assert report["match"] and report["tolerance"] == "exact" and report["records"] == 10 == len(original)
     assert report["values"] == sum(len(r) - 2 for r in original)  # all but the two timings
     assert report["original_git_commit"] == report["reproduced_git_commit"]
-    assert "bit for bit: 8 records" in result.stdout
+    assert "bit for bit: 10 records" in result.stdout
     # the new directory is a run directory of its own: it can be resumed, evaluated, reproduced
     assert (out / ".hydra" / "config.yaml").read_text() == (run / ".hydra" / "config.yaml").read_text()
     assert (out / "summary.json").is_file() and (out / "checkpoints").is_dir()
@@ -106,7 +99,9 @@ def test_resume_eval_and_reproduce_take_a_multirun_directory(cli, tmp_path):
     import shutil
 
     sweep = tmp_path / "sweep"
-    one_seed = [a for a in TINY if not a.startswith("num_seeds")]
+    from conftest import SHARED_RUN
+
+    one_seed = [a for a in SHARED_RUN if not a.startswith("num_seeds")]
     result = cli(["train", "-m", "seed=0,1", *one_seed, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 0, result.stderr
     # a job that failed before its first checkpoint
