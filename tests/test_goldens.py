@@ -10,9 +10,27 @@ import pytest
 from goldens import CASES, golden_path, run_in_subprocess
 
 
-@pytest.fixture(scope="module")
+# the cases in two halves, each run in one subprocess; under `pytest -n 2` (xdist's loadgroup)
+# each half is an xdist group of its own, so the two halves run side by side
+HALVES = {name: i % 2 for i, name in enumerate(CASES)}
+
+
+DONE: dict[int, dict] = {}  # kept for the whole worker process: xdist may tear fixtures down between tests
+
+
+@pytest.fixture
 def results(tmp_path_factory):
-    return run_in_subprocess(list(CASES), tmp_path_factory.mktemp("goldens"))
+    """The results of each half that a test of this worker asked for, run on first use."""
+    done = DONE
+
+    def of(name: str) -> dict:
+        half = HALVES[name]
+        if half not in done:
+            names = [n for n in CASES if HALVES[n] == half]
+            done[half] = run_in_subprocess(names, tmp_path_factory.mktemp(f"goldens{half}"))
+        return done[half][name]
+
+    return of
 
 
 def _first_difference(expected, got, where="") -> str | None:
@@ -35,10 +53,11 @@ def _first_difference(expected, got, where="") -> str | None:
     return None if expected == got else f"{where.rstrip('.')}: golden {expected!r}, this run {got!r}"
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xdist_group(f"goldens{HALVES[name]}"))
+                                  for name in CASES])
 def test_golden_numbers_unchanged(results, name):
     expected = json.loads(golden_path(name).read_text())
-    got = json.loads(json.dumps(results[name]))  # through JSON, as the golden was written
+    got = json.loads(json.dumps(results(name)))  # through JSON, as the golden was written
     assert got["metrics"], name
     difference = _first_difference(expected, got)
     assert difference is None, f"golden case {name} changed at {difference}"
