@@ -12,6 +12,7 @@ from scipy import special, stats
 from rlcli import distributions as D
 
 TOL = dict(rtol=1e-5, atol=1e-5)
+Z = 5.0  # Monte-Carlo checks: |estimate - target| below Z standard errors (as tests/test_exact_gradient.py)
 
 # The functions are called under jax.jit (as in training): one compilation per call instead of
 # one per eager op keeps the file fast.
@@ -23,6 +24,11 @@ def _f32(x):
 
 def _f64(x):
     return np.asarray(x, np.float64)
+
+
+def z_scores(estimate, se, target):
+    """(estimate - target) / standard error, per component."""
+    return (np.asarray(estimate, np.float64) - np.asarray(target, np.float64)) / np.maximum(se, 1e-12)
 
 
 # ---- categorical ------------------------------------------------------------------------------
@@ -89,14 +95,22 @@ def test_categorical_mode(logits):
 
 
 def test_categorical_sample_frequencies():
+    """Each action's frequency in 200k draws is within Z standard errors of softmax(logits),
+    the standard error sqrt(f (1 - f) / n) from the draws; a 2% relative error in p would not be."""
     logits = _f32([1.0, -0.5, 0.3, 2.0, -1.0])
     n = 200_000
     samples = jax.jit(D.categorical_sample)(
         jax.random.PRNGKey(0), jnp.broadcast_to(jnp.asarray(logits), (n, 5))
     )
     assert samples.shape == (n,)
-    freq = np.bincount(np.asarray(samples), minlength=5) / n
-    np.testing.assert_allclose(freq, special.softmax(_f64(logits)), atol=0.01)
+    counts = np.bincount(np.asarray(samples), minlength=5)
+    assert counts.sum() == n  # every draw is an action in range
+    freq = counts / n
+    p = special.softmax(_f64(logits))
+    se = np.sqrt(freq * (1.0 - freq) / n)
+    assert np.all(np.abs(z_scores(freq, se, p)) < Z), z_scores(freq, se, p)
+    # the bound resolves a 2% error in the largest probability
+    assert abs(z_scores(freq, se, p * 1.02)[3]) > Z
 
 
 # ---- diagonal Gaussian ------------------------------------------------------------------------
@@ -198,6 +212,10 @@ def test_gaussian_mode(gaussian):
 
 
 def test_gaussian_sample_statistics():
+    """Sample mean and variance of a = mu + sigma z over 200k draws, per dimension, within Z
+    standard errors of mu and sigma^2: the mean's standard error s / sqrt(n), the variance's
+    that of the mean of (a - mu)^2 (both from the draws). A 2% error in mu (in units of
+    sigma) or in sigma would be outside the bound."""
     mu = _f32([0.5, -1.0, 2.0])
     sigma = _f32([0.3, 1.0, 1.7])
     n = 200_000
@@ -205,8 +223,17 @@ def test_gaussian_sample_statistics():
     samples = jax.jit(D.gaussian_sample)(jax.random.PRNGKey(1), (mean, jnp.log(sigma)))
     samples = np.asarray(samples, np.float64)
     assert samples.shape == (n, 3)
-    np.testing.assert_allclose(samples.mean(0), mu, atol=0.02)
-    np.testing.assert_allclose(samples.std(0), sigma, atol=0.02)
+    mu, sigma = _f64(mu), _f64(sigma)
+    se_mean = samples.std(0, ddof=1) / np.sqrt(n)
+    z_mean = z_scores(samples.mean(0), se_mean, mu)
+    assert np.all(np.abs(z_mean) < Z), z_mean
+    squared = (samples - mu) ** 2  # E = sigma^2
+    se_var = squared.std(0, ddof=1) / np.sqrt(n)
+    z_var = z_scores(squared.mean(0), se_var, sigma**2)
+    assert np.all(np.abs(z_var) < Z), z_var
+    # resolving power: 2% shifts of the targets are rejected in every dimension
+    assert np.all(np.abs(z_scores(samples.mean(0), se_mean, mu + 0.02 * sigma)) > Z)
+    assert np.all(np.abs(z_scores(squared.mean(0), se_var, (1.02 * sigma) ** 2)) > Z)
 
 
 # ---- dispatch ---------------------------------------------------------------------------------

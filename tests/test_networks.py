@@ -1,11 +1,14 @@
 """The state-dependent std of the Gaussian policy (`network.state_dependent_std`, 001: a =
 mu_theta(s) + sigma_phi(s) z): the log-probability against scipy, the head's initialisation and
 output against a NumPy forward pass, TRPO's policy/critic split, the refusal for discrete
-actions, and short Pendulum runs of every on-policy algorithm."""
+actions, and short Pendulum runs of every on-policy algorithm; the orthogonal initialisation
+with its gains, the initial std, the Q ensemble, SAC's squashed-Gaussian actor and the
+discrete actors against NumPy forward passes and scipy."""
 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -186,3 +189,172 @@ def test_every_on_policy_algorithm_learns_a_state_dependent_std(tmp_path, case):
     variables, = actor_critic_params(params)
     (_, log_std), _ = network.apply(variables, RNG.normal(size=(2, 3)).astype(np.float32))
     assert log_std.shape == (2, 1) and log_std[0, 0] != log_std[1, 0]
+
+
+# ---- initialisation and the off-policy modules ------------------------------------------------------
+
+
+def assert_orthogonal(kernel, gain, name):
+    """An orthogonal [in, out] kernel scaled by `gain`: W^T W = gain^2 I (in >= out, orthonormal
+    columns) or W W^T = gain^2 I (in < out, orthonormal rows)."""
+    w = np.asarray(kernel, np.float64)
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    np.testing.assert_allclose(gram, gain ** 2 * np.eye(gram.shape[0]), rtol=0, atol=1e-5 * max(gain ** 2, 1e-2),
+                               err_msg=name)
+
+
+def assert_zero_biases(tree):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if jax.tree_util.keystr(path).endswith("['bias']"):
+            np.testing.assert_array_equal(leaf, np.zeros_like(leaf), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_orthogonal_initialisation_with_the_stated_gains(shared):
+    """The module docstring's gains: sqrt(2) for hidden layers, 0.01 for the policy head, 1 for
+    the value head; biases 0; hidden sizes (7, 4) from 3 inputs cover both shapes of kernel
+    (3 x 7 wide, 7 x 4 tall)."""
+    network = networks.ActorCritic(num_actions=2, discrete=True, hidden_sizes=(7, 4), shared=shared)
+    params = network.init(jax.random.PRNGKey(0), OBS)["params"]
+    torsos = ["torso"] if shared else ["actor_torso", "critic_torso"]
+    assert set(params) == {*torsos, "Dense_0", "Dense_1"}
+    for torso in torsos:
+        assert params[torso]["Dense_0"]["kernel"].shape == (3, 7)
+        for layer in ("Dense_0", "Dense_1"):
+            assert_orthogonal(params[torso][layer]["kernel"], math.sqrt(2.0), f"{torso}/{layer}")
+    assert params["Dense_0"]["kernel"].shape == (4, 1)  # the value head
+    assert_orthogonal(params["Dense_0"]["kernel"], 1.0, "value head")
+    assert params["Dense_1"]["kernel"].shape == (4, 2)  # the policy head
+    assert_orthogonal(params["Dense_1"]["kernel"], 0.01, "policy head")
+    assert_zero_biases(params)
+    if not shared:  # two networks: their own draws
+        assert not np.allclose(params["actor_torso"]["Dense_0"]["kernel"], params["critic_torso"]["Dense_0"]["kernel"])
+
+
+@pytest.mark.parametrize("log_std_init", [0.0, -1.3])
+def test_initial_std_is_exp_log_std_init(log_std_init):
+    """The state-independent default: the Gaussian's std is exp(log_std_init) in every state,
+    the scale of a sample's deviation from the mean; its mean starts near 0 (policy head gain
+    0.01)."""
+    network = networks.ActorCritic(num_actions=2, discrete=False, hidden_sizes=(5,), log_std_init=log_std_init)
+    params = network.init(jax.random.PRNGKey(0), OBS)
+    (mean, log_std), value = network.apply(params, OBS)
+    assert mean.shape == (6, 2) and log_std.shape == (2,) and value.shape == (6,)
+    np.testing.assert_allclose(np.exp(np.broadcast_to(log_std, mean.shape)), np.full((6, 2), math.exp(log_std_init)),
+                               rtol=1e-6)
+    key = jax.random.PRNGKey(1)
+    z = np.asarray(jax.random.normal(key, mean.shape))
+    sample = distributions.gaussian_sample(key, (mean, log_std))
+    np.testing.assert_allclose(sample - mean, math.exp(log_std_init) * z, rtol=1e-5, atol=1e-6)
+    # |mean| <= 0.01 ||features||, features = tanh(.) in [-1, 1]^5
+    assert float(jnp.abs(mean).max()) <= 0.01 * math.sqrt(5) + 1e-6
+
+
+def _numpy_mlp(layers, x, activation=np.tanh):
+    for layer in layers[:-1]:
+        x = activation(x @ np.float64(layer["kernel"]) + np.float64(layer["bias"]))
+    return x @ np.float64(layers[-1]["kernel"]) + np.float64(layers[-1]["bias"])
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+@pytest.mark.parametrize("discrete", [False, True], ids=["box", "discrete"])
+def test_q_ensemble_members_are_independent_networks(discrete):
+    """QEnsemble(num_critics=3): each member has its own parameters (stacked on a leading axis,
+    drawn separately, each kernel orthogonal with gain sqrt(2), head 1), and member i's output
+    is the one-hidden-layer ReLU network of its slice, written in NumPy (the Box action
+    concatenated to the observation); SAC's clipped double-Q takes their minimum."""
+    ensemble = networks.QEnsemble(num_actions=2, discrete=discrete, hidden_sizes=(6,), activation="relu",
+                                  num_critics=3)
+    action = RNG.uniform(-1, 1, size=(6, 2)).astype(np.float32)
+    params = ensemble.init(jax.random.PRNGKey(0), OBS, None if discrete else action)
+    q = np.asarray(ensemble.apply(params, OBS, None if discrete else action))
+    assert q.shape == ((3, 6, 2) if discrete else (3, 6))
+    p = params["params"]["q"]
+    x = OBS if discrete else np.concatenate([OBS, action], axis=-1)
+    for i in range(3):
+        hidden = {k: v[i] for k, v in p["MLP_0"]["Dense_0"].items()}
+        head = {k: v[i] for k, v in p["Dense_0"].items()}
+        assert_orthogonal(hidden["kernel"], math.sqrt(2.0), f"member {i} hidden")
+        assert_orthogonal(head["kernel"], 1.0, f"member {i} head")
+        out = _numpy_mlp([hidden, head], np.float64(x), relu)
+        np.testing.assert_allclose(q[i], out if discrete else out[:, 0], rtol=1e-5, atol=1e-5)
+    kernels = np.asarray(p["MLP_0"]["Dense_0"]["kernel"])
+    assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
+    assert np.all(q.min(axis=0) <= q) and np.any(q[0] != q.min(axis=0))
+    assert_zero_biases(params)
+
+
+def test_squashed_gaussian_actor_init_bounds_and_log_prob():
+    """SAC's actor: hidden sqrt(2), mean and log-std heads 0.01, log-std bias log_std_init (so the
+    initial log-std is log_std_init + f(s) K, within 0.01 ||f(s)|| of it); `make_act`'s actions
+    lie within the env's bounds even for a mean far outside, and its log-prob is the Gaussian
+    log-density of u = atanh(a / 2) (scipy) minus sum log(1 - tanh(u)^2) minus log of the half
+    range (Pendulum: [-2, 2])."""
+    from rlcli import envs
+    from rlcli.algos import sac
+
+    actor = networks.SquashedGaussianActor(1, (6,), "relu", log_std_init=-0.4)
+    params = actor.init(jax.random.PRNGKey(0), OBS)
+    p = params["params"]
+    assert_orthogonal(p["MLP_0"]["Dense_0"]["kernel"], math.sqrt(2.0), "hidden")
+    assert_orthogonal(p["Dense_0"]["kernel"], 0.01, "mean head")
+    assert_orthogonal(p["Dense_1"]["kernel"], 0.01, "log-std head")
+    np.testing.assert_array_equal(p["Dense_1"]["bias"], [np.float32(-0.4)])
+    mean, log_std, features = actor.apply(params, OBS)
+    f = relu(np.float64(OBS) @ np.float64(p["MLP_0"]["Dense_0"]["kernel"]))
+    np.testing.assert_allclose(features, f, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_std, -0.4 + f @ np.float64(p["Dense_1"]["kernel"]), rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(np.asarray(log_std) + 0.4) <= 0.01 * np.linalg.norm(f, axis=-1, keepdims=True) + 1e-6)
+
+    spec = envs.make_spec("Pendulum-v1", "jax")
+
+    class Learner(NamedTuple):
+        params: Any
+        env_steps: Any
+        noise: Any
+
+    class Params(NamedTuple):
+        actor: Any
+
+    act = jax.jit(sac.make_act(spec, actor, learning_starts=0))
+    obs = jnp.asarray(RNG.normal(size=(4000, 3)), jnp.float32)
+    far = jax.tree.map(lambda x: x, params)
+    far["params"]["Dense_0"]["bias"] = jnp.float32([6.0])  # tanh(u) rounds to 1 for most samples
+    action, _ = act(Learner(Params(far), jnp.int32(0), None), obs, jax.random.PRNGKey(1))
+    assert float(action.min()) >= -2.0 and float(action.max()) <= 2.0 and float(action.max()) == 2.0
+    action, info = act(Learner(Params(params), jnp.int32(0), None), obs[:50], jax.random.PRNGKey(2))
+    a = np.float64(action)
+    assert np.all(np.abs(a) < 2.0)
+    mean, log_std, _ = actor.apply(params, obs[:50])
+    u = np.arctanh(a / 2.0)
+    expected = (stats.norm.logpdf(u, np.float64(mean), np.exp(np.float64(log_std)))
+                - np.log(1.0 - np.tanh(u) ** 2)).sum(-1) - math.log(2.0)
+    np.testing.assert_allclose(info.log_prob, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("module", ["actor_critic", "discrete_actor"])
+def test_discrete_actors_give_one_logit_per_action(module):
+    """A Discrete space's policies: logits [B, A] from the policy head (gain 0.01), whose softmax
+    sums to 1 in every state, the logits of a NumPy forward pass."""
+    if module == "actor_critic":
+        net = networks.ActorCritic(num_actions=4, discrete=True, hidden_sizes=(5,))
+        params = net.init(jax.random.PRNGKey(0), OBS)
+        logits, value = net.apply(params, OBS)
+        assert value.shape == (6,)
+        p = params["params"]
+        layers, act = [p["actor_torso"]["Dense_0"], p["Dense_1"]], np.tanh
+    else:
+        net = networks.DiscreteActor(num_actions=4, hidden_sizes=(5,))
+        params = net.init(jax.random.PRNGKey(0), OBS)
+        logits = net.apply(params, OBS)
+        p = params["params"]
+        layers, act = [p["MLP_0"]["Dense_0"], p["Dense_0"]], relu
+    assert logits.shape == (6, 4)
+    np.testing.assert_allclose(logits, _numpy_mlp(layers, np.float64(OBS), act), rtol=1e-5, atol=1e-7)
+    assert_orthogonal(layers[-1]["kernel"], 0.01, "policy head")
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+    np.testing.assert_allclose(probs.sum(-1), np.ones(6), rtol=1e-6)
+    assert np.all(probs > 0)

@@ -348,6 +348,163 @@ def test_sde_needs_a_box_action_space():
         validate(compose(["algo=sac", "env=CartPole-v1", "algo.use_sde=true"]))
 
 
+# ---- SAC's actor loss and gSDE, written out ----------------------------------------------------
+
+SAC_HIDDEN = 8
+
+
+def _relu_features(actor_params, obs):
+    """The actor's last hidden layer in NumPy: relu(obs W + b) (one hidden layer)."""
+    layer = actor_params["params"]["MLP_0"]["Dense_0"]
+    return np.maximum(np.float64(obs) @ np.float64(layer["kernel"]) + np.float64(layer["bias"]), 0.0)
+
+
+def _linear(layer, x):
+    return x @ np.float64(layer["kernel"]) + np.float64(layer["bias"])
+
+
+def _sac(overrides):
+    return make_algo(["algo=sac", "env=Pendulum-v1", "num_envs=1", "algo.num_steps=8", "algo.batch_size=8",
+                      "algo.buffer_size=16", "algo.learning_starts=0", "algo.gradient_steps=1",
+                      "algo.learning_rate=0.01", "algo.ent_coef=auto", "algo.ent_coef_init=0.7",
+                      f"network.hidden_sizes=[{SAC_HIDDEN}]", "network.activation=relu", *overrides])
+
+
+def _update_keys(key):
+    """The keys of one update with gradient_steps=1, split as `sac.replay_update` and SAC's
+    `train_step` split them: (minibatch, target, actor, gSDE noise)."""
+    k_train, k_noise = jax.random.split(key)
+    k_sample, k_step = jax.random.split(jax.random.split(k_train, 1)[0])
+    k_target, k_actor = jax.random.split(k_step)
+    return k_sample, k_target, k_actor, k_noise
+
+
+def test_sac_actor_loss_against_the_formula():
+    """Haarnoja et al. 2018 eq. 7/11 with the tanh correction (appendix C eq. 26): the actor's
+    loss of one gradient step is mean_s [alpha log pi(a~|s) - min_i Q_i(s, a~)], a~ = tanh(mu(s) +
+    sigma(s) z), log pi(a~|s) = log N(u; mu, sigma) (scipy) - sum log(1 - tanh(u)^2), with the
+    critics just stepped and alpha before its step, written out here in NumPy from the actor's
+    and critics' parameters (the forward pass of the one-hidden-layer actor by hand); and the
+    actor's first Adam step is -lr g / (|g| + eps) with g the gradient of the written-out loss."""
+    algo, spec = _sac([])
+    learner = algo.init(jax.random.PRNGKey(0))
+    batch = fake_batch(spec, jax.random.PRNGKey(1), 8, 1)
+    key = jax.random.PRNGKey(5)
+    new, metrics = jax.jit(algo.update)(learner, batch, key)
+    k_sample, _, k_actor, _ = _update_keys(key)
+    mb = replay.sample_after_add(learner.buffer, replay.from_rollout(batch), k_sample, 8)
+    alpha = 0.7  # ent_coef_init; the temperature steps after the actor
+    np.testing.assert_allclose(float(metrics["train/alpha"]), alpha, rtol=1e-6)
+    from rlcli import networks
+
+    critic = networks.QEnsemble(1, False, (SAC_HIDDEN,), "relu", 2)
+    actor_params = learner.params.actor
+    p = actor_params["params"]
+    features = _relu_features(actor_params, mb.obs)
+    mean = _linear(p["Dense_0"], features)
+    log_std = np.clip(_linear(p["Dense_1"], features), -20.0, 2.0)
+    z = np.float64(jax.random.normal(k_actor, mean.shape))  # the standard normal draw of the reparameterisation
+    u = mean + np.exp(log_std) * z
+    log_prob = (stats.norm.logpdf(u, mean, np.exp(log_std)) - np.log(1.0 - np.tanh(u) ** 2)).sum(-1)
+    q = np.asarray(critic.apply(new.params.critic, mb.obs, jnp.float32(np.tanh(u))), np.float64)  # [2, B]
+    assert q.shape == (2, 8) and np.all(q[0] != q[1])
+    expected = np.mean(alpha * log_prob - q.min(axis=0))
+    np.testing.assert_allclose(float(metrics["loss/actor"]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["policy/entropy"]), -log_prob.mean(), rtol=1e-5, atol=1e-6)
+    # resolving power: without the tanh correction, or with the mean of the critics, it differs
+    gaussian_only = stats.norm.logpdf(u, mean, np.exp(log_std)).sum(-1)
+    assert abs(np.mean(alpha * gaussian_only - q.min(axis=0)) - expected) > 1e-3
+    assert abs(np.mean(alpha * log_prob - q.mean(axis=0)) - expected) > 1e-4
+
+    def loss(actor_params):  # the same formula in jnp, for its gradient
+        pp = actor_params["params"]
+        f = jax.nn.relu(mb.obs @ pp["MLP_0"]["Dense_0"]["kernel"] + pp["MLP_0"]["Dense_0"]["bias"])
+        mu = f @ pp["Dense_0"]["kernel"] + pp["Dense_0"]["bias"]
+        ls = jnp.clip(f @ pp["Dense_1"]["kernel"] + pp["Dense_1"]["bias"], -20.0, 2.0)
+        uu = mu + jnp.exp(ls) * jnp.float32(z)
+        lp = jnp.sum(-0.5 * jnp.float32(z) ** 2 - ls - 0.5 * math.log(2 * math.pi) - jnp.log(1 - jnp.tanh(uu) ** 2),
+                     axis=-1)
+        return jnp.mean(alpha * lp - jnp.min(critic.apply(new.params.critic, mb.obs, jnp.tanh(uu)), axis=0))
+
+    grads = jax.jit(jax.grad(loss))(actor_params)
+    for (path, got), before, g in zip(jax.tree_util.tree_leaves_with_path(new.params.actor),
+                                      jax.tree.leaves(actor_params), jax.tree.leaves(grads)):
+        g = np.float64(g)
+        np.testing.assert_allclose(got, np.float64(before) - 0.01 * g / (np.abs(g) + 1e-8), rtol=0, atol=2e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _sde_actor_and_params(log_std_init=-0.5, seed=0):
+    from rlcli import networks
+
+    actor = networks.SquashedGaussianActor(2, (SAC_HIDDEN,), "relu", log_std_init, sde=True)
+    obs = np.random.default_rng(seed).normal(size=(5, 3)).astype(np.float32)
+    params = actor.init(jax.random.PRNGKey(seed), obs)
+    return actor, params, obs
+
+
+def test_gsde_variance_formula_and_mean_clip():
+    """gSDE (Raffin et al. 2022): with theta_ij ~ N(0, sigma_ij^2), eps_j(s) = sum_i f_i(s) theta_ij has
+    variance sum_i f_i(s)^2 sigma_ij^2, so the actor's log-std is 1/2 log of that (+1e-6), with f the
+    last hidden layer (NumPy forward pass); the mean is clipped to [-2, 2]."""
+    actor, params, obs = _sde_actor_and_params()
+    params["params"]["sde_log_std"] = jnp.asarray(np.random.default_rng(1).normal(scale=0.4, size=(SAC_HIDDEN, 2)),
+                                                  jnp.float32)
+    params["params"]["Dense_0"]["bias"] = jnp.float32([5.0, -0.1])  # beyond the clip in the first dimension
+    mean, log_std, features = actor.apply(params, obs)
+    f = _relu_features(params, obs)
+    np.testing.assert_allclose(features, f, rtol=1e-5, atol=1e-6)
+    sigma2 = np.exp(2 * np.float64(params["params"]["sde_log_std"]))
+    np.testing.assert_allclose(log_std, 0.5 * np.log(f ** 2 @ sigma2 + 1e-6), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mean, np.clip(_linear(params["params"]["Dense_0"], f), -2.0, 2.0), rtol=1e-5,
+                               atol=1e-6)
+    assert np.all(np.asarray(mean)[:, 0] == 2.0)
+    # the noise matrices of sac.sde_noise: eps(s) = f(s) theta over 20k draws has mean 0 and the
+    # variance above, within 5 standard errors (from the draws)
+    thetas = jax.vmap(lambda k: sac.sde_noise(params, k))(jax.random.split(jax.random.PRNGKey(2), 20_000))
+    eps = np.einsum("bi,nij->nbj", f, np.float64(thetas))  # [draws, states, D]
+    se_mean = eps.std(0, ddof=1) / np.sqrt(eps.shape[0])
+    assert np.all(np.abs(eps.mean(0) / se_mean) < 5.0)
+    sq = eps ** 2
+    z = (sq.mean(0) - np.exp(2 * np.float64(log_std))) / (sq.std(0, ddof=1) / np.sqrt(eps.shape[0]))
+    assert np.all(np.abs(z) < 5.0), z
+
+
+def test_gsde_noise_is_features_times_a_matrix_held_until_the_next_update():
+    """With algo.use_sde the behaviour action is tanh(mu(s) + f(s) theta) scaled to the bounds, theta
+    the learner's noise matrix: the same for any key (the noise is a function of the state only
+    between updates), written out here in NumPy; its log-prob is that of u under N(mu, sigma(s)^2)
+    with the tanh and scaling corrections (scipy). The update draws a new theta =
+    exp(sde_log_std) * N(0, 1) from its key with the updated parameters, and the actions change."""
+    algo, spec = _sac(["algo.use_sde=true"])
+    learner = algo.init(jax.random.PRNGKey(0))
+    theta = np.float64(learner.noise)
+    assert theta.shape == (SAC_HIDDEN, 1)
+    obs = jnp.asarray(np.random.default_rng(3).normal(size=(6, 3)), jnp.float32)
+    act = jax.jit(algo.act)
+    a1, info = act(learner, obs, jax.random.PRNGKey(1))
+    a2, _ = act(learner, obs, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(a1, a2)
+    p = learner.params.actor["params"]
+    f = _relu_features(learner.params.actor, obs)
+    mean = np.clip(_linear(p["Dense_0"], f), -2, 2)
+    sigma = np.sqrt(f ** 2 @ np.exp(2 * np.float64(p["sde_log_std"])) + 1e-6)
+    u = mean + f @ theta
+    np.testing.assert_allclose(a1, 2.0 * np.tanh(u), rtol=1e-5, atol=1e-6)  # Pendulum: [-2, 2]
+    log_prob = (stats.norm.logpdf(u, mean, sigma) - np.log(1 - np.tanh(u) ** 2)).sum(-1) - np.log(2.0)
+    np.testing.assert_allclose(info.log_prob, log_prob, rtol=1e-5, atol=1e-5)
+    # the update redraws theta with the new sigma
+    key = jax.random.PRNGKey(7)
+    new, _ = jax.jit(algo.update)(learner, fake_batch(spec, jax.random.PRNGKey(4), 8, 1), key)
+    sigma_new = np.exp(np.float64(new.params.actor["params"]["sde_log_std"]))
+    assert not np.allclose(sigma_new, np.exp(np.float64(p["sde_log_std"])))  # sde_log_std was trained
+    k_noise = _update_keys(key)[3]
+    np.testing.assert_allclose(new.noise, sigma_new * np.float64(jax.random.normal(k_noise, theta.shape)), rtol=1e-6)
+    assert not np.allclose(new.noise, theta)
+    b1, _ = act(new, obs, jax.random.PRNGKey(1))
+    assert not np.allclose(b1, a1)
+
+
 # ---- Alg. 19 as written (naive_offpolicy_ac) --------------------------------------------------
 
 

@@ -112,6 +112,11 @@ def parse(args: list[str]) -> Options:
         if cfg.normalize[key]:
             raise ConfigError(f"normalize.{key}=true is not supported by rlcli diagnose (allowed: "
                               f"normalize.{key}=false)")
+    batch_episodes, reference_episodes = int(values["batch_episodes"]), int(values["reference_episodes"])
+    if reference_episodes < 2 * batch_episodes:  # the reference's variance is over >= 2 chunks of a batch's size
+        raise ConfigError(f"reference_episodes={reference_episodes} is less than two chunks of batch_episodes="
+                          f"{batch_episodes} (allowed: reference_episodes >= 2 x batch_episodes = "
+                          f"{2 * batch_episodes})")
     if "out" in own:
         out = Path(own["out"])
     elif run_dir is not None:
