@@ -469,6 +469,7 @@ def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(
             "(explained_variance)") in stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the rlcli process, forked once JAX runs here
 def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path):
     """A real write error from the OS: files may not grow past 20 kB (RLIMIT_FSIZE), which the
     checkpoint's data files exceed and the metrics do not."""
