@@ -29,8 +29,29 @@ def manager(directory: str | Path, keep: int) -> ocp.CheckpointManager:
         Path(directory).absolute(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True),
+            cleanup_tmp_directories=True, temporary_path_class=_paused_before_commit()),
     )
+
+
+PAUSE_IN_SAVE = "RLCLI_TEST_PAUSE_IN_SAVE"
+
+
+def _paused_before_commit():
+    """Test seam (tests/test_reliability.py): with RLCLI_TEST_PAUSE_IN_SAVE=<seconds> in the
+    environment, every save waits that long once its temporary directory is written and before
+    it is renamed into place, so that a test can kill the process inside a checkpoint write.
+    Unset (always, outside the tests): None, orbax's own atomic rename."""
+    seconds = float(os.environ.get(PAUSE_IN_SAVE) or 0)
+    if seconds <= 0:
+        return None
+    import asyncio
+
+    class PausedBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
+        async def finalize(self, *args, **kwargs):
+            await asyncio.sleep(seconds)
+            return await super().finalize(*args, **kwargs)
+
+    return PausedBeforeCommit
 
 
 def _optional(node) -> bool:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlcli.errors import EXIT_DIVERGED, RunError
+from rlcli.errors import EXIT_DIVERGED, Interrupted, RunError
 from rlcli.types import ChunkOut
 
 
@@ -79,12 +79,14 @@ def _describe_nan(exc) -> str:
 
 class StopSignals:
     """While training, the first SIGINT or SIGTERM asks the loop to stop after the current
-    chunk and write a checkpoint; a second one interrupts at once. Only the main thread can
-    own signal handlers, elsewhere this does nothing."""
+    chunk and write a checkpoint; a second one interrupts at once (Interrupted, exit code 128 +
+    that signal, no checkpoint of the current chunk). Only the main thread can own signal
+    handlers, elsewhere this does nothing."""
 
-    def __init__(self):
+    def __init__(self, run_dir: Path | None = None):
         self.received: int | None = None
         self._previous: dict = {}
+        self._run_dir = run_dir
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -94,7 +96,9 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            raise KeyboardInterrupt
+            resume = f" (continue with: rlcli resume run={self._run_dir})" if self._run_dir else ""
+            raise Interrupted(f"stopped at once by a second {signal.Signals(signum).name}; no checkpoint was "
+                              f"written for the current chunk, the newest complete one stays{resume}", signum)
         self.received = signum
         sys.stderr.write(f"rlcli: {signal.Signals(signum).name} received: stopping after the "
                          "current chunk and writing a checkpoint (send it again to stop at once)\n")

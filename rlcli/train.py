@@ -147,7 +147,7 @@ def train(cfg, run_dir: str | Path, resume: bool = False, stop_at_update: int | 
     start = time.perf_counter()
     loop = make_loop(parts)
     # from here on a SIGINT/SIGTERM stops the run at the next chunk boundary, with a checkpoint
-    with faults.StopSignals() as signals, contextlib.closing(loop):
+    with faults.StopSignals(run_dir) as signals, contextlib.closing(loop):
         state = loop.init(prepare=True)
         init_time = time.perf_counter() - start  # mostly compiling the init program: counted as compile time
         updates_done, eval_index, wall_before = 0, 0, 0.0

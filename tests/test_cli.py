@@ -82,6 +82,21 @@ def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
     assert max(jax.tree.leaves(moved)) > 0
     assert not np.array_equal(np.asarray(state["key"]), np.asarray(fresh.key))
 
+    # the restored state acts as the run's final policy: the run's last evaluation (number
+    # eval_index - 1, the final one) played again with it gives the returns the run logged,
+    # which the untrained policy does not
+    from rlcli import train as training
+
+    loop = training.make_loop(training.setup(cfg))
+    restored, meta = training.restore_checkpoint(loop, run / "checkpoints")
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert logged["env_steps"] == 2000
+    returns, _ = loop.evaluate(restored, meta["eval_index"] - 1)
+    assert np.asarray(returns).mean(axis=1).tolist() == pytest.approx([logged["eval/return_mean"]], rel=1e-6)
+    untrained, _ = loop.evaluate(loop.init(), meta["eval_index"] - 1)
+    assert np.asarray(untrained).mean() != pytest.approx(logged["eval/return_mean"], rel=1e-6)
+    loop.close()
+
 
 @pytest.mark.parametrize("backend", ["jax", "gymnasium"])
 def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli, backend):

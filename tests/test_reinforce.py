@@ -410,13 +410,29 @@ def test_reinforce_q_control_variate_update_matches_hand_formula():
     ["env=Pendulum-v1", "algo.num_steps=200", "estimator=reward_to_go", "estimator.baseline=q_control_variate",
      "estimator.discounting=option2"],
 ])
-def test_new_baselines_train_smoke(tmp_path, overrides):
+def test_new_baselines_train_smoke(tmp_path, overrides, capsys):
     """Two short updates with each new baseline (discrete and Gaussian Q control variate):
-    finite losses, used episodes, a checkpoint that `rlcli eval` machinery can restore."""
-    summary, records = train(tmp_path, ["algo=reinforce", "env.backend=jax", "num_envs=2", "eval_episodes=2",
-                                        "network.hidden_sizes=[16]", *overrides,
-                                        "total_steps=4000" if "env=Pendulum-v1" not in overrides else "total_steps=800",
-                                        "log_interval=1"])
+    finite losses, used episodes, and a checkpoint that `rlcli eval` restores and plays: its
+    deterministic evaluation repeats the run's final one."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from rlcli.commands import evaluate
+
+    run_overrides = ["algo=reinforce", "env.backend=jax", "num_envs=2", "eval_episodes=2", "network.hidden_sizes=[16]",
+                     *overrides, "total_steps=4000" if "env=Pendulum-v1" not in overrides else "total_steps=800",
+                     "log_interval=1"]
+    summary, records = train(tmp_path, run_overrides)
     assert len(records) == 2 and all(math.isfinite(r["loss/total"]) for r in records)
     assert all(r["train/episodes"] >= 2 for r in records)
     assert math.isfinite(summary["final_eval_return_mean"])
+
+    run = tmp_path / "run"  # the run directory as `rlcli train` leaves it: its config beside the rest
+    (run / ".hydra").mkdir()
+    OmegaConf.save(compose(["logger=quiet", *run_overrides]), run / ".hydra" / "config.yaml")
+    assert evaluate.main([f"run={run}"]) == 0
+    assert "rlcli eval: reinforce on" in capsys.readouterr().out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["checkpoint"] == summary["total_steps"] and result["deterministic"] is True
+    assert [s["return_mean"] for s in result["seeds"]] == pytest.approx(summary["final_eval"]["return_mean"], rel=1e-6)

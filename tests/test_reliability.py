@@ -3,13 +3,11 @@ errors, failing sweep jobs, resume."""
 
 import json
 import os
-import random
 import resource
 import shutil
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -151,106 +149,203 @@ def _prepare(kind: str, finished: Path, tmp: Path) -> Path:
     return copy
 
 
-@pytest.fixture(scope="module")
-def bad_input_results(finished_run, tmp_path_factory):
-    """Every bad input run through the real CLI, two at a time."""
-    jobs = []
-    for i, (overrides, expected) in enumerate(TRAIN_CASES):
-        cwd = tmp_path_factory.mktemp(f"train{i}")
-        jobs.append((("train", *overrides), cwd, None, expected))
-    for i, (args, kind, expected) in enumerate(RESUME_CASES):
-        tmp = tmp_path_factory.mktemp(f"resume{i}")
-        copy = _prepare(kind, finished_run, tmp) if kind != "finished" else None
-        args = [a.format(run=finished_run, copy=copy, tmp=tmp) for a in args]
-        jobs.append((("resume", *args), tmp, copy or finished_run, expected))
-    before = snapshot(finished_run)
-
-    def run(job):
-        args, cwd, watched, expected = job
-        watched_before = snapshot(watched) if watched else None
-        result = run_cli(list(args), cwd)
-        return args, cwd, watched, watched_before, expected, result
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(run, jobs))
-    assert snapshot(finished_run) == before  # no failed resume touched the run
-    return results
-
-
+# a few cases, one of each kind, run as real `rlcli` processes: exit code, stderr and nothing
+# written as a user sees them; the others run through rlcli.cli.main in this process
+SUBPROCESS_CASES = {("train", "algo.gamma=1.5"), ("train", "-m", "algo=a2c,ppo", "algo.learning_rate=0.1,-1"),
+                    ("resume", "run={run}", "algo.gamma=2"), ("resume", "run={copy}", "corrupted")}
+CASES = ([("train", overrides, None, expected) for overrides, expected in TRAIN_CASES]
+         + [("resume", args, kind, expected) for args, kind, expected in RESUME_CASES])
 CASE_IDS = [" ".join(c[0]) for c in TRAIN_CASES] + [" ".join(c[0]) or "no run=" for c in RESUME_CASES]
+# (a renamed case would otherwise quietly run in process only)
+assert SUBPROCESS_CASES <= {(c[0], *c[1]) for c in CASES} | {(c[0], *c[1], c[2]) for c in CASES}
 
 
-@pytest.mark.parametrize("index", range(len(TRAIN_CASES) + len(RESUME_CASES)), ids=CASE_IDS)
-def test_bad_input_one_line_exit_2_nothing_written(bad_input_results, index):
-    args, cwd, watched, watched_before, expected, result = bad_input_results[index]
-    assert result.returncode == 2, (args, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"rlcli {args[0]}: error: ")
+def _python_warning_filters() -> None:
+    """The warning filters of a plain `python` process (what an `rlcli` process shows on
+    stderr), in place of pytest's."""
+    import warnings
+
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
+def main_in_process(args: list[str], cwd: Path, monkeypatch, capsys):
+    """`rlcli <args>` through rlcli.cli.main in this process, in `cwd`: (exit code, stdout,
+    stderr). A warning the case raises (until its garbage is collected) counts as a line on
+    stderr, as it would in its own process; the root logger's handlers are put back."""
+    import gc
+    import logging
+    import warnings
+
+    from rlcli import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(cli, "_task_started", False)
+    monkeypatch.setattr(cli, "_failed_jobs", [])
+    monkeypatch.setattr(cli, "_sweep_dir", None)
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        _python_warning_filters()
+        try:
+            code = cli.main(args)
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()
+            root.handlers[:] = handlers
+        gc.collect()  # e.g. a coroutine a failed restore left never awaited warns now, not in a later case
+    out, err = capsys.readouterr()
+    for warning in caught:
+        err += warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return code, out, err
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_bad_input_one_line_exit_2_nothing_written(finished_run, tmp_path, monkeypatch, capsys, case):
+    command, args, kind, expected = case
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    copy = _prepare(kind, finished_run, tmp_path) if kind not in (None, "finished") else None
+    watched = None if command == "train" else copy or finished_run
+    argv = [command, *(a.format(run=finished_run, copy=copy, tmp=cwd) for a in args)]
+    watched_before = snapshot(watched) if watched else None
+    if (command, *args) in SUBPROCESS_CASES or (command, *args, kind) in SUBPROCESS_CASES:
+        result = run_cli(argv, cwd)
+        code, stdout, stderr = result.returncode, result.stdout, result.stderr
+    else:
+        code, stdout, stderr = main_in_process(argv, cwd, monkeypatch, capsys)
+    assert code == 2, (argv, stdout, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"rlcli {command}: error: ")
     for text in expected:
         assert text in lines[0], (text, lines[0])
-    assert "Traceback" not in result.stderr + result.stdout
+    assert "Traceback" not in stderr + stdout
     if watched is None:
         assert list(cwd.iterdir()) == []  # no run directory, nothing at all
     else:
         assert snapshot(watched) == watched_before
 
 
-def test_bad_input_table_size():
-    assert len(TRAIN_CASES) + len(RESUME_CASES) >= 30
-
-
 # ---- resume -----------------------------------------------------------------------------------
 
 
-def test_kill_9_at_random_moments_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """10 SIGKILLs at random moments (during start-up, training and checkpoint writes); each
-    `rlcli resume` succeeds from the last complete checkpoint, loses at most one checkpoint
-    interval, and the finished run's metrics equal those of a run never interrupted."""
-    config = ["total_steps=60000", "log_interval=400", "checkpoint_interval=800", "eval_episodes=2",
-              "eval_interval=4000", "logger=quiet"]
-    interval_updates = 800 // 40
-    reference = tmp_path / "reference"
-    assert run_cli(["train", *config, f"hydra.run.dir={reference}"], tmp_path).returncode == 0
+def _frozen(proc) -> bool:
+    """SIGSTOP `proc` and wait until it is stopped; False if it exited first."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    stat = Path(f"/proc/{proc.pid}/stat")
+    while True:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in "tT":
+            return True
+        if state in "ZX":
+            return False
+        time.sleep(0.001)
 
-    run = tmp_path / "run"
-    rng = random.Random(20261121)
-    kills, during_write, lost = 0, 0, []
-    command = [rlcli_executable(), "train", *config, f"hydra.run.dir={run}"]
-    while kills < 10:
-        start_records = len(records(run)) if (run / "metrics.jsonl").exists() else 0
-        launched = time.time()
-        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills == 0 or rng.random() < 0.7:
-            # wait until it trains (and, the first time, has a checkpoint), then a random moment
-            deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None:
-                if (run / "metrics.jsonl").exists() and len(records(run)) > start_records and (
-                        kills > 0 or checkpoint_steps(run)):
-                    break
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.6))
-        else:
-            time.sleep(rng.uniform(0.5, 6.0))  # during start-up or compilation
-        if proc.poll() is not None:
-            break  # it finished before the kill
-        proc.kill()
-        proc.wait()
-        kills += 1
-        if (run / "checkpoints").is_dir():  # a temporary directory this process left: killed mid-write
-            during_write += any(".orbax-checkpoint-tmp" in p.name and p.stat().st_mtime >= launched
-                                for p in (run / "checkpoints").iterdir())
-        logged = max((r["update"] for r in records(run)), default=0) if (run / "metrics.jsonl").exists() else 0
-        restored = max(checkpoint_steps(run)) // 40
-        lost.append(logged - restored)
-        assert logged - restored <= interval_updates, (logged, restored)
-        command = [rlcli_executable(), "resume", f"run={run}"]
-    assert kills == 10
-    final = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-    assert final.returncode == 0, final.stderr
-    assert numbers(records(run)) == numbers(records(reference))  # bit for bit on CPU
-    assert max(lost) <= interval_updates
-    print(f"kills {kills}, during a checkpoint write {during_write}, updates lost at most {max(lost)}")
+
+def kill_when(proc, ready, moment, what: str, timeout: float = 180):
+    """Wait until `ready()` (looked at while `proc` runs), then freeze `proc` (SIGSTOP) every
+    2 ms of its running and look at its run directory; at the first freeze where `moment()`
+    returns something true, SIGKILL it there (still frozen) and return that: what `moment`
+    sees is the state the kill leaves. None if the process ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.01)
+    while time.time() < deadline and proc.poll() is None and _frozen(proc):
+        seen = moment()
+        if seen:
+            proc.kill()
+            proc.wait()
+            return seen
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    assert time.time() < deadline, f"no kill {what} in {timeout} s: {proc.stderr_path.read_text()[-2000:]}"
+    return None
+
+
+def temporary_dirs(run: Path) -> list[Path]:
+    """The temporary directories of checkpoint writes in progress (or cut off by a kill)."""
+    ckpt = run / "checkpoints"
+    return [p for p in ckpt.iterdir() if ".orbax-checkpoint-tmp" in p.name] if ckpt.is_dir() else []
+
+
+def logged_update(run: Path) -> int:
+    return max((r["update"] for r in records(run)), default=0) if (run / "metrics.jsonl").exists() else 0
+
+
+def test_kill_9_between_checkpoints_inside_a_write_and_while_compiling_then_resume_matches(
+        finished_run, tmp_path, monkeypatch, capsys):
+    """Three SIGKILLs, each where it is meant to land: `rlcli train` between checkpoints, a
+    resume inside a checkpoint write (RLCLI_TEST_PAUSE_IN_SAVE holds the write open before its
+    temporary directory is renamed), a resume while it compiles. Each kill loses at most one
+    checkpoint interval, each resume starts from the newest complete checkpoint, and the
+    finished run's metrics equal those of the same run never interrupted (finished_run)."""
+    per_update = 8 * 5  # num_envs x algo.num_steps
+    interval, last = 800 // per_update, 2000  # updates between checkpoints; SHORT's total_steps
+
+    def launch(args, **env):
+        with open(tmp_path / "stderr.txt", "w") as stderr:
+            proc = subprocess.Popen([rlcli_executable(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, env={**os.environ, **env})
+        proc.stderr_path = tmp_path / "stderr.txt"
+        return proc
+
+    def newest_checkpoint() -> int:
+        return max(checkpoint_steps(run), default=0)
+
+    def train_log(text: str) -> int:
+        return (run / "train.log").read_text().count(text) if (run / "train.log").exists() else 0
+
+    # between checkpoints: one is complete (not yet the last), no write is in progress. The
+    # window is a few chunks of 7 ms or so: a run that ends before a freeze lands in it is
+    # started again in a new directory
+    for attempt in range(3):
+        run = tmp_path / f"run{attempt}"
+        proc = launch(["train", *SHORT, f"hydra.run.dir={run}"])
+        if kill_when(proc, lambda: checkpoint_steps(run),
+                     lambda: 0 < newest_checkpoint() < last and not temporary_dirs(run), "between checkpoints"):
+            break
+    else:
+        pytest.fail("three runs ended before a kill landed between their checkpoints")
+    restored = newest_checkpoint()
+    assert 0 <= logged_update(run) - restored // per_update <= interval
+
+    # inside a write: the resume's first save is held open; the kill finds its temporary directory
+    resume = ["resume", f"run={run}"]
+    proc = launch(resume, RLCLI_TEST_PAUSE_IN_SAVE="600")
+    cut = kill_when(proc, lambda: temporary_dirs(run), lambda: temporary_dirs(run), "inside a checkpoint write")
+    assert train_log(f"resuming from the checkpoint at env step {restored} ") == 1
+    assert len(cut) == 1 and cut[0].exists()  # left by the kill
+    writing = int(cut[0].name.split(".")[0])
+    assert writing == min(restored + 800, last) and writing not in checkpoint_steps(run)
+    assert newest_checkpoint() == restored
+    assert 0 < logged_update(run) - restored // per_update <= interval
+
+    # while compiling: the resume restored the checkpoint (JAX's compilation cache off, so that
+    # compiling takes a while) and has not trained
+    compiled = train_log("compiled in")
+    proc = launch(resume, JAX_ENABLE_COMPILATION_CACHE="false")
+    resumed = f"resuming from the checkpoint at env step {restored} "
+    assert kill_when(proc, lambda: train_log(resumed) == 2, lambda: train_log("compiled in") == compiled,
+                     "while compiling")
+    assert logged_update(run) == restored // per_update  # cut back to the checkpoint; nothing new
+    assert newest_checkpoint() == restored
+
+    code, _, stderr = main_in_process(resume, tmp_path, monkeypatch, capsys)
+    assert code == 0, stderr
+    assert train_log(f"resuming from the checkpoint at env step {restored} ") == 3
+    assert temporary_dirs(run) == []  # the cut-off write was cleaned up
+    assert numbers(records(run)) == numbers(records(finished_run))  # bit for bit on CPU
 
 
 @pytest.mark.parametrize("signum, sweep", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
@@ -282,6 +377,32 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, swe
         assert "1 job(s), 1 not ok" in stdout
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
+    """The first signal waits for the checkpoint; one held open (RLCLI_TEST_PAUSE_IN_SAVE=600)
+    would keep the run for ten minutes. The second stops it at once: exit 128 + signal, one
+    line naming it, no traceback, the checkpoint being written not committed."""
+    run = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen([rlcli_executable(), "train", *SHORT, f"hydra.run.dir={run}"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "RLCLI_TEST_PAUSE_IN_SAVE": "600"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not temporary_dirs(run):  # inside the first checkpoint write
+        time.sleep(0.02)
+    assert temporary_dirs(run), (tmp_path / "stderr.txt").read_text()
+    proc.send_signal(signum)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first signal waits for the checkpoint
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    lines = (tmp_path / "stderr.txt").read_text().strip().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    assert lines[-1].startswith(f"rlcli train: stopped at once by a second {signal.Signals(signum).name}")
+    assert f"rlcli resume run={run}" in lines[-1]
+    assert checkpoint_steps(run) == [] and [p.name for p in temporary_dirs(run)] == ["800.orbax-checkpoint-tmp"]
+
+
 def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_path):
     run = tmp_path / "run"
     first = run_cli(["train", *SHORT, "env.backend=gymnasium", f"hydra.run.dir={run}"], tmp_path)
@@ -303,26 +424,52 @@ def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_p
 # ---- divergence, write errors, sweeps -------------------------------------------------------------
 
 
-def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(finished_run, tmp_path):
+def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(finished_run, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """The run resumes from its checkpoint at update 50 with learning rate 1e30 and a record per
+    update: update 51 takes its loss at the checkpoint's good parameters (finite) and moves them
+    to ~1e30; update 52's value loss overflows. The error names update 52 and the metrics its
+    record lacks (non-finite values are not logged) and keeps the checkpoints."""
+    import inspect
+    import math
+    import re
+
+    from rlcli import losses
+
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    result = run_cli(["resume", f"run={run}", "total_steps=4000", "algo.learning_rate=1e30"], tmp_path)
-    assert result.returncode == 3, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    # the checkpoint at update 50 holds good params; the first update with lr 1e30 moves them
-    # to ~1e30, and the next one's value loss overflows
-    assert "training diverged: " in line and "loss/value" in line and "at update 52 (env step 2080, seed 0)" in line
-    assert "the last good checkpoint is at env step 2000" in line
+    per_update, restored = 8 * 5, max(checkpoint_steps(run))
+    code, _, stderr = main_in_process(["resume", f"run={run}", "total_steps=4000", "algo.learning_rate=1e30",
+                                       f"log_interval={per_update}"], tmp_path, monkeypatch, capsys)
+    assert code == 3, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    first_bad = restored // per_update + 2
+    rows = {r["update"]: r for r in records(run)}
+    assert max(rows) == first_bad and math.isfinite(rows[first_bad - 1]["loss/value"])
+    assert min(u for u, r in rows.items() if "loss/value" not in r) == first_bad
+    named = re.search(r"training diverged: (.+) not finite at update", line)
+    assert named and "loss/value" in named[1].split(", "), line
+    for metric in set(named[1].split(", ")) - {"params"}:  # each is missing from that record only
+        assert metric in rows[first_bad - 1] and metric not in rows[first_bad], metric
+    assert f"at update {first_bad} (env step {first_bad * per_update}, seed 0)" in line
+    assert f"the last good checkpoint is at env step {restored}" in line
     assert checkpoint_steps(run) == [800, 1600, 2000]
-    assert "Traceback" not in result.stderr
 
-    traced = run_cli(["train", "algo.learning_rate=1e30", "total_steps=2000", "logger=quiet",
-                      "debug.nan_check=true", f"hydra.run.dir={tmp_path / 'traced'}"], tmp_path)
-    assert traced.returncode == 3
-    assert ("debug.nan_check: the first NaN was produced by the primitive 'div' at "
-            "rlcli/losses.py") in traced.stderr.strip().splitlines()[-1]
+    # the first NaN: with parameters of ~1e30 the variances of the explained variance overflow and
+    # their ratio is inf / inf, its one division (losses.py; a loss's inf alone is no NaN)
+    code, _, stderr = main_in_process(["train", "algo.learning_rate=1e30", "total_steps=2000", "logger=quiet",
+                                       "debug.nan_check=true", f"hydra.run.dir={tmp_path / 'traced'}"],
+                                      tmp_path, monkeypatch, capsys)
+    assert code == 3, stderr
+    source, first = inspect.getsourcelines(losses.explained_variance)
+    division = [first + i for i, text in enumerate(source) if " / " in text and not text.strip().startswith('"')]
+    assert len(division) == 1
+    assert (f"debug.nan_check: the first NaN was produced by the primitive 'div' at rlcli/losses.py:{division[0]} "
+            "(explained_variance)") in stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the rlcli process, forked once JAX runs here
 def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path):
     """A real write error from the OS: files may not grow past 20 kB (RLIMIT_FSIZE), which the
     checkpoint's data files exceed and the metrics do not."""
