@@ -5,6 +5,8 @@ Run from the repository root:
     python benchmarks/throughput.py            # full: 3 repetitions (about 10 minutes on 2 cores)
     python benchmarks/throughput.py --reps 5   # more repetitions
     python benchmarks/throughput.py --quick    # smoke test: 1 repetition, small budgets (~1 min)
+    python benchmarks/throughput.py --rows 1,4 # only some rows (default: 1-4, the table's order)
+    python benchmarks/throughput.py --scale 0.5  # every run's env-step budget x 0.5
     python benchmarks/throughput.py --algos    # every algorithm with its shipped settings instead
 
 Every row trains `algo=a2c env=CartPole-v1` in-process with the shipped defaults (seed 0,
@@ -112,10 +114,16 @@ def measure_solve(backend: str, num_envs: int, total_steps: int) -> dict:
             "final_return": summary["final_eval_return_mean"]}
 
 
-def warm_up() -> None:
+def warm_up(backends=("jax", "gymnasium")) -> None:
     """One tiny run per backend, so imports and first-use costs don't land in row 1."""
-    for backend in ("jax", "gymnasium"):
+    for backend in backends:
         train(backend, 8, 40, None)
+
+
+def budgets(mode: str, scale: float = 1.0) -> tuple[dict, dict]:
+    """The mode's env steps per (throughput run, time-to-475 run), times `scale` (at least 1)."""
+    return ({row: max(int(steps * scale), 1) for row, steps in THROUGHPUT_STEPS[mode].items()},
+            {backend: max(int(steps * scale), 1) for backend, steps in SOLVE_STEPS[mode].items()})
 
 
 def median(values: list[float]) -> float:
@@ -136,8 +144,11 @@ def version(dist: str) -> str:
         return "not installed"
 
 
-def header(mode: str, reps: int) -> str:
+def header(mode: str, reps: int, rows=ROWS, scale: float = 1.0) -> str:
     import jax
+
+    throughput_steps, solve_steps = budgets(mode, scale)
+    backends = sorted({backend for backend, _ in rows}, key=["jax", "gymnasium"].index)
 
     cpu = platform.processor() or platform.machine()
     lines = [
@@ -145,21 +156,20 @@ def header(mode: str, reps: int) -> str:
         f"jax devices: {', '.join(str(d) for d in jax.devices())}",
         f"versions: python {platform.python_version()}, jax {version('jax')}, "
         f"jaxlib {version('jaxlib')}, gymnasium {version('gymnasium')}",
-        f"run:      A2C on CartPole-v1, shipped defaults (seed 0); {mode} mode, medians over "
-        f"{reps} repetition(s)",
+        f"run:      A2C on CartPole-v1, shipped defaults (seed 0); {mode} mode"
+        f"{'' if scale == 1 else f', budgets x{scale:g}'}, medians over {reps} repetition(s)",
         "columns:",
         "  steps/s        env steps per second in the run phase (compile excluded), from a run "
         "without periodic evaluation",
         "                 (env steps: " + ", ".join(
-            f"{b} {n}: {whole_chunks(THROUGHPUT_STEPS[mode][b, n], n):,}" for b, n in ROWS) + ")",
+            f"{b} {n}: {whole_chunks(throughput_steps[b, n], n):,}" for b, n in rows) + ")",
         "  compile s      seconds compiling the training and evaluation programs (same run)",
         "  t->475 s       wall seconds from the start of training (compile included) to the first "
         "deterministic evaluation",
         f"                 return >= {TARGET_RETURN:g} (10 episodes), evaluating every "
         f"{EVAL_INTERVAL['jax']:,} (jax) / {EVAL_INTERVAL['gymnasium']:,} (gymnasium) env steps;",
-        f"                 budget {SOLVE_STEPS[mode]['jax']:,} (jax) / "
-        f"{SOLVE_STEPS[mode]['gymnasium']:,} (gymnasium) env steps; '-': not reached in most "
-        "repetitions",
+        "                 budget " + " / ".join(f"{solve_steps[b]:,} ({b})" for b in backends)
+        + " env steps; '-': not reached in most repetitions",
         "  steps@475      env steps at that evaluation",
         "  final return   deterministic evaluation return at the end of that run",
     ]
@@ -167,10 +177,11 @@ def header(mode: str, reps: int) -> str:
 
 
 def table(results: dict) -> str:
+    """One line per row of `results` ({(backend, num_envs): [run, ...]}), in its order."""
     columns = ["backend", "num_envs", "steps/s", "compile s", "t->475 s", "steps@475",
                "final return"]
     rows = []
-    for backend, num_envs in ROWS:
+    for backend, num_envs in results:
         runs = results[backend, num_envs]
         pick = lambda key: median([run[key] for run in runs])  # noqa: E731
         rows.append([backend, str(num_envs), fmt(pick("steps_per_s"), 0),
@@ -240,22 +251,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per row (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1 repetition and small step budgets")
+    parser.add_argument("--rows", default=",".join(str(i) for i in range(1, len(ROWS) + 1)),
+                        help="comma-separated rows of the A2C table to run (default: all, "
+                             f"1-{len(ROWS)}: " + ", ".join(f"{b} {n}" for b, n in ROWS) + ")")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the env-step budget of every A2C run by this (default 1)")
     parser.add_argument("--algos", action="store_true",
                         help="every algorithm with its shipped settings instead of the A2C rows")
     args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error(f"--reps={args.reps}: at least 1")
+    picked = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not picked or not all(r.isdigit() and 1 <= int(r) <= len(ROWS) for r in picked):
+        parser.error(f"--rows={args.rows}: rows are " + ", ".join(str(i) for i in range(1, len(ROWS) + 1)))
+    if not (args.scale > 0 and math.isfinite(args.scale)):
+        parser.error(f"--scale={args.scale}: a number > 0")
+    rows = [ROWS[i - 1] for i in sorted({int(r) for r in picked})]
     mode = "quick" if args.quick else "full"
     reps = 1 if args.quick else args.reps
     if args.algos:
         return main_algos(args.quick, reps)
 
     start = time.perf_counter()
-    print(header(mode, reps), flush=True)
-    warm_up()
-    results: dict = {row: [] for row in ROWS}
+    throughput_steps, solve_steps = budgets(mode, args.scale)
+    print(header(mode, reps, rows, args.scale), flush=True)
+    warm_up(sorted({backend for backend, _ in rows}, key=["jax", "gymnasium"].index))
+    results: dict = {row: [] for row in rows}
     for rep in range(reps):
-        for backend, num_envs in ROWS:
-            run = measure_throughput(backend, num_envs, THROUGHPUT_STEPS[mode][backend, num_envs])
-            run |= measure_solve(backend, num_envs, SOLVE_STEPS[mode][backend])
+        for backend, num_envs in rows:
+            run = measure_throughput(backend, num_envs, throughput_steps[backend, num_envs])
+            run |= measure_solve(backend, num_envs, solve_steps[backend])
             results[backend, num_envs].append(run)
             print(f"  rep {rep + 1}/{reps} {backend:9s} {num_envs:4d} envs: "
                   f"{run['steps_per_s']:,.0f} steps/s, compile {run['compile_s']:.2f} s, "

@@ -1,9 +1,11 @@
-"""A3C: bad input, real asynchrony (stale gradients with W > 1, none with W = 1), W = 1 against
-the synchronous a2c run of the same config, checkpoint/resume and `rlcli eval`, CartPole learning."""
+"""A3C: bad input, stale gradients counted exactly under forced interleavings of the workers
+(none with W = 1), W = 1 against the synchronous a2c run of the same config, checkpoint/resume
+and `rlcli eval`, CartPole learning."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 import jax
 import numpy as np
@@ -50,28 +52,87 @@ def test_bad_input_on_the_command_line(cli, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_workers_are_asynchronous_and_each_application_counts():
-    """W = 2 workers, 2 seeds, 2 chunks of 40 updates: exactly 2 x 40 gradient applications per
-    chunk, and some of them stale (a worker applied a gradient computed at parameters that
-    another worker had updated meanwhile, which a lockstep loop never does). W = 1 is never
-    stale: see the resume test."""
+class ScheduledLock:
+    """Stands in for the lock of a3c's chunk (rlcli/loops/asynchronous.py), which a worker takes
+    twice per gradient application: to take a ticket and read the global parameters and their
+    version, then to apply its gradient. The worker threads (named a3c-worker-<w>) get it in
+    the order `turns` (worker ids), so the interleaving of their reads and applications is
+    fixed whatever the OS scheduler does; once the turns are used up (the workers' last
+    look at the tickets) and for any other thread it is a plain lock. `granted` lists the
+    worker of every acquisition."""
+
+    def __init__(self, turns):
+        self.turns, self.next, self.granted = list(turns), 0, []
+        self.lock, self.changed = threading.Lock(), threading.Condition()
+        self.holder_had_turn = False
+        self.stuck = False  # a turn not taken in time: plain lock from then on, and the test fails
+
+    def __enter__(self):
+        name = threading.current_thread().name
+        worker = int(name.rsplit("-", 1)[1]) if name.startswith("a3c-worker-") else None
+        with self.changed:
+            if worker is not None and not self.changed.wait_for(
+                    lambda: self.stuck or self.next >= len(self.turns) or self.turns[self.next] == worker,
+                    timeout=60):
+                self.stuck = True
+                self.changed.notify_all()
+        self.lock.acquire()
+        with self.changed:
+            self.holder_had_turn = worker is not None and not self.stuck and self.next < len(self.turns)
+            if worker is not None:
+                self.granted.append(worker)
+        return self
+
+    def __exit__(self, *exc):
+        with self.changed:
+            if self.holder_had_turn:
+                self.next += 1
+                self.changed.notify_all()
+        self.lock.release()
+
+
+def test_stale_applications_are_counted_exactly(monkeypatch):
+    """W = 2 workers, 2 seeds (num_envs = 4: 2 envs per worker, 8 steps per rollout), two
+    chunks of 3 updates = 6 gradient applications each, under two fixed interleavings (R: take
+    a ticket and read the parameters, A: apply the gradient computed at them; a staleness is
+    the number of applications between a worker's read and its application):
+
+    * chunk 1, per round R0 R1 A1 R1 A1 A0 (twice): worker 1 applies twice at the parameters it
+      read (staleness 0, 0) while worker 0 still computes at its snapshot, which is then 2
+      versions old: staleness 0, 0, 2, 0, 0, 2 -> mean 2/3, max 2; worker 1 collects 4
+      rollouts, worker 0 2;
+    * chunk 2, per round R0 R1 A0 A1 (three times): both read the same version, the second to
+      apply is 1 behind: staleness 0, 1, 0, 1, 0, 1 -> mean 1/2, max 1; 3 rollouts each.
+
+    Every application counts (the version is 6, then 12, for both seeds), and each worker's
+    envs took 2 envs x 8 steps per rollout of it. W = 1 is never stale: see the resume test."""
+    from types import SimpleNamespace
+
+    from rlcli.loops import asynchronous
+
     backend = backend_of([*SMALL, "algo.num_workers=2", "num_seeds=2"])
     state = backend.init()
-    maxima, means = [], []
-    for chunk in range(2):
-        state, out = backend.chunk(state, 40)
-        np.testing.assert_array_equal(state.learner.update_step, [(chunk + 1) * 40 * 2] * 2)
-        maxima.append(float(out.metrics["train/staleness_max"][0]))
-        means.append(float(out.metrics["train/staleness_mean"][0]))
-        assert 0.0 <= means[-1] <= maxima[-1]
-        # every key a2c logs, plus the staleness; all finite; episodes of both workers counted
+    schedules = [([0, 1, 1, 1, 1, 0] * 2, [0, 0, 2, 0, 0, 2], [2, 4]), ([0, 1, 0, 1] * 3, [0, 1] * 3, [3, 3])]
+    for chunk, (turns, staleness, rollouts) in enumerate(schedules):
+        lock = ScheduledLock(turns)
+        monkeypatch.setattr(asynchronous, "threading", SimpleNamespace(Lock=lambda: lock, Thread=threading.Thread))
+        state, out = backend.chunk(state, 3)
+        # the turns in order, then each worker's last look at the tickets (none left)
+        assert not lock.stuck and lock.granted[:len(turns)] == turns, lock.granted
+        assert sorted(lock.granted[len(turns):]) == [0, 1], lock.granted
+        np.testing.assert_array_equal(state.learner.update_step, [(chunk + 1) * 6] * 2)
+        np.testing.assert_allclose(out.metrics["train/staleness_mean"], [np.mean(staleness)] * 2, rtol=1e-6)
+        np.testing.assert_array_equal(out.metrics["train/staleness_max"], [max(staleness)] * 2)
+        # env steps each worker's envs took in this chunk: finished episodes' lengths + the running ones'
+        # (those running at the chunk's start had taken steps before it)
+        if chunk == 0:
+            episodes = state.workers.episodes  # [seeds, workers, ...]
+            steps = np.asarray(episodes.length_sum) + np.asarray(episodes.running_length).sum(axis=-1)
+            np.testing.assert_array_equal(steps, [[2 * 8 * n for n in rollouts]] * 2)
+        # every key a2c logs, plus the staleness; all finite
         assert {"loss/total", "loss/policy", "loss/value", "policy/entropy", "train/grad_norm"} <= out.metrics.keys()
         assert all(np.isfinite(v).all() for v in out.metrics.values())
         assert all((np.asarray(i) == -1).all() for i in out.first_nonfinite.values())
-        assert (np.asarray(out.episodes.count) > 0).all()
-        assert (np.asarray(state.workers.episodes.count).min(axis=1) > 0).all()
-    print("W=2 staleness max, mean per chunk:", maxima, means)
-    assert max(maxima) >= 1.0 and max(means) > 0.0
 
 
 def test_one_worker_is_the_a2c_run_of_the_same_config():
@@ -137,4 +198,3 @@ def test_resume_is_exact_and_rlcli_eval_reads_the_checkpoint(tmp_path):
     training.train(compose([*two, "total_steps=640"]), tmp_path / "two")
     resumed = training.train(compose([*two, "total_steps=1280"]), tmp_path / "two", resume=True)
     assert resumed["resumed_from_update"] == 20 and resumed["num_updates"] == 40
-

@@ -1,6 +1,7 @@
 """benchmarks/peers.py runs in a tiny configuration and prints its table: the rlcli
-rows with finite numbers, and for each peer that cannot be imported a printed reason. No timed
-assertions: the figures depend on the machine."""
+rows with finite numbers, and for each peer that cannot be imported a printed reason;
+benchmarks/throughput.py prints its table for one row at a small budget, and refuses bad flags
+before it runs anything. No timed assertions: the figures depend on the machine."""
 
 import importlib.util
 import math
@@ -17,11 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "peers.py"
 
 
-def load_peers():
-    spec = importlib.util.spec_from_file_location("peers_benchmark", SCRIPT)
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_peers():
+    return load(SCRIPT, "peers_benchmark")
 
 
 def test_ratio_median_and_budgets():
@@ -33,6 +38,10 @@ def test_ratio_median_and_budgets():
     full, half = peers.budget("full"), peers.budget("full", 0.5)
     assert half["ppo"] == full["ppo"] // 2 and half["solve_ppo"] == full["solve_ppo"]
     assert peers.budget("full", 1e-6)["sac"] > peers.SAC["learning_starts"]  # SAC still updates
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
 
 
 def finite(cell: str) -> bool:
@@ -75,3 +84,47 @@ def test_quick_run_prints_rlcli_rows_and_skip_reasons(tmp_path):
     assert finite(gym[5]) and finite(gym[6])  # the host-loop ceiling is ours, always measured
     rss = next(c for what, c in lines.items() if what.startswith("peak RSS"))
     assert 0.05 < float(rss[3]) < 64  # GiB: a real process, not KiB/bytes mistaken for GiB
+
+
+# ---- benchmarks/throughput.py ---------------------------------------------------------------------
+
+
+def test_throughput_prints_its_table_for_the_rows_asked_for(capsys):
+    """Row 4 (gymnasium backend, 8 envs) of the quick mode at 1/20 of its budgets, in this
+    process: 20k x 0.05 = 1,000 throughput steps, rounded up to one whole chunk of 10,000 steps
+    (250 updates of 8 envs x 5 steps), and 40k x 0.05 = 2,000 time-to-475 steps, with no
+    evaluation before the final one (every 20,000). The script's mirrors of rlcli's defaults
+    (chunk length, rollout length) are rlcli's."""
+    from conftest import compose
+
+    throughput = load(ROOT / "benchmarks" / "throughput.py", "throughput_benchmark")
+    cfg = compose(["algo=a2c", "env=CartPole-v1"])
+    assert (throughput.LOG_INTERVAL, throughput.NUM_STEPS) == (cfg.log_interval, cfg.algo.num_steps)
+    throughput.main(["--quick", "--rows", "4", "--scale", "0.05"])
+    text = capsys.readouterr().out
+    assert "quick mode, budgets x0.05, medians over 1 repetition(s)" in text
+    assert "(env steps: gymnasium 8: 10,000)" in text and "budget 2,000 (gymnasium) env steps;" in text, text
+    lines = [re.split(r"\s{2,}", line.strip()) for line in text.split("\n\n")[1].splitlines()]
+    assert lines[0] == ["backend", "num_envs", "steps/s", "compile s", "t->475 s", "steps@475", "final return"]
+    assert len(lines) == 3 and lines[2][:2] == ["gymnasium", "8"]  # the header, its rule, row 4 only
+    steps_per_s, compile_s, solve_s, solve_steps, final = lines[2][2:]
+    assert number(steps_per_s) > 0 and number(compile_s) > 0
+    assert number(final) >= 1  # every CartPole episode has at least one rewarded step
+    # reached at the run's only evaluation, its last, or not at all
+    assert (solve_s, solve_steps) == ("-", "-") or (number(solve_s) > 0 and solve_steps == "2,000")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rows", "5"], "--rows=5: rows are 1, 2, 3, 4"),
+    (["--rows", "1,x"], "--rows=1,x: rows are 1, 2, 3, 4"),
+    (["--reps", "0"], "--reps=0: at least 1"),
+    (["--scale", "0"], "--scale=0.0: a number > 0"),
+])
+def test_throughput_refuses_bad_flags_before_running(capsys, monkeypatch, flags, message):
+    throughput = load(ROOT / "benchmarks" / "throughput.py", "throughput_benchmark")
+    monkeypatch.setattr(throughput, "train", lambda *args: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as exit_:
+        throughput.main(flags)
+    out = capsys.readouterr()
+    assert exit_.value.code == 2 and out.out == ""
+    assert out.err.splitlines()[-1].endswith(f": error: {message}")  # argparse: "<prog>: error: ..."

@@ -6,41 +6,94 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose, rlcli_executable
+from conftest import compose
 from rlcli import config, runtime
 
 
+# `rlcli train` with JAX's persistent compilation cache events counted (jax.monitoring, a public
+# API): every compile request that goes through the cache, the programs found there, and the
+# programs written to it
+COUNTING = """
+import atexit, collections, json, os, sys
+from jax import monitoring
+counts = collections.Counter()
+monitoring.register_event_listener(lambda event, **kwargs: counts.update([event.rsplit("/", 1)[1]]))
+atexit.register(lambda: open(os.environ["RLCLI_TEST_EVENTS"], "w").write(json.dumps(counts)))
+from rlcli.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _train(tmp_path, name, cache):
+    """`rlcli train` (a2c, 2000 steps) in a fresh interpreter, with compile_cache=`cache` (None:
+    left at its default) -> (requests, hits, writes): the compilations that asked the
+    persistent cache, the programs loaded from it, the programs written to it."""
+    import json
+    import sys
+
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
-    args = [rlcli_executable(), "train", "algo=a2c", "env=CartPole-v1", "total_steps=2000", "eval_episodes=1",
+    env["RLCLI_TEST_EVENTS"] = str(tmp_path / f"{name}.events.json")
+    args = ["train", "algo=a2c", "env=CartPole-v1", "total_steps=2000", "eval_episodes=1",
             "logger=quiet", f"hydra.run.dir={tmp_path / name}"]
     if cache is not None:
         args.append(f"compile_cache={cache}")
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", COUNTING, *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    counts = json.loads((tmp_path / f"{name}.events.json").read_text())
+    return (counts.get("compile_requests_use_cache", 0), counts.get("cache_hits", 0),
+            counts.get("cache_misses", 0))
 
 
 def _entries(directory):
     return sorted(p.name for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
 
 
-def test_second_run_loads_every_program_from_the_cache(tmp_path):
-    """The default (auto) cache under $XDG_CACHE_HOME/rlcli/jax is filled by the first run; an
-    identical second run finds every program there and adds nothing."""
-    _train(tmp_path, "first", None)
+def test_second_run_loads_every_program_from_the_cache_and_null_turns_it_off(tmp_path):
+    """The default (auto) cache under $XDG_CACHE_HOME/rlcli/jax: the first run finds nothing
+    there and writes the run's three programs (init, chunk, evaluation); an identical second
+    run loads each of them from it (as many cache hits as the first run wrote programs) and
+    writes nothing. With compile_cache=null the same run compiles without it: no hit, though
+    the cache holds every program of the run, and nothing written. (JAX counts every
+    compilation as a request, also with no cache directory: the few small programs compiled
+    while the command line checks the config, before the cache is turned on, never hit.)"""
+    requests, hits, writes = _train(tmp_path, "first", None)
     cache = tmp_path / "xdg" / "rlcli" / "jax"
     first = _entries(cache)
-    assert len(first) >= 2  # at least the chunk program and the evaluation
-    _train(tmp_path, "second", None)
+    assert (hits, writes) == (0, 3) and requests >= writes
+    # kept beside them (rlcli/xla.py): one chunk of 2000 env steps = 50 updates of a2c's 8 envs x 5 steps
+    kept = [name for name in first if name.endswith(".jaxexport")]
+    assert sorted(name.split("-")[0] for name in kept) == ["chunk50", "eval", "init"]
+
+    assert _train(tmp_path, "second", None) == (requests, writes, 0)
     assert _entries(cache) == first
 
+    assert _train(tmp_path, "off", "null") == (requests, 0, 0)
+    assert _entries(tmp_path / "xdg" / "rlcli") == first
 
-def test_null_turns_it_off_and_a_path_moves_it(tmp_path):
-    _train(tmp_path, "off", "null")
-    assert _entries(tmp_path / "xdg" / "rlcli") == []
-    _train(tmp_path, "moved", str(tmp_path / "elsewhere"))
-    assert _entries(tmp_path / "elsewhere") and _entries(tmp_path / "xdg" / "rlcli") == []
+
+def test_a_path_moves_it(tmp_path, monkeypatch):
+    """compile_cache=<path> turns JAX's cache on in that directory, auto in
+    $XDG_CACHE_HOME/rlcli/jax (the directory the test above finds filled), and a directory in
+    JAX_COMPILATION_CACHE_DIR wins over both. (In this process JAX's cache was opened at the
+    start, so only the setting is checked here; JAX keys its entries by the cache's own
+    directory, so a copy of a filled cache elsewhere would find nothing.)"""
+    import jax
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.cache_dir_of(compose([])) == tmp_path / "xdg" / "rlcli" / "jax"
+    assert runtime.cache_dir_of(compose([f"compile_cache={tmp_path / 'elsewhere'}"])) == tmp_path / "elsewhere"
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        runtime.use_compilation_cache(compose([f"compile_cache={tmp_path / 'elsewhere'}"]))
+        assert jax.config.jax_compilation_cache_dir == before  # the environment's directory wins
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        jax.config.update("jax_compilation_cache_dir", None)
+        runtime.use_compilation_cache(compose([f"compile_cache={tmp_path / 'elsewhere'}"]))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "elsewhere")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 def test_bad_value(tmp_path):
@@ -75,11 +128,31 @@ def _numbers(records):
     return [{k: v for k, v in r.items() if k not in ("wall_time", "perf/steps_per_s")} for r in records]
 
 
-def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_path, monkeypatch):
-    """A run traces its chunk and evaluation programs once and keeps them (jax.export) beside
-    the compilation cache. A run of another seed reads them instead of tracing, and its metrics
-    are those of the same seed traced directly (the seed enters the programs as key arrays,
-    which is why it is left out of the programs' key)."""
+@pytest.fixture
+def traced():
+    """{function name: times traced} from JAX's tracing event (jax.monitoring), while the test runs."""
+    import collections
+
+    from jax import monitoring
+
+    names = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            names[kwargs.get("fun_name")] += 1
+
+    monitoring.register_event_duration_secs_listener(listener)
+    yield names
+    monitoring.unregister_event_duration_listener(listener)
+
+
+def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_path, monkeypatch, traced):
+    """A run traces its init, chunk and evaluation programs once and keeps them (jax.export)
+    beside the compilation cache. A run of another seed reads them: JAX traces none of rlcli's
+    functions, only the three kept programs' `call` (jax.export's wrapper, one jit each), where
+    the same run with the programs traced directly traces rlcli's. Its metrics are those of that
+    direct run (the seed enters the programs as key arrays, which is why it is left out of the
+    programs' key), and differ from the first seed's."""
     from jax import export
 
     from conftest import train
@@ -88,20 +161,22 @@ def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_
     assert xla.programs_dir() is not None  # conftest turns on the compilation cache
     directory = tmp_path / "programs"  # this test's own: the test session's is shared by workers
     monkeypatch.setattr(xla, "programs_dir", lambda: directory)
-    train(tmp_path, KEPT + ["seed=0"], name="seed0")
+    _, seed0 = train(tmp_path, KEPT + ["seed=0"], name="seed0")
     kept = set(directory.glob("*.jaxexport"))
     assert sorted(p.name.split("-")[0] for p in kept) == ["chunk10", "eval", "init"]
 
-    traced, read = _count_calls(monkeypatch, export, "export"), _count_calls(monkeypatch, export, "deserialize")
+    traced.clear()
+    read = _count_calls(monkeypatch, export, "deserialize")
     _, from_kept = train(tmp_path, KEPT + ["seed=1"], name="seed1")
-    assert (len(traced), len(read)) == (0, 3)
+    assert dict(traced) == {"call": 3} and len(read) == 3
     assert set(directory.glob("*.jaxexport")) == kept
 
+    traced.clear()
     monkeypatch.setattr(xla, "programs_dir", lambda: None)  # trace and lower directly, as with no cache
     _, direct = train(tmp_path, KEPT + ["seed=1"], name="seed1-direct")
-    assert len(traced) == 0
+    assert sum(traced.values()) >= 3 and "call" not in traced and len(read) == 3
     assert _numbers(from_kept) == _numbers(direct)
-    assert _numbers(from_kept) != _numbers(train(tmp_path, KEPT + ["seed=0"], name="seed0-direct")[1])
+    assert _numbers(from_kept) != _numbers(seed0)
 
 
 def test_an_unreadable_kept_program_is_traced_again(tmp_path, monkeypatch):
