@@ -87,12 +87,3 @@ def shared_run(tmp_path_factory):
             assert result.returncode == 0, result.stderr
     return run
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under xdist's `--dist loadgroup` (pyproject.toml) a test file is one group, run by one
-    worker (its module fixtures built once), unless its tests name their own `xdist_group`:
-    tests/test_goldens.py splits its cases in two groups that run side by side."""
-    for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -8,7 +8,8 @@ commit that changes the numbers, with the reason in its message:
     python tests/goldens.py regenerate            # every case
     python tests/goldens.py regenerate a2c ppo    # some
 
-`tests/test_goldens.py` reruns every case and requires identical numbers. Each case runs
+`tests/test_goldens.py` and `tests/test_goldens_2.py` rerun every case (half each) and require
+identical numbers. Each case runs
 through the real command line (`rlcli.cli.main`, in one process per group of cases) with
 `threads=1` on one CPU device, where rlcli's numbers are exact.
 """
@@ -122,6 +123,40 @@ def run_in_subprocess(names: list[str], root: Path) -> dict[str, dict]:
 
 def golden_path(name: str) -> Path:
     return GOLDEN_DIR / f"{name}.json"
+
+
+def half(index: int) -> list[str]:
+    """The cases of tests/test_goldens.py (index 0) or tests/test_goldens_2.py (1): two test files,
+    so that pytest's two workers run them side by side."""
+    return [name for i, name in enumerate(CASES) if i % 2 == index]
+
+
+def first_difference(expected, got, where="") -> str | None:
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for key in sorted(set(expected) | set(got)):
+            if key not in expected or key not in got:
+                return f"{where}{key}: only in {'the golden' if key in expected else 'this run'}"
+            found = first_difference(expected[key], got[key], f"{where}{key}.")
+            if found:
+                return found
+        return None
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return f"{where}: {len(expected)} entries in the golden, {len(got)} in this run"
+        for i, (a, b) in enumerate(zip(expected, got)):
+            found = first_difference(a, b, f"{where}[{i}].")
+            if found:
+                return found
+        return None
+    return None if expected == got else f"{where.rstrip('.')}: golden {expected!r}, this run {got!r}"
+
+
+def assert_unchanged(name: str, result: dict) -> None:
+    expected = json.loads(golden_path(name).read_text())
+    got = json.loads(json.dumps(result))  # through JSON, as the golden was written
+    assert got["metrics"], name
+    difference = first_difference(expected, got)
+    assert difference is None, f"golden case {name} changed at {difference}"
 
 
 def main(argv: list[str]) -> int:

@@ -232,6 +232,31 @@ def test_bad_input_one_line_exit_2_nothing_written(finished_run, tmp_path, monke
         assert snapshot(watched) == watched_before
 
 
+def documented_errors() -> list[tuple[list[str], str]]:
+    """The bad-input examples of docs/commands.md: a `$ rlcli ...` line followed by its error line."""
+    import shlex
+
+    from conftest import REPO
+
+    lines = (REPO / "docs" / "commands.md").read_text().splitlines()
+    return [(shlex.split(command[len("$ rlcli "):]), answer) for command, answer in zip(lines, lines[1:])
+            if command.startswith("$ rlcli ") and answer.startswith("rlcli ") and ": error: " in answer]
+
+
+@pytest.mark.parametrize("argv, documented", documented_errors(), ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_the_documented_error_lines_are_what_rlcli_prints(tmp_path, monkeypatch, capsys, shared_run, argv, documented):
+    """`outputs/x` in the examples is a run like the session's shared run (2 seeds, checkpoints
+    at 800, 1600 and 2000)."""
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "x").symlink_to(shared_run)
+    code, _, stderr = main_in_process(argv, tmp_path, monkeypatch, capsys)
+    assert code == 2 and stderr.strip() == documented
+
+
+def test_the_docs_show_error_examples():
+    assert len(documented_errors()) >= 7  # the examples the test above checks were found
+
+
 # ---- resume -----------------------------------------------------------------------------------
 
 
