@@ -205,7 +205,8 @@ def ignore_stray_coroutines() -> None:
 def quiet_stderr():
     """When a save or restore fails, tensorstore's reader threads go on completing futures for orbax's
     closed event loop and print a traceback each, straight to file descriptor 2. Send fd 2 to
-    a scratch file meanwhile, so the user sees the one-line error instead."""
+    a scratch file meanwhile, so the user sees the one-line error instead; lines rlcli itself
+    wrote meanwhile (a stop signal's notice) are passed on."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as scratch:
@@ -219,3 +220,7 @@ def quiet_stderr():
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            scratch.seek(0)  # rlcli's own lines written meanwhile (a signal's notice) still reach the user
+            for line in scratch:
+                if line.startswith(b"rlcli"):
+                    os.write(2, line)

@@ -7,6 +7,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,6 +189,13 @@ def main_in_process(args: list[str], cwd: Path, monkeypatch, capsys):
     root = logging.getLogger()
     handlers = root.handlers[:]
     capsys.readouterr()
+    # `rlcli resume` configures logging with logging.config.dictConfig, which closes every existing
+    # handler; absl's (orbax imports absl) then closes its stream unless it is the current
+    # sys.stderr. In a process that is the real stderr; here it was whatever pytest had put there
+    # when absl was imported (pytest's own capture file), so point it at this case's stderr.
+    from absl import logging as absl_logging
+
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.stderr)
     with warnings.catch_warnings(record=True) as caught:
         _python_warning_filters()
         try:
@@ -423,6 +431,8 @@ def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
     assert proc.wait(timeout=60) == 128 + signum
     lines = (tmp_path / "stderr.txt").read_text().strip().splitlines()
     assert "Traceback" not in "\n".join(lines)
+    # the first signal's notice, written while the save held stderr, still reaches the user
+    assert lines[-2].startswith(f"rlcli: {signal.Signals(signum).name} received: stopping after the current chunk")
     assert lines[-1].startswith(f"rlcli train: stopped at once by a second {signal.Signals(signum).name}")
     assert f"rlcli resume run={run}" in lines[-1]
     assert checkpoint_steps(run) == [] and [p.name for p in temporary_dirs(run)] == ["800.orbax-checkpoint-tmp"]
