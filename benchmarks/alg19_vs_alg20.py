@@ -22,13 +22,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import train_process
+
 # shared settings per env: offpolicy_ac's tuned Pendulum file and the discrete CartPole test
 ENVS = {
     "Pendulum-v1": (20_000, ["num_envs=1", "algo.learning_rate=1e-3", "algo.buffer_size=20000",
@@ -48,16 +47,7 @@ ROWS = [  # (label, overrides)
 
 def run(args: list[str], out: Path) -> tuple[dict, dict, float]:
     """(summary.json, the last metrics record of each seed averaged, wall s) of one rlcli train."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS", "RLCLI_HOST_DEVICES", "RLCLI_THREADS", "NPROC")}
-    env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "-m", "rlcli", "train", *args, "logger=quiet", "compile_cache=null",
-               f"hydra.run.dir={out}"]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=out.parent)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    wall = train_process([*args, "compile_cache=null"], out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     last_update = max(r["update"] for r in records)
     last = [r for r in records if r["update"] == last_update]

@@ -25,14 +25,13 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import NamedTuple
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, train_process
+
 sys.path.insert(0, str(ROOT))
 
 
@@ -71,17 +70,8 @@ FIELDS = ["cell", "seeds", "steps", "goal", "mean", "ci_low", "ci_high", "per_se
 
 def run_cell(cell: Cell, seeds: int, steps: int, eval_episodes: int, out: Path) -> tuple[list[float], float]:
     """The seeds' final deterministic evaluation returns and the wall time of one `rlcli train`."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS", "RLCLI_HOST_DEVICES", "RLCLI_THREADS", "NPROC")}
-    env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "-m", "rlcli", "train", *cell.overrides, f"num_seeds={seeds}",
-               f"total_steps={steps}", f"eval_episodes={eval_episodes}", "logger=quiet", "compile_cache=null",
-               f"hydra.run.dir={out}"]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=out.parent)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    wall = train_process([*cell.overrides, f"num_seeds={seeds}", f"total_steps={steps}",
+                          f"eval_episodes={eval_episodes}", "compile_cache=null"], out)
     summary = json.loads((out / "summary.json").read_text())
     return [float(r) for r in summary["final_eval"]["return_mean"]], wall
 
@@ -129,7 +119,7 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(prefix="rlcli-learning-") as tmp:
                 try:
                     returns, wall = run_cell(cell, opts.seeds, steps, opts.eval_episodes, Path(tmp) / "run")
-                except RuntimeError as err:
+                except SystemExit as err:  # the cell's process failed: report it, go on
                     print(f"| {cell.name} | {steps:,} | error | | {cell.goal:g} | ERROR | {cell.zoo} | |", flush=True)
                     print(err, file=sys.stderr)
                     failed += 1

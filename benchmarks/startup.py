@@ -21,11 +21,11 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import train_process
 
 # PPO on CartPole-v1 with rejax's configuration (benchmarks/peers.py), and the README's main job
 CONFIGS = {
@@ -39,17 +39,7 @@ CONFIGS = {
 
 
 def run_once(tree: Path, args: list[str], cache: Path, out: Path) -> float:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS", "RLCLI_HOST_DEVICES", "RLCLI_THREADS", "NPROC")}
-    env["PYTHONPATH"] = str(tree)
-    command = [sys.executable, "-m", "rlcli", "train", *args, "logger=quiet", f"compile_cache={cache}",
-               f"hydra.run.dir={out}"]
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=out.parent)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed in {tree}:\n{done.stderr[-2000:]}")
-    return wall
+    return train_process([*args, f"compile_cache={cache}"], out, tree)
 
 
 def main(argv=None) -> int:

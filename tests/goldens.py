@@ -159,6 +159,24 @@ def assert_unchanged(name: str, result: dict) -> None:
     assert difference is None, f"golden case {name} changed at {difference}"
 
 
+def golden_half(index: int):
+    """The fixture and the test of one golden test file: the half's cases run in one subprocess
+    (module scope), then each case's numbers are compared with its golden."""
+    import pytest
+
+    names = half(index)
+
+    @pytest.fixture(scope="module")
+    def results(tmp_path_factory):
+        return run_in_subprocess(names, tmp_path_factory.mktemp("goldens"))
+
+    @pytest.mark.parametrize("name", names)
+    def test_golden_numbers_unchanged(results, name):
+        assert_unchanged(name, results[name])
+
+    return results, test_golden_numbers_unchanged
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["run"]:  # internal: run_in_subprocess's child
         root, out, names = Path(argv[1]), Path(argv[2]), argv[3:]

@@ -3,18 +3,6 @@ the stored numbers exactly (one CPU device, threads=1). A failure means a change
 numbers; if that was the purpose, regenerate with `python tests/goldens.py regenerate <case>` in
 the same commit and say why."""
 
-import pytest
+from goldens import golden_half
 
-from goldens import assert_unchanged, half, run_in_subprocess
-
-NAMES = half(1)
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return run_in_subprocess(NAMES, tmp_path_factory.mktemp("goldens"))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_golden_numbers_unchanged(results, name):
-    assert_unchanged(name, results[name])
+results, test_golden_numbers_unchanged = golden_half(1)
