@@ -230,11 +230,11 @@ def test_bad_input_one_line(capsys):
     assert "run=/nonexistent/run does not exist" in capsys.readouterr().err
 
 
-def test_diagnose_a_run_checkpoint(tmp_path, capsys):
+def test_diagnose_a_run_checkpoint(tmp_path, capsys, cli):
     """run=<dir> restores the run's checkpoint (here reinforce with the Q control variate,
     whose parameters also hold the Q critic) and writes into <run>/diagnose."""
     run_dir = tmp_path / "run"
-    result = run_cli(["train", "algo=reinforce", "env.backend=jax", "num_envs=2", "total_steps=2000",
+    result = cli(["train", "algo=reinforce", "env.backend=jax", "num_envs=2", "total_steps=2000",
                       "eval_episodes=1", "network.hidden_sizes=[16]", "estimator=reward_to_go",
                       "estimator.baseline=q_control_variate", "logger=quiet", f"hydra.run.dir={run_dir}"], tmp_path)
     assert result.returncode == 0, result.stderr

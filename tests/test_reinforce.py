@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import rlax
 
-from conftest import compose, run_cli, train
+from conftest import compose, train
 from rlcli import config, estimators
 from rlcli.algos import reinforce
 
@@ -221,8 +221,8 @@ def test_bad_input():
     assert "algo.num_steps=200 is not allowed" in _error(["algo=reinforce", "algo.num_steps=200"])
 
 
-def test_bad_input_cli_one_line(tmp_path):
-    result = run_cli(["train", "algo=ppo", "estimator=reward_to_go"], tmp_path)
+def test_bad_input_cli_one_line(tmp_path, cli):
+    result = cli(["train", "algo=ppo", "estimator=reward_to_go"], tmp_path)
     assert result.returncode == 2 and list(tmp_path.iterdir()) == []
     assert result.stderr.strip() == (
         "rlcli train: error: estimator=reward_to_go does not fit algo=ppo "

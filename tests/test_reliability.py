@@ -7,12 +7,12 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import conftest
 from conftest import rlcli_executable, run_cli
 
 VOLATILE = ("wall_time", "perf/steps_per_s")
@@ -161,56 +161,10 @@ CASE_IDS = [" ".join(c[0]) for c in TRAIN_CASES] + [" ".join(c[0]) or "no run=" 
 assert SUBPROCESS_CASES <= {(c[0], *c[1]) for c in CASES} | {(c[0], *c[1], c[2]) for c in CASES}
 
 
-def _python_warning_filters() -> None:
-    """The warning filters of a plain `python` process (what an `rlcli` process shows on
-    stderr), in place of pytest's."""
-    import warnings
-
-    warnings.resetwarnings()
-    warnings.simplefilter("default")
-    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-        warnings.filterwarnings("ignore", category=category)
-
-
-def main_in_process(args: list[str], cwd: Path, monkeypatch, capsys):
-    """`rlcli <args>` through rlcli.cli.main in this process, in `cwd`: (exit code, stdout,
-    stderr). A warning the case raises (until its garbage is collected) counts as a line on
-    stderr, as it would in its own process; the root logger's handlers are put back."""
-    import gc
-    import logging
-    import warnings
-
-    from rlcli import cli
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(cli, "_task_started", False)
-    monkeypatch.setattr(cli, "_failed_jobs", [])
-    monkeypatch.setattr(cli, "_sweep_dir", None)
-    root = logging.getLogger()
-    handlers = root.handlers[:]
-    capsys.readouterr()
-    # `rlcli resume` configures logging with logging.config.dictConfig, which closes every existing
-    # handler; absl's (orbax imports absl) then closes its stream unless it is the current
-    # sys.stderr. In a process that is the real stderr; here it was whatever pytest had put there
-    # when absl was imported (pytest's own capture file), so point it at this case's stderr.
-    from absl import logging as absl_logging
-
-    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.stderr)
-    with warnings.catch_warnings(record=True) as caught:
-        _python_warning_filters()
-        try:
-            code = cli.main(args)
-        except SystemExit as exit_:
-            code = exit_.code
-        finally:
-            for handler in set(root.handlers) - set(handlers):
-                handler.close()
-            root.handlers[:] = handlers
-        gc.collect()  # e.g. a coroutine a failed restore left never awaited warns now, not in a later case
-    out, err = capsys.readouterr()
-    for warning in caught:
-        err += warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    return code, out, err
+def main_in_process(args, cwd, monkeypatch, capsys):
+    """(exit code, stdout, stderr) of `rlcli <args>` run in this process (conftest)."""
+    done = conftest.main_in_process(args, cwd, monkeypatch, capsys)
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -438,21 +392,21 @@ def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
     assert checkpoint_steps(run) == [] and [p.name for p in temporary_dirs(run)] == ["800.orbax-checkpoint-tmp"]
 
 
-def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_path):
+def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_path, cli):
     run = tmp_path / "run"
-    first = run_cli(["train", *SHORT, "env.backend=gymnasium", f"hydra.run.dir={run}"], tmp_path)
+    first = cli(["train", *SHORT, "env.backend=gymnasium", f"hydra.run.dir={run}"], tmp_path)
     assert first.returncode == 0, first.stderr
     # a torn last line, as a kill in the middle of a write leaves it
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"seed_index": 0, "upd')
-    again = run_cli(["resume", f"run={run}", "total_steps=3200"], tmp_path)
+    again = cli(["resume", f"run={run}", "total_steps=3200"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert [r["env_steps"] for r in records(run)] == [400, 800, 1200, 1600, 2000, 2400, 2800, 3200]
     assert "total_steps: 3200" in (run / ".hydra" / "config.yaml").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from_update"] == 50 and summary["total_steps"] == 3200
     assert checkpoint_steps(run)[-1] == 3200
-    done = run_cli(["resume", f"run={run}"], tmp_path)
+    done = cli(["resume", f"run={run}"], tmp_path)
     assert done.returncode == 0 and "already complete" in done.stdout
 
 
@@ -505,7 +459,7 @@ def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the rlcli process, forked once JAX runs here
-def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path):
+def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path, cli):
     """A real write error from the OS: files may not grow past 20 kB (RLIMIT_FSIZE), which the
     checkpoint's data files exceed and the metrics do not."""
     run = tmp_path / "run"
@@ -522,15 +476,15 @@ def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tm
     assert line.startswith("rlcli resume: error: cannot write the checkpoint at env step 2400")
     assert "File too large" in line and "the last good checkpoint is at env step 2000" in line
     assert checkpoint_steps(run) == [800, 1600, 2000]
-    again = run_cli(["resume", f"run={run}", "total_steps=4000"], tmp_path)
+    again = cli(["resume", f"run={run}", "total_steps=4000"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert [r["env_steps"] for r in records(run)][-3:] == [3200, 3600, 4000]
 
 
-def test_sweep_with_a_failing_job_finishes_the_others_and_lists_the_failure(tmp_path):
+def test_sweep_with_a_failing_job_finishes_the_others_and_lists_the_failure(tmp_path, cli):
     """Every job's config is valid (a bad one refuses the whole sweep: TRAIN_CASES); the
     middle job diverges while running."""
-    result = run_cli(["train", "-m", "algo.learning_rate=0.0007,1e30,0.001", *SHORT,
+    result = cli(["train", "-m", "algo.learning_rate=0.0007,1e30,0.001", *SHORT,
                       f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert result.returncode == 1
     import csv

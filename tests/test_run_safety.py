@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import run_cli
 from rlcli import checkpoint, paths
 from rlcli.errors import ConfigError
 from rlcli.logger import read_metrics
@@ -23,20 +22,20 @@ def _records(run: Path) -> list[tuple]:
     return [(r["update"], r["seed_index"]) for r in read_metrics(run)]
 
 
-def test_train_resume_to_a_larger_budget_then_reproduce_is_exact(tmp_path):
+def test_train_resume_to_a_larger_budget_then_reproduce_is_exact(tmp_path, cli):
     """The first leg's final evaluation (at 1200 env steps) stays in the metrics of a run
     resumed to 2000; a straight 2000-step run has none there. Reproduce replays both legs and
     matches every value bit for bit."""
     run = tmp_path / "run"
-    assert run_cli(["train", *SMALL, "total_steps=1200", f"hydra.run.dir={run}"], tmp_path).returncode == 0
-    resumed = run_cli(["resume", f"run={run}", "total_steps=2000"], tmp_path)
+    assert cli(["train", *SMALL, "total_steps=1200", f"hydra.run.dir={run}"], tmp_path).returncode == 0
+    resumed = cli(["resume", f"run={run}", "total_steps=2000"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     evals = [r["update"] for r in read_metrics(run) if "eval/return_mean" in r]
     assert evals == [60, 100]  # the end of each leg: 1200 / 20 and 2000 / 20 updates
     legs = json.loads((run / "legs.json").read_text())["legs"]
     assert [(leg["start_update"], leg["config"]["total_steps"]) for leg in legs] == [(0, 1200), (60, 2000)]
 
-    result = run_cli(["reproduce", f"run={run}"], tmp_path)
+    result = cli(["reproduce", f"run={run}"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "in its 2 legs (resumed at updates 60)" in result.stderr
     report = json.loads((tmp_path / "run-reproduced" / "reproduce.json").read_text())
@@ -45,7 +44,7 @@ def test_train_resume_to_a_larger_budget_then_reproduce_is_exact(tmp_path):
     assert _records(tmp_path / "run-reproduced") == _records(run)
 
 
-def test_a_run_stopped_and_resumed_reproduces_through_its_stop(tmp_path):
+def test_a_run_stopped_and_resumed_reproduces_through_its_stop(tmp_path, cli):
     """A leg that ended at a checkpoint before its budget (a stop, a kill) is replayed up to
     that checkpoint: `train(stop_at_update=...)`, then resumed, as the original was."""
     from conftest import compose
@@ -58,8 +57,8 @@ def test_a_run_stopped_and_resumed_reproduces_through_its_stop(tmp_path):
     assert checkpoint.steps(run / "checkpoints")[-1] == 800 and not (run / "summary.json").exists()
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text(json.dumps(training.config_container(cfg)))
-    assert run_cli(["resume", f"run={run}"], tmp_path).returncode == 0
-    result = run_cli(["reproduce", f"run={run}"], tmp_path)
+    assert cli(["resume", f"run={run}"], tmp_path).returncode == 0
+    result = cli(["reproduce", f"run={run}"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "in its 2 legs (resumed at updates 40)" in result.stderr
 
@@ -71,20 +70,20 @@ def _damage_data(step_dir: Path) -> None:
         data.write_bytes(os.urandom(data.stat().st_size))
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cli):
     run = tmp_path / "run"
-    assert run_cli(["train", *SMALL, "total_steps=1600", f"hydra.run.dir={run}"], tmp_path).returncode == 0
+    assert cli(["train", *SMALL, "total_steps=1600", f"hydra.run.dir={run}"], tmp_path).returncode == 0
     assert checkpoint.steps(run / "checkpoints") == [800, 1200, 1600]
     _damage_data(run / "checkpoints" / "1600")
 
-    evaluated = run_cli(["eval", f"run={run}"], tmp_path)
+    evaluated = cli(["eval", f"run={run}"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     notice = [line for line in evaluated.stderr.splitlines() if "cannot be read" in line]
     assert notice == [f"rlcli: the checkpoint at env step 1600 in {run / 'checkpoints'} cannot be read "
                       "(its array data of 1600); using the one at env step 1200"]
     assert json.loads((run / "eval.json").read_text())["checkpoint"] == 1200
 
-    resumed = run_cli(["resume", f"run={run}", "total_steps=2000"], tmp_path)
+    resumed = cli(["resume", f"run={run}", "total_steps=2000"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     out = resumed.stdout + resumed.stderr
     assert "the checkpoint at env step 1600" in out and "using the one at env step 1200" in out
@@ -97,18 +96,18 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     assert _records(run) == [(u, 0) for u in (20, 40, 60, 80, 100)]  # no gap, no duplicate
 
 
-def test_a_damaged_record_and_every_checkpoint_damaged(tmp_path):
+def test_a_damaged_record_and_every_checkpoint_damaged(tmp_path, cli):
     """A checkpoint whose JSON record is garbage is skipped too; when none can be read, eval
     exits 2 with one line that names the newest."""
     run = tmp_path / "run"
-    assert run_cli(["train", *SMALL, "total_steps=800", f"hydra.run.dir={run}"], tmp_path).returncode == 0
+    assert cli(["train", *SMALL, "total_steps=800", f"hydra.run.dir={run}"], tmp_path).returncode == 0
     assert checkpoint.steps(run / "checkpoints") == [400, 800]
     (run / "checkpoints" / "800" / "meta" / "metadata").write_text("{not json")
-    ok = run_cli(["eval", f"run={run}", "episodes=1"], tmp_path)
+    ok = cli(["eval", f"run={run}", "episodes=1"], tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "(its record (meta/metadata) of 800); using the one at env step 400" in ok.stderr
     _damage_data(run / "checkpoints" / "400")
-    bad = run_cli(["eval", f"run={run}", "episodes=1"], tmp_path)
+    bad = cli(["eval", f"run={run}", "episodes=1"], tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         f"rlcli eval: error: no checkpoint in {run / 'checkpoints'} can be read (the newest: checkpoint "
@@ -179,11 +178,11 @@ def test_a_named_directory_must_be_new_or_empty(tmp_path, cli):
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["f"]
 
 
-def test_reproduce_twice_gets_a_second_directory(tmp_path):
+def test_reproduce_twice_gets_a_second_directory(tmp_path, cli):
     run = tmp_path / "run"
-    assert run_cli(["train", *SMALL, "total_steps=400", f"hydra.run.dir={run}"], tmp_path).returncode == 0
+    assert cli(["train", *SMALL, "total_steps=400", f"hydra.run.dir={run}"], tmp_path).returncode == 0
     for name in ("run-reproduced", "run-reproduced-1"):
-        result = run_cli(["reproduce", f"run={run}"], tmp_path)
+        result = cli(["reproduce", f"run={run}"], tmp_path)
         assert result.returncode == 0, result.stderr
         assert json.loads((tmp_path / name / "reproduce.json").read_text())["match"]
 

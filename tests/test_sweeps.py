@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
 
 # three jobs: two train, the third diverges at once (learning rate 1e30); tiny budgets
 JOBS = ["algo.learning_rate=0.0007,0.001,1e30", "total_steps=1024", "num_envs=4", "eval_episodes=2",
@@ -125,15 +124,15 @@ def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path):
 # ---- optuna --------------------------------------------------------------------------------------
 
 
-def test_optuna_maximises_the_final_return_and_records_a_failed_trial(tmp_path):
+def test_optuna_maximises_the_final_return_and_records_a_failed_trial(tmp_path, cli):
     """Three trials of the shipped PPO search, the learning rate narrowed to a choice with a
     diverging value (TPE with seed 2 draws both values in three trials, optuna 2.10): each
     trial that drew 1e30 (its overrides in the summary) is listed as failed, the others finish
     and the best of them is Optuna's best."""
     sweep = tmp_path / "sweep"
-    result = run_cli(["train", "-m", "+sweep=ppo_CartPole-v1", "hydra.sweeper.n_trials=3",
-                      "hydra.sweeper.sampler.seed=2", "algo.learning_rate=choice(0.001,1e30)",
-                      "num_seeds=1", *JOBS[1:], f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = cli(["train", "-m", "+sweep=ppo_CartPole-v1", "hydra.sweeper.n_trials=3",
+                  "hydra.sweeper.sampler.seed=2", "algo.learning_rate=choice(0.001,1e30)",
+                  "num_seeds=1", *JOBS[1:], f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     table = rows(sweep)
     drew = [float(dict(o.split("=", 1) for o in r["overrides"].split())["algo.learning_rate"]) for r in table]
@@ -192,8 +191,8 @@ def test_threads_null_drops_a_limit_inherited_from_an_rlcli_parent():
     assert (pool, nproc) == ("1", "1")
 
 
-def test_bad_threads_is_refused_before_anything_runs(tmp_path):
-    result = run_cli(["train", "threads=0", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+def test_bad_threads_is_refused_before_anything_runs(tmp_path, cli):
+    result = cli(["train", "threads=0", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "rlcli train: error: threads=0 is not allowed (allowed: null or an integer >= 1)"
     assert not (tmp_path / "run").exists()
