@@ -170,6 +170,7 @@ def golden_half(index: int):
     def results(tmp_path_factory):
         return run_in_subprocess(names, tmp_path_factory.mktemp("goldens"))
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("name", names)
     def test_golden_numbers_unchanged(results, name):
         assert_unchanged(name, results[name])

@@ -91,6 +91,7 @@ class ScheduledLock:
         self.lock.release()
 
 
+@pytest.mark.slow
 def test_stale_applications_are_counted_exactly(monkeypatch):
     """W = 2 workers, 2 seeds (num_envs = 4: 2 envs per worker, 8 steps per rollout), two
     chunks of 3 updates = 6 gradient applications each, under two fixed interleavings (R: take
@@ -135,6 +136,7 @@ def test_stale_applications_are_counted_exactly(monkeypatch):
         assert all((np.asarray(i) == -1).all() for i in out.first_nonfinite.values())
 
 
+@pytest.mark.slow
 def test_one_worker_is_the_a2c_run_of_the_same_config():
     """With W = 1 there is nothing to be stale against: each application is the gradient at the
     current parameters of a rollout of all envs, i.e. a2c's update on the jax backend. Same
@@ -164,6 +166,7 @@ def test_one_worker_is_the_a2c_run_of_the_same_config():
     assert o2.metrics["loss/total"][0] != o2.metrics["loss/total"][1]
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_rlcli_eval_reads_the_checkpoint(tmp_path):
     """W = 1 (reproducible): a run resumed from its checkpoint gives the training metrics of an
     uninterrupted one (worker env states, keys, optimizer state come back); `rlcli eval`

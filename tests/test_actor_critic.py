@@ -49,6 +49,7 @@ def test_sarsa_next_actions_hand_computed():
                                   [[2], [20], [4], [40], [50]])
 
 
+@pytest.mark.slow
 def test_online_ac_is_algorithm_18_step_by_step():
     """One online_ac update on a batch of N transitions against Alg. 18 written out with optax
     and the network: critic step to r + gamma V(s'), then the TD error of the *updated*
@@ -86,6 +87,7 @@ def test_online_ac_is_algorithm_18_step_by_step():
     assert float(metrics["loss/value_fitted"]) == pytest.approx(float(metrics["loss/value"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["monte_carlo", "bootstrap"])
 def test_batch_ac_fits_the_critic_before_the_actor_step(target):
     """Step 3 of Alg. 16/17, fitting the critic to the batch: with the Monte-Carlo target the
@@ -112,6 +114,7 @@ def test_batch_ac_fits_the_critic_before_the_actor_step(target):
     np.testing.assert_allclose(float(metrics["loss/value"]), float(losses.value_loss(values, targets)), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_q_ac_critic_is_sarsa():
     """q_ac's critic loss is 1/2 mean (Q(s,a) - r - gamma (1-term) Q(s', a'))^2 with a' the
     next action taken in the batch where the episode goes on, else a sample of pi(.|s')
@@ -162,6 +165,7 @@ def test_bad_input():
     assert _error(["algo=q_ac", "algo.weight=v"]) == "algo.weight='v' is not allowed (allowed: one of q, advantage)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["batch_ac", "online_ac", "q_ac"])
 def test_continuous_actions_run(tmp_path, algo):
     summary, records = train(tmp_path, [f"algo={algo}", "env=Pendulum-v1", "num_envs=4", "total_steps=2000",

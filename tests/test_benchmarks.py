@@ -89,6 +89,7 @@ def test_quick_run_prints_rlcli_rows_and_skip_reasons(tmp_path):
 # ---- benchmarks/throughput.py ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_throughput_prints_its_table_for_the_rows_asked_for(capsys):
     """Row 4 (gymnasium backend, 8 envs) of the quick mode at 1/20 of its budgets, in this
     process: 20k x 0.05 = 1,000 throughput steps, rounded up to one whole chunk of 10,000 steps

@@ -18,6 +18,7 @@ def only_run_dir(cwd: Path) -> Path:
     return runs[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, vectorization", [("jax", "auto"), ("gymnasium", "auto"), ("gymnasium", "sync")])
 def test_short_run_writes_every_file(tmp_path, cli, backend, vectorization):
     """(gymnasium backend: `auto` steps CartPole's numpy-vectorised env, `sync` 8 copies.)"""
@@ -57,25 +58,25 @@ def test_short_run_writes_every_file(tmp_path, cli, backend, vectorization):
     assert summary["versions"]["jax"] and summary["versions"]["gymnasium"]
 
 
-def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
-    """The latest checkpoint restores params, optimizer state, RNG key and update counter, and
-    the restored params act like the run's final policy."""
+@pytest.mark.slow
+def test_checkpoint_holds_whole_learner_state(shared_run):
+    """The latest checkpoint of the session's shared run (2 seeds) restores params, optimizer
+    state, RNG key and update counter, and the restored params act like the run's final policy."""
     import jax
 
+    from conftest import SHARED_RUN
     from rlcli import algos, checkpoint, config, envs
     from rlcli.loops.jax import make as make_jax_loop
 
-    result = cli(["train", "total_steps=2000", "log_interval=400", "checkpoint_interval=800"], tmp_path)
-    assert result.returncode == 0, result.stderr
-    run = only_run_dir(tmp_path)
-    cfg = compose(["total_steps=2000", "log_interval=400", "checkpoint_interval=800"])
+    run = shared_run
+    cfg = compose(SHARED_RUN)
     sizes = config.validate(cfg)
     spec = envs.make_spec("CartPole-v1", "jax")
     backend = make_jax_loop(cfg, spec, algos.make("a2c", spec, cfg, sizes.num_updates), sizes)
     fresh = backend.init()
     state, meta = checkpoint.restore(run / "checkpoints", backend.checkpoint_state(fresh))
     assert meta["env_steps"] == 2000 and meta["update"] == 50
-    assert int(state["learner"].update_step[0]) == 50
+    assert np.asarray(state["learner"].update_step).tolist() == [50, 50]
     assert set(state) == {"learner", "env_state", "obs", "key", "episodes", "norm"}
     # the parameters moved away from their initial values, and the optimizer state has counts
     moved = jax.tree.map(lambda a, b: float(abs(a - b).max()), state["learner"].params, fresh.learner.params)
@@ -83,21 +84,23 @@ def test_checkpoint_holds_whole_learner_state(tmp_path, cli):
     assert not np.array_equal(np.asarray(state["key"]), np.asarray(fresh.key))
 
     # the restored state acts as the run's final policy: the run's last evaluation (number
-    # eval_index - 1, the final one) played again with it gives the returns the run logged,
-    # which the untrained policy does not
+    # eval_index - 1, the final one) played again with it gives each seed's return the run
+    # logged, which the untrained policy does not
     from rlcli import train as training
 
     loop = training.make_loop(training.setup(cfg))
     restored, meta = training.restore_checkpoint(loop, run / "checkpoints")
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert logged["env_steps"] == 2000
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["eval/return_mean"] for r in sorted(records, key=lambda r: r["seed_index"]) if r["env_steps"] == 2000]
+    assert len(logged) == 2
     returns, _ = loop.evaluate(restored, meta["eval_index"] - 1)
-    assert np.asarray(returns).mean(axis=1).tolist() == pytest.approx([logged["eval/return_mean"]], rel=1e-6)
+    assert np.asarray(returns).mean(axis=1).tolist() == pytest.approx(logged, rel=1e-6)
     untrained, _ = loop.evaluate(loop.init(), meta["eval_index"] - 1)
-    assert np.asarray(untrained).mean() != pytest.approx(logged["eval/return_mean"], rel=1e-6)
+    assert np.asarray(untrained).mean(axis=1).tolist() != pytest.approx(logged, rel=1e-6)
     loop.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "gymnasium"])
 def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli, backend):
     result = cli(["train", "env=Pendulum-v1", f"env.backend={backend}", "total_steps=3200",

@@ -50,6 +50,7 @@ def _entries(directory):
     return sorted(p.name for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
 
 
+@pytest.mark.slow
 def test_second_run_loads_every_program_from_the_cache_and_null_turns_it_off(tmp_path):
     """The default (auto) cache under $XDG_CACHE_HOME/rlcli/jax: the first run finds nothing
     there and writes the run's three programs (init, chunk, evaluation); an identical second
@@ -146,6 +147,7 @@ def traced():
     monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.mark.slow
 def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_path, monkeypatch, traced):
     """A run traces its init, chunk and evaluation programs once and keeps them (jax.export)
     beside the compilation cache. A run of another seed reads them: JAX traces none of rlcli's
@@ -179,6 +181,7 @@ def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_
     assert _numbers(from_kept) != _numbers(seed0)
 
 
+@pytest.mark.slow
 def test_an_unreadable_kept_program_is_traced_again(tmp_path, monkeypatch):
     from jax import export
 
@@ -216,6 +219,7 @@ print(json.dumps(calls))
 """
 
 
+@pytest.mark.slow
 def test_a_fresh_process_reads_the_kept_programs_without_tracing(tmp_path):
     """The node types of a kept program's trees (rlcli's states, optax's, gymnax's env state)
     are listed beside it and registered before it is read: a new interpreter, with none of

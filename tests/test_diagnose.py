@@ -65,6 +65,7 @@ def cos(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@pytest.mark.slow
 def test_rows_are_the_statistics_of_the_estimates(initial):
     """Every row's variance (trace of the covariance, ddof 1), cosines and relative errors,
     recomputed in NumPy from the per-batch estimates and the reference chunks run produced."""
@@ -230,6 +231,7 @@ def test_bad_input_one_line(capsys):
     assert "run=/nonexistent/run does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_diagnose_a_run_checkpoint(tmp_path, capsys, cli):
     """run=<dir> restores the run's checkpoint (here reinforce with the Q control variate,
     whose parameters also hold the Q critic) and writes into <run>/diagnose."""
@@ -245,6 +247,7 @@ def test_diagnose_a_run_checkpoint(tmp_path, capsys, cli):
     assert json.loads((run_dir / "diagnose" / "diagnose.json").read_text())["algo"] == "reinforce"
 
 
+@pytest.mark.slow
 def test_diagnose_command_line(tmp_path):
     """`rlcli diagnose` as a user runs it, with the smallest budget it takes (2 batches of 2
     episodes, 4 reference episodes, a 4-unit network): exit code 0, the table's header and one

@@ -536,6 +536,7 @@ def test_mountaincar_continuous_reward_uses_clipped_action(backend):
     np.testing.assert_allclose(next_obs, [pos + new_vel, new_vel], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jax_backend_imports_gymnax_without_seaborn():
     """Importing gymnax imports seaborn (for Pong's rendering) unless rlcli defers it: in a fresh
     interpreter, making a port leaves seaborn unimported, and gymnax's Pong and a later

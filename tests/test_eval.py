@@ -64,6 +64,7 @@ def training_evals(run: Path, env_steps: int) -> dict[int, float]:
 LINE = re.compile(r"^(.+): return (-?[\d.]+) ± ([\d.]+), length ([\d.]+) ± ([\d.]+)$", re.M)
 
 
+@pytest.mark.slow
 def test_final_checkpoint_repeats_the_final_evaluation(jax_run, capsys):
     """Evaluation 2 (eval_seed=2) of the restored final checkpoint, with its observation
     statistics, gives the numbers the run printed into summary.json; eval.json holds what was
@@ -89,6 +90,7 @@ def test_final_checkpoint_repeats_the_final_evaluation(jax_run, capsys):
         assert numbers == pytest.approx(expected, abs=0.005)
 
 
+@pytest.mark.slow
 def test_older_checkpoint_one_seed_with_videos(jax_run):
     """checkpoint=800 of seed 1 repeats the run's evaluation at env step 800; its GIFs replay
     evaluation episodes 0 and 1: the same return and length, length + 1 frames."""
@@ -115,6 +117,7 @@ def test_older_checkpoint_one_seed_with_videos(jax_run):
         assert all((a != b).any() for (a, _), (b, _) in zip(frames, frames[1:]))
 
 
+@pytest.mark.slow
 def test_gymnasium_backend_mp4(gym_run):
     """A gymnasium-backend run: evaluation repeats the final one; MP4 videos replay evaluation
     episodes 0 and 1 with length + 1 frames that differ."""

@@ -92,6 +92,7 @@ def _one_update(overrides):
     return jax.tree.leaves(state.learner.params), {k: float(np.asarray(v)[0]) for k, v in out.metrics.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio,clip,estimator", [
     ("trajectory", None, ["estimator=reward_to_go", "estimator.baseline=value"]),
     ("per_decision", 2.0, ["estimator=reward_to_go", "estimator.baseline=value"]),
@@ -142,6 +143,7 @@ def test_bad_input():
         is_pg.importance_weights(jnp.zeros((2, 1)), TERM[:2, :1], TRUNC[:2, :1], MASK[:2, :1], "full")
 
 
+@pytest.mark.slow
 def test_is_pg_runs_on_gymnasium_backend(tmp_path):
     """Two updates on the host loop with trajectory weights truncated at 1.5: the metrics are
     finite, the weights' statistics within their bounds."""

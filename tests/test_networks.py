@@ -1,7 +1,7 @@
 """The state-dependent std of the Gaussian policy (`network.state_dependent_std`, 001: a =
 mu_theta(s) + sigma_phi(s) z): the log-probability against scipy, the head's initialisation and
 output against a NumPy forward pass, TRPO's policy/critic split, the refusal for discrete
-actions, and short Pendulum runs of every on-policy algorithm; the orthogonal initialisation
+actions, and one Pendulum update of every on-policy algorithm; the orthogonal initialisation
 with its gains, the initial std, the Q ensemble, SAC's squashed-Gaussian actor and the
 discrete actors against NumPy forward passes and scipy."""
 
@@ -163,6 +163,7 @@ RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(RUNS))
 def test_every_on_policy_algorithm_learns_a_state_dependent_std(case):
     """One update of each on-policy algorithm on Pendulum-v1 with

@@ -5,6 +5,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import compose
 from rlcli import normalize, train as training
@@ -79,6 +80,7 @@ def test_switched_off_is_the_identity():
     assert norm.obs(state, batch.obs) is batch.obs
 
 
+@pytest.mark.slow
 def test_statistics_are_checkpointed_and_resume_is_exact(tmp_path):
     """A run with both normalisations resumed from its first checkpoint gives the metrics of
     an uninterrupted run, bit for bit (the statistics come back from the checkpoint)."""

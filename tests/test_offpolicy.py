@@ -92,6 +92,7 @@ def test_sample_after_add_draws_the_rows_of_sample_after_the_add(start, new):
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.slow
 def test_the_compiled_chunk_writes_the_buffer_in_place():
     """The jax backend's chunk program (vmap over seeds, scan over updates) for SAC with one
     env step per update: XLA writes the added row in place, and no copy of a whole buffer
@@ -264,6 +265,7 @@ def fake_batch(spec, key, steps, envs):
     return Batch(obs, action, jax.random.normal(k_rew, lead), zeros > 0, zeros > 0, zeros, zeros, obs + 0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,env", [("sac", "Pendulum-v1"), ("sac", "CartPole-v1"),
                                       ("offpolicy_ac", "Pendulum-v1"), ("offpolicy_ac", "CartPole-v1"),
                                       ("naive_offpolicy_ac", "Pendulum-v1"), ("naive_offpolicy_ac", "CartPole-v1")])
@@ -298,6 +300,7 @@ def test_update_waits_for_learning_starts_and_explores_uniformly(algo, env):
         assert float(jnp.max(jnp.abs(action - det))) < 0.2
 
 
+@pytest.mark.slow
 def test_sac_resume_continues_the_same_run(tmp_path):
     """A run stopped at a checkpoint and resumed gives the numbers of the uninterrupted run: the
     buffer, the counters and the gSDE noise are part of the saved learner."""
@@ -310,7 +313,8 @@ def test_sac_resume_continues_the_same_run(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     whole.mkdir(), (parts / ".hydra").mkdir(parents=True)  # resume rewrites .hydra/config.yaml
     training.train(compose([*common, "total_steps=120"]), whole)
-    training.train(compose([*common, "total_steps=80"]), parts)
+    # stopped at its checkpoint at 80 env steps (update 10 of 8 env steps each), as a signal stops it
+    assert training.train(compose([*common, "total_steps=120"]), parts, stop_at_update=10) is None
     training.train(compose([*common, "total_steps=120"]), parts, resume=True)
     # training metrics only: the stopped run's final evaluation is an extra one
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time", "perf/steps_per_s") and not k.startswith("eval/")}  # noqa: E731
@@ -379,6 +383,7 @@ def _update_keys(key):
     return k_sample, k_target, k_actor, k_noise
 
 
+@pytest.mark.slow
 def test_sac_actor_loss_against_the_formula():
     """Haarnoja et al. 2018 eq. 7/11 with the tanh correction (appendix C eq. 26): the actor's
     loss of one gradient step is mean_s [alpha log pi(a~|s) - min_i Q_i(s, a~)], a~ = tanh(mu(s) +
@@ -470,6 +475,7 @@ def test_gsde_variance_formula_and_mean_clip():
     assert np.all(np.abs(z) < 5.0), z
 
 
+@pytest.mark.slow
 def test_gsde_noise_is_features_times_a_matrix_held_until_the_next_update():
     """With algo.use_sde the behaviour action is tanh(mu(s) + f(s) theta) scaled to the bounds, theta
     the learner's noise matrix: the same for any key (the noise is a function of the state only
@@ -611,6 +617,7 @@ def test_naive_replayed_box_action_log_prob_against_scipy():
     assert np.isfinite(float(at_bound[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1"])
 def test_naive_offpolicy_ac_short_run(tmp_path, env):
     """600 env steps through the runner: the learning steps' metrics are finite, and the run ends

@@ -61,6 +61,7 @@ def _batch(algo, learner, key):
                  info.value, obs + 0.1)
 
 
+@pytest.mark.slow
 def test_target_kl_stops_after_the_first_minibatch_that_moves_the_policy():
     """With a tiny target_kl the first minibatch step is applied (its KL to the rollout policy is
     exactly 0) and every later one is refused: 1 of epochs x minibatches steps applied."""
@@ -124,6 +125,7 @@ def test_discounted_surrogate_hand_computed(discount, normalize):
     assert discount == (abs(expected - unweighted) > 1e-3)  # the case tells the two apart
 
 
+@pytest.mark.slow
 def test_ppo_on_mujoco_halfcheetah_gymnasium_backend(tmp_path):
     """The MuJoCo extra: PPO with both normalisations runs a few updates of HalfCheetah-v5 on
     the gymnasium backend (6-D Box actions clipped to [-1, 1]) with finite losses."""
@@ -222,6 +224,7 @@ def _ppo_by_hand(network, discrete, params, batch, key, clip_value, normalize="m
     return jax.tree.unflatten(tree, p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env,clip_value", [("CartPole-v1", True), ("Pendulum-v1", False)])
 def test_whole_update_on_a_fixed_batch_matches_the_written_out_update(env, clip_value):
     """algo.update on a fixed 4 x 2 batch (an episode that terminates and one cut by the time

@@ -30,6 +30,7 @@ def keep_run(tmp_path_factory):
     return run, summary, records
 
 
+@pytest.mark.slow
 def test_checkpoint_keep_keeps_exactly_the_newest(keep_run):
     """Checkpoints at 80, 160, 240, 320 and 400 env steps were written (one per record), and
     checkpoint_keep=2 leaves the newest two, nothing else in checkpoints/."""
@@ -45,6 +46,7 @@ def evaluate(run: Path, *args: str) -> dict:
     return json.loads((run / "eval.json").read_text())
 
 
+@pytest.mark.slow
 def test_eval_deterministic_false_samples_and_is_reproducible(keep_run, capsys):
     """The 400-step policy is far from deterministic (its entropy is near log 2), so sampled
     actions play other episodes than the policy's mode; the same eval_seed samples the same."""
@@ -63,6 +65,7 @@ def test_eval_deterministic_false_samples_and_is_reproducible(keep_run, capsys):
     assert "stochastic episodes per seed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the env subprocesses of this test process
 def test_async_vectorization_trains_as_sync(tmp_path):
     """`async` steps the same env copies as `sync` in subprocesses, env i seeded with seed + i

@@ -87,6 +87,7 @@ def test_reward_to_go_matches_rlax_and_nstep():
     np.testing.assert_allclose(targets, targets_n, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reinforce_with_gae_lambda_1_is_reward_to_go_minus_value(tmp_path):
     """estimator=gae with lambda=1 is the Monte-Carlo return minus V (000 eq. 4.2.7), bootstrapped
     at truncation, so one REINFORCE update with it gives the parameters of reward_to_go with the
@@ -229,6 +230,7 @@ def test_bad_input_cli_one_line(tmp_path, cli):
         "(allowed with algo=ppo: estimator=td, nstep, gae)")
 
 
+@pytest.mark.slow
 def test_reinforce_runs_and_masks(tmp_path):
     """Two updates of 4 fresh columns x 1000 steps on CartPole-v1 (time limit 500): a random-ish
     policy ends episodes in ~20 steps, and the episodes starting at t <= 500 are used: about
@@ -337,6 +339,7 @@ def _synthetic(overrides, T=6, seed=0):
     return cfg, spec, learner.params, batch, grads, metrics
 
 
+@pytest.mark.slow
 def test_reinforce_optimal_baseline_update_matches_per_episode_reference():
     """The update with estimator.baseline=optimal is -(1/(T N)) sum_i g_i (R_i - b_{-i}), g_i
     from a per-episode jax.grad of sum_t log pi (a loop over the batch's whole episodes),
@@ -404,6 +407,7 @@ def test_reinforce_q_control_variate_update_matches_hand_formula():
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["estimator=total_return", "estimator.baseline=optimal"],
     ["estimator=reward_to_go", "estimator.baseline=q_control_variate"],

@@ -167,7 +167,13 @@ def main_in_process(args, cwd, monkeypatch, capsys):
     return done.returncode, done.stdout, done.stderr
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def _in_a_process(case) -> bool:
+    command, args, kind, _ = case
+    return (command, *args) in SUBPROCESS_CASES or (command, *args, kind) in SUBPROCESS_CASES
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if _in_a_process(c) else c for c in CASES],
+                         ids=CASE_IDS)
 def test_bad_input_one_line_exit_2_nothing_written(finished_run, tmp_path, monkeypatch, capsys, case):
     command, args, kind, expected = case
     cwd = tmp_path / "cwd"
@@ -176,7 +182,7 @@ def test_bad_input_one_line_exit_2_nothing_written(finished_run, tmp_path, monke
     watched = None if command == "train" else copy or finished_run
     argv = [command, *(a.format(run=finished_run, copy=copy, tmp=cwd) for a in args)]
     watched_before = snapshot(watched) if watched else None
-    if (command, *args) in SUBPROCESS_CASES or (command, *args, kind) in SUBPROCESS_CASES:
+    if _in_a_process(case):
         result = run_cli(argv, cwd)
         code, stdout, stderr = result.returncode, result.stdout, result.stderr
     else:
@@ -205,6 +211,7 @@ def documented_errors() -> list[tuple[list[str], str]]:
             if command.startswith("$ rlcli ") and answer.startswith("rlcli ") and ": error: " in answer]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, documented", documented_errors(), ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_the_documented_error_lines_are_what_rlcli_prints(tmp_path, monkeypatch, capsys, shared_run, argv, documented):
     """`outputs/x` in the examples is a run like the session's shared run (2 seeds, checkpoints
@@ -270,6 +277,7 @@ def logged_update(run: Path) -> int:
     return max((r["update"] for r in records(run)), default=0) if (run / "metrics.jsonl").exists() else 0
 
 
+@pytest.mark.slow
 def test_kill_9_between_checkpoints_inside_a_write_and_while_compiling_then_resume_matches(
         finished_run, tmp_path, monkeypatch, capsys):
     """Three SIGKILLs, each where it is meant to land: `rlcli train` between checkpoints, a
@@ -335,6 +343,7 @@ def test_kill_9_between_checkpoints_inside_a_write_and_while_compiling_then_resu
     assert numbers(records(run)) == numbers(records(finished_run))  # bit for bit on CPU
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, sweep", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
                          ids=["SIGINT", "SIGTERM", "SIGINT in a sweep"])
 def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, sweep):
@@ -364,6 +373,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, swe
         assert "1 job(s), 1 not ok" in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
     """The first signal waits for the checkpoint; one held open (RLCLI_TEST_PAUSE_IN_SAVE=600)
@@ -392,6 +402,7 @@ def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
     assert checkpoint_steps(run) == [] and [p.name for p in temporary_dirs(run)] == ["800.orbax-checkpoint-tmp"]
 
 
+@pytest.mark.slow
 def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_path, cli):
     run = tmp_path / "run"
     first = cli(["train", *SHORT, "env.backend=gymnasium", f"hydra.run.dir={run}"], tmp_path)
@@ -413,6 +424,7 @@ def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_p
 # ---- divergence, write errors, sweeps -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(finished_run, tmp_path,
                                                                                  monkeypatch, capsys):
     """The run resumes from its checkpoint at update 50 with learning rate 1e30 and a record per
@@ -458,6 +470,7 @@ def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(
             "(explained_variance)") in stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the rlcli process, forked once JAX runs here
 def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path, cli):
     """A real write error from the OS: files may not grow past 20 kB (RLIMIT_FSIZE), which the
@@ -481,6 +494,7 @@ def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tm
     assert [r["env_steps"] for r in records(run)][-3:] == [3200, 3600, 4000]
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failing_job_finishes_the_others_and_lists_the_failure(tmp_path, cli):
     """Every job's config is valid (a bad one refuses the whole sweep: TRAIN_CASES); the
     middle job diverges while running."""

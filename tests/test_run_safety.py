@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from rlcli import checkpoint, paths
 from rlcli.errors import ConfigError
 from rlcli.logger import read_metrics
@@ -22,6 +24,7 @@ def _records(run: Path) -> list[tuple]:
     return [(r["update"], r["seed_index"]) for r in read_metrics(run)]
 
 
+@pytest.mark.slow
 def test_train_resume_to_a_larger_budget_then_reproduce_is_exact(tmp_path, cli):
     """The first leg's final evaluation (at 1200 env steps) stays in the metrics of a run
     resumed to 2000; a straight 2000-step run has none there. Reproduce replays both legs and
@@ -44,6 +47,7 @@ def test_train_resume_to_a_larger_budget_then_reproduce_is_exact(tmp_path, cli):
     assert _records(tmp_path / "run-reproduced") == _records(run)
 
 
+@pytest.mark.slow
 def test_a_run_stopped_and_resumed_reproduces_through_its_stop(tmp_path, cli):
     """A leg that ended at a checkpoint before its budget (a stop, a kill) is replayed up to
     that checkpoint: `train(stop_at_update=...)`, then resumed, as the original was."""
@@ -70,6 +74,7 @@ def _damage_data(step_dir: Path) -> None:
         data.write_bytes(os.urandom(data.stat().st_size))
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cli):
     run = tmp_path / "run"
     assert cli(["train", *SMALL, "total_steps=1600", f"hydra.run.dir={run}"], tmp_path).returncode == 0
@@ -96,6 +101,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, cli)
     assert _records(run) == [(u, 0) for u in (20, 40, 60, 80, 100)]  # no gap, no duplicate
 
 
+@pytest.mark.slow
 def test_a_damaged_record_and_every_checkpoint_damaged(tmp_path, cli):
     """A checkpoint whose JSON record is garbage is skipped too; when none can be read, eval
     exits 2 with one line that names the newest."""
@@ -114,6 +120,7 @@ def test_a_damaged_record_and_every_checkpoint_damaged(tmp_path, cli):
         f"{run / 'checkpoints' / '800'} is damaged: its record (meta/metadata) cannot be read)"]
 
 
+@pytest.mark.slow
 def test_four_runs_started_together_get_four_complete_directories(tmp_path):
     """Every default run-directory name of the next two minutes is taken beforehand (a
     directory holding one file), so the four runs must all take suffixed names; each ends up
@@ -178,6 +185,7 @@ def test_a_named_directory_must_be_new_or_empty(tmp_path, cli):
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["f"]
 
 
+@pytest.mark.slow
 def test_reproduce_twice_gets_a_second_directory(tmp_path, cli):
     run = tmp_path / "run"
     assert cli(["train", *SMALL, "total_steps=400", f"hydra.run.dir={run}"], tmp_path).returncode == 0

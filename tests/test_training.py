@@ -14,6 +14,7 @@ def numbers(records, seed_index=None):
             for r in records if seed_index is None or r["seed_index"] == seed_index]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "gymnasium"])
 def test_same_seed_same_numbers_and_vmapped_seeds_match_separate_runs(tmp_path, backend):
     """Three runs of one seed give identical metrics on CPU; `num_seeds=2` gives each seed the

@@ -169,6 +169,7 @@ def fixed_batch(spec, seed, t=32, n=4):
                  zeros.astype(bool), zeros, zeros, obs[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_trpo_update_stays_in_the_trust_region(env_id):
     """On a fixed batch, the step is accepted, changes the policy with a mean KL in (0, max_kl]
@@ -276,6 +277,7 @@ def test_rules_and_checks():
 # ---- training ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_npg_trains_and_trpo_refuses_a_shared_network(tmp_path, cli):
     run = tmp_path / "npg"
     result = cli(["train", "algo=npg", "total_steps=3000", "log_interval=1000", "eval_episodes=2",

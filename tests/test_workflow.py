@@ -13,6 +13,7 @@ def run(shared_run):
     return shared_run
 
 
+@pytest.mark.slow
 def test_reproduce_matches_bit_for_bit_on_cpu(run, cli, tmp_path):
     out = tmp_path / "reproduced"
     result = cli(["reproduce", f"run={run}", f"out={out}"], tmp_path)
@@ -29,6 +30,7 @@ def test_reproduce_matches_bit_for_bit_on_cpu(run, cli, tmp_path):
     assert (out / "summary.json").is_file() and (out / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_reproduce_reports_the_first_difference(run, cli, tmp_path):
     """A run whose metrics were changed after the fact no longer reproduces: exit 1, and the
     message names the update, the seed and the key; rtol= accepts a small difference."""
@@ -93,6 +95,7 @@ def test_every_command_has_help(cli, tmp_path, command):
     assert f"rlcli {command}" in result.stdout
 
 
+@pytest.mark.slow
 def test_resume_eval_and_reproduce_take_a_multirun_directory(cli, tmp_path):
     """Each command runs on every job of a sweep; a job without a checkpoint is skipped and
     named; reproduce writes job J to <sweep>-reproduced/J."""

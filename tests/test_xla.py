@@ -75,14 +75,16 @@ def test_seed_devices_divide_the_seeds(monkeypatch):
     assert [xla.seed_devices(k) for k in (1, 2, 3, 4, 6, 8, 9)] == [1, 2, 3, 4, 3, 4, 3]
 
 
+@pytest.mark.slow
 def test_the_cli_trains_seeds_on_two_host_devices_without_flags(tmp_path):
     """`rlcli train ... threads=2 num_seeds=2` with no XLA_FLAGS: the process asks for two CPU
     devices and each seed's state lives on its own; every seed's metrics equal those of its
-    single-seed run on one device (to float32 rounding)."""
+    single-seed run on one device (to float32 rounding; the single-seed runs are in this
+    process, where a run of one seed is not sharded)."""
     common = ["algo=ppo", "env=CartPole-v1", "total_steps=4096", "num_envs=4", "algo.num_steps=64",
-              "log_interval=1024", "eval_episodes=2", "logger=quiet", "threads=2"]
+              "log_interval=1024", "eval_episodes=2", "logger=quiet"]
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime._DEVICES_MARK)}
-    result = subprocess.run([rlcli_executable(), "train", *common, "num_seeds=2",
+    result = subprocess.run([rlcli_executable(), "train", *common, "threads=2", "num_seeds=2",
                              f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -92,13 +94,8 @@ def test_the_cli_trains_seeds_on_two_host_devices_without_flags(tmp_path):
 
     both = read_metrics(tmp_path / "two")
     for seed in (0, 1):
-        env_one = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-        result = subprocess.run([rlcli_executable(), "train", *common, f"seed={seed}",
-                                 f"hydra.run.dir={tmp_path / str(seed)}"], cwd=tmp_path, env=env_one,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
-        assert json.loads((tmp_path / str(seed) / "summary.json").read_text())["seed_devices"] == 1
-        single = read_metrics(tmp_path / str(seed))
+        summary, single = train(tmp_path, [*common, f"seed={seed}"], name=str(seed))
+        assert summary["seed_devices"] == 1
         mine = [r for r in both if r["seed_index"] == seed]
         assert len(mine) == len(single) == 4
         for a, b in zip(mine, single):
@@ -108,6 +105,7 @@ def test_the_cli_trains_seeds_on_two_host_devices_without_flags(tmp_path):
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_in_process_runs_shard_seeds_over_the_test_sessions_devices(tmp_path):
     """The test session asks for two host devices (conftest.py), as the CLI does on a
     two-core machine: a 2-seed run's summary says so."""
@@ -200,6 +198,7 @@ def test_per_seed_runs_one_seed_unbatched_and_vmaps_more():
     assert [e.outvars[0].aval.shape for e in eqns if e.primitive.name == "dot_general"] == [(2, 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_seeds", [1, 2])
 def test_programs_compiled_beside_init_match_programs_compiled_after_it(num_seeds):
     """`init(prepare=True)` lowers the chunk and evaluation programs from the init program's
