@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import compose, train
+from conftest import compose
 from rlcli import config, losses, train as training
 from rlcli.algos import Batch, q_ac
 
@@ -163,12 +163,4 @@ def test_bad_input():
     assert "algo.critic_steps=0 is not allowed" in _error(["algo=batch_ac", "algo.critic_steps=0"])
     assert "estimator=td does not fit algo=q_ac" in _error(["algo=q_ac", "estimator=td"])
     assert _error(["algo=q_ac", "algo.weight=v"]) == "algo.weight='v' is not allowed (allowed: one of q, advantage)"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("algo", ["batch_ac", "online_ac", "q_ac"])
-def test_continuous_actions_run(tmp_path, algo):
-    summary, records = train(tmp_path, [f"algo={algo}", "env=Pendulum-v1", "num_envs=4", "total_steps=2000",
-                                        "log_interval=1000", "eval_episodes=1"])
-    assert summary["total_steps"] >= 2000 and all(np.isfinite(r["loss/total"]) for r in records)
 

@@ -101,7 +101,8 @@ def _one_update(overrides):
 ])
 def test_one_epoch_is_reinforce(ratio, clip, estimator):
     """With K = 1 the behaviour policy is the target policy: every ratio is 1 and the update is
-    REINFORCE's on the same batch (same seed, same rollout); with K = 2 it is not."""
+    REINFORCE's on the same batch (same seed, same rollout); with K = 2 it is not (shown for the
+    trajectory ratio; each ratio's weights are checked by hand in test_exact_gradient_batches.py)."""
     expected, _ = _one_update(("algo=reinforce", *estimator))
     is_pg_args = ["algo=is_pg", f"algo.ratio={ratio}", f"algo.ratio_clip={'null' if clip is None else clip}",
                   *estimator]
@@ -110,9 +111,10 @@ def test_one_epoch_is_reinforce(ratio, clip, estimator):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
     for name in ("train/ess", "train/ratio_mean", "train/ratio_max"):
         assert metrics[name] == pytest.approx(1.0, abs=1e-4), (name, metrics[name])
-    params, metrics = _one_update((*is_pg_args, "algo.num_epochs=2"))
-    assert max(float(np.max(np.abs(a - b))) for a, b in zip(params, expected)) > 1e-4
-    assert metrics["train/ess"] < 1.0 and metrics["train/ratio_max"] > 1.0
+    if ratio == "trajectory":
+        params, metrics = _one_update((*is_pg_args, "algo.num_epochs=2"))
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(params, expected)) > 1e-4
+        assert metrics["train/ess"] < 1.0 and metrics["train/ratio_max"] > 1.0
 
 
 def _error(overrides):

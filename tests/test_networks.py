@@ -169,7 +169,8 @@ def test_every_on_policy_algorithm_learns_a_state_dependent_std(case):
     """One update of each on-policy algorithm on Pendulum-v1 with
     network.state_dependent_std=true, through its training loop: the metrics are finite, and
     the policy's log-std head (initialised with a zero kernel) has moved, so the std differs
-    between states; there is no state-free log-std parameter."""
+    between states; there is no state-free log-std parameter. (For batch_ac, online_ac and q_ac
+    this is also the test that their losses take continuous actions.)"""
     overrides = [f"algo={case.split('-')[0]}", "env=Pendulum-v1", "network.state_dependent_std=true",
                  "total_steps=100000", *RUNS[case]]
     parts = training.setup(compose(["logger=quiet", *overrides]))
