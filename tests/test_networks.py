@@ -146,8 +146,7 @@ def actor_critic_params(tree):
     return [found for child in children for found in actor_critic_params(child)]
 
 
-# (algo, overrides): a few updates of each on-policy algorithm on Pendulum-v1, both designs
-# each algorithm's smallest Pendulum-v1 configuration
+# each on-policy algorithm's smallest Pendulum-v1 configuration (ppo and a2c: both designs)
 RUNS = {
     "ppo": ["num_envs=2", "algo.num_steps=64", "algo.num_minibatches=2"],
     "ppo-shared": ["network.shared=true", "num_envs=2", "algo.num_steps=64", "algo.num_minibatches=2"],
