@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest
-from conftest import rlcli_executable, run_cli
+from conftest import main_in_process, rlcli_executable, run_cli
 
 VOLATILE = ("wall_time", "perf/steps_per_s")
 
@@ -161,12 +160,6 @@ CASE_IDS = [" ".join(c[0]) for c in TRAIN_CASES] + [" ".join(c[0]) or "no run=" 
 assert SUBPROCESS_CASES <= {(c[0], *c[1]) for c in CASES} | {(c[0], *c[1], c[2]) for c in CASES}
 
 
-def main_in_process(args, cwd, monkeypatch, capsys):
-    """(exit code, stdout, stderr) of `rlcli <args>` run in this process (conftest)."""
-    done = conftest.main_in_process(args, cwd, monkeypatch, capsys)
-    return done.returncode, done.stdout, done.stderr
-
-
 def _in_a_process(case) -> bool:
     command, args, kind, _ = case
     return (command, *args) in SUBPROCESS_CASES or (command, *args, kind) in SUBPROCESS_CASES
@@ -182,11 +175,8 @@ def test_bad_input_one_line_exit_2_nothing_written(finished_run, tmp_path, monke
     watched = None if command == "train" else copy or finished_run
     argv = [command, *(a.format(run=finished_run, copy=copy, tmp=cwd) for a in args)]
     watched_before = snapshot(watched) if watched else None
-    if _in_a_process(case):
-        result = run_cli(argv, cwd)
-        code, stdout, stderr = result.returncode, result.stdout, result.stderr
-    else:
-        code, stdout, stderr = main_in_process(argv, cwd, monkeypatch, capsys)
+    result = run_cli(argv, cwd) if _in_a_process(case) else main_in_process(argv, cwd, monkeypatch, capsys)
+    code, stdout, stderr = result.returncode, result.stdout, result.stderr
     assert code == 2, (argv, stdout, stderr)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -218,7 +208,8 @@ def test_the_documented_error_lines_are_what_rlcli_prints(tmp_path, monkeypatch,
     at 800, 1600 and 2000)."""
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "x").symlink_to(shared_run)
-    code, _, stderr = main_in_process(argv, tmp_path, monkeypatch, capsys)
+    done = main_in_process(argv, tmp_path, monkeypatch, capsys)
+    code, stderr = done.returncode, done.stderr
     assert code == 2 and stderr.strip() == documented
 
 
@@ -336,7 +327,8 @@ def test_kill_9_between_checkpoints_inside_a_write_and_while_compiling_then_resu
     assert logged_update(run) == restored // per_update  # cut back to the checkpoint; nothing new
     assert newest_checkpoint() == restored
 
-    code, _, stderr = main_in_process(resume, tmp_path, monkeypatch, capsys)
+    done = main_in_process(resume, tmp_path, monkeypatch, capsys)
+    code, stderr = done.returncode, done.stderr
     assert code == 0, stderr
     assert train_log(f"resuming from the checkpoint at env step {restored} ") == 3
     assert temporary_dirs(run) == []  # the cut-off write was cleaned up
@@ -440,8 +432,9 @@ def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     per_update, restored = 8 * 5, max(checkpoint_steps(run))
-    code, _, stderr = main_in_process(["resume", f"run={run}", "total_steps=4000", "algo.learning_rate=1e30",
-                                       f"log_interval={per_update}"], tmp_path, monkeypatch, capsys)
+    done = main_in_process(["resume", f"run={run}", "total_steps=4000", "algo.learning_rate=1e30",
+                            f"log_interval={per_update}"], tmp_path, monkeypatch, capsys)
+    code, stderr = done.returncode, done.stderr
     assert code == 3, stderr
     line = stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr
@@ -459,9 +452,10 @@ def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(
 
     # the first NaN: with parameters of ~1e30 the variances of the explained variance overflow and
     # their ratio is inf / inf, its one division (losses.py; a loss's inf alone is no NaN)
-    code, _, stderr = main_in_process(["train", "algo.learning_rate=1e30", "total_steps=2000", "logger=quiet",
-                                       "debug.nan_check=true", f"hydra.run.dir={tmp_path / 'traced'}"],
-                                      tmp_path, monkeypatch, capsys)
+    done = main_in_process(["train", "algo.learning_rate=1e30", "total_steps=2000", "logger=quiet",
+                            "debug.nan_check=true", f"hydra.run.dir={tmp_path / 'traced'}"],
+                           tmp_path, monkeypatch, capsys)
+    code, stderr = done.returncode, done.stderr
     assert code == 3, stderr
     source, first = inspect.getsourcelines(losses.explained_variance)
     division = [first + i for i, text in enumerate(source) if " / " in text and not text.strip().startswith('"')]
@@ -472,7 +466,7 @@ def test_non_finite_loss_stops_at_the_first_bad_update_and_keeps_the_checkpoint(
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the rlcli process, forked once JAX runs here
-def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path, cli):
+def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tmp_path):
     """A real write error from the OS: files may not grow past 20 kB (RLIMIT_FSIZE), which the
     checkpoint's data files exceed and the metrics do not."""
     run = tmp_path / "run"
@@ -489,7 +483,7 @@ def test_write_error_while_saving_keeps_the_previous_checkpoint(finished_run, tm
     assert line.startswith("rlcli resume: error: cannot write the checkpoint at env step 2400")
     assert "File too large" in line and "the last good checkpoint is at env step 2000" in line
     assert checkpoint_steps(run) == [800, 1600, 2000]
-    again = cli(["resume", f"run={run}", "total_steps=4000"], tmp_path)
+    again = run_cli(["resume", f"run={run}", "total_steps=4000"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert [r["env_steps"] for r in records(run)][-3:] == [3200, 3600, 4000]
 
