@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 GOLDEN_DIR = HERE / "goldens"
 VOLATILE = ("wall_time", "perf/steps_per_s")
-COMMON = ["eval_episodes=2", "logger=quiet", "threads=1", "compile_cache=null"]
+COMMON = ["eval_episodes=2", "logger=quiet", "threads=1"]
 
 # name -> list of commands, each an `rlcli` argument list; {run} is the case's run directory.
 # The numbers kept are those of {run}/metrics.jsonl (timings left out) and, for eval, eval.json.
@@ -57,19 +57,21 @@ CASES: dict[str, list[list[str]]] = {
     "resumed": [["train", "algo=ppo", "env=CartPole-v1", "total_steps=1024", "num_envs=4", "algo.num_steps=64",
                  "log_interval=256", "checkpoint_interval=512"],
                 ["resume", "run={run}", "total_steps=2048"]],
-    "seeds3": [["train", "algo=a2c", "env=CartPole-v1", "num_seeds=3", "total_steps=1600", "num_envs=4",
-                "log_interval=400"]],
-    "eval": [["train", "algo=a2c", "env=CartPole-v1", "num_seeds=2", "total_steps=1600", "num_envs=4",
-              "log_interval=800"],
+    "eval": [["train", "algo=a2c", "env=CartPole-v1", "num_seeds=3", "total_steps=1600", "num_envs=4",
+              "log_interval=400"],
              ["eval", "run={run}", "episodes=3", "eval_seed=1"],
              ["eval", "run={run}", "episodes=2", "deterministic=false", "seed_index=1"]],
 }
 
 
 def _command(args: list[str], run: Path) -> list[str]:
+    """The `rlcli` arguments of one command of a case. Every run of a golden process shares one
+    compilation cache (`compile_cache=<root>/compile-cache`): a program loaded from it is the
+    one compiled, so the numbers are those of a cold run (tests/test_compile_cache.py), and a
+    resumed leg or an `rlcli eval` of a case does not compile its programs again."""
     args = [a.format(run=run) for a in args]
     if args[0] == "train":
-        return [*args, *COMMON, f"hydra.run.dir={run}"]
+        return [*args, *COMMON, f"compile_cache={run.parent / 'compile-cache'}", f"hydra.run.dir={run}"]
     return args
 
 
@@ -102,7 +104,7 @@ def run_cases(names: list[str], root: Path) -> dict[str, dict]:
 
 
 def clean_env() -> dict:
-    """The environment of a golden process: one CPU device, no cache, no test-session flags."""
+    """The environment of a golden process: one CPU device, none of the test session's flags or cache."""
     drop = ("XLA_FLAGS", "RLCLI_HOST_DEVICES", "JAX_COMPILATION_CACHE_DIR",
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
     env = {k: v for k, v in os.environ.items() if k not in drop}

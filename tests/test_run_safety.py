@@ -121,10 +121,12 @@ def test_a_damaged_record_and_every_checkpoint_damaged(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_four_runs_started_together_get_four_complete_directories(tmp_path):
+def test_two_runs_started_together_get_two_complete_directories(tmp_path):
     """Every default run-directory name of the next two minutes is taken beforehand (a
-    directory holding one file), so the four runs must all take suffixed names; each ends up
-    with a complete directory of its own, and the taken ones are left alone."""
+    directory holding one file), so two processes started at once must both take suffixed names
+    (their race for a free name is the one of `paths.claim_dir`, whose many contenders
+    test_claim_dir_gives_each_caller_its_own_directory holds); each ends up with a complete
+    directory of its own, and the taken ones are left alone."""
     taken = []
     now = time.time()
     for second in range(120):
@@ -138,11 +140,11 @@ def test_four_runs_started_together_get_four_complete_directories(tmp_path):
 
     args = [rlcli_executable(), "train", *SMALL, "total_steps=400", "threads=1"]
     procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+             for _ in range(2)]
     results = [(p.communicate(timeout=600)[1], p.returncode)[::-1] for p in procs]
     assert all(code == 0 for code, _ in results), results
     runs = sorted(p.parent for p in (tmp_path / "outputs").rglob("summary.json"))
-    assert len(runs) == 4 and all(run.name.endswith(("-1", "-2", "-3", "-4")) for run in runs)
+    assert sorted(run.name[-2:] for run in runs) == ["-1", "-2"]
     for run in runs:
         assert sorted(p.name for p in run.iterdir()) == [
             ".hydra", "checkpoints", "curve.png", "legs.json", "metrics.jsonl", "summary.json", "tb", "train.log"]
