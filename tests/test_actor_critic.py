@@ -26,17 +26,22 @@ def _batch(cfg, parts, seed=0):
 
     env = jax_backend.make(cfg.env.id)
     num_envs, num_steps = int(cfg.num_envs), int(cfg.algo.num_steps)
-    obs, env_state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(seed), num_envs))
-    key = jax.random.PRNGKey(seed + 1)
-    rows = []
-    for _ in range(num_steps):
+
+    def one_step(carry, _):
+        obs, env_state, key = carry
         key, k_act, k_env = jax.random.split(key, 3)
         action, info = parts.algo.act(state.learner, obs, k_act)
         env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_envs), env_state, action)
-        rows.append(Batch(obs, action, step.reward, step.terminated, step.truncated, info.log_prob,
-                          info.value, step.next_obs))
-        obs = step.obs
-    return state.learner, jax.tree.map(lambda *x: jnp.stack(x), *rows)
+        row = Batch(obs, action, step.reward, step.terminated, step.truncated, info.log_prob, info.value,
+                    step.next_obs)
+        return (step.obs, env_state, key), row
+
+    @jax.jit  # one program for the rollout, not one per operation
+    def rollout(reset_key, key):
+        obs, env_state = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs))
+        return jax.lax.scan(one_step, (obs, env_state, key), None, num_steps)[1]
+
+    return state.learner, rollout(jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1))
 
 
 def test_sarsa_next_actions_hand_computed():
@@ -65,22 +70,26 @@ def test_online_ac_is_algorithm_18_step_by_step():
     dist = distributions.for_action_space(True)
     tx = make_optimizer(cfg.algo, parts.sizes.num_updates)
     gamma = float(cfg.algo.gamma)
-    obs, next_obs, r = batch.obs[0], batch.next_obs[0], batch.reward[0]
-    alive = 1.0 - batch.terminated[0].astype(jnp.float32)
 
     def v(params, x):
         return net.apply(params, x)[1]
 
-    # step 3: update V towards r + gamma V(s') (target fixed)
-    target = r + gamma * alive * v(learner.params, next_obs)
-    grads = jax.grad(lambda p: 0.5 * jnp.mean((v(p, obs) - target) ** 2))(learner.params)
-    updates, _ = tx.update(grads, tx.init(learner.params), learner.params)
-    params = optax.apply_updates(learner.params, updates)
-    # steps 4-6: A with the updated critic, theta <- theta + alpha grad log pi(a|s) A
-    advantage = r + gamma * alive * v(params, next_obs) - v(params, obs)
-    grads = jax.grad(lambda p: -jnp.mean(dist.log_prob(net.apply(p, obs)[0], batch.action[0]) * advantage))(params)
-    updates, _ = tx.update(grads, learner.opt_state, params)
-    params = optax.apply_updates(params, updates)
+    @jax.jit  # one program: op by op, its few hundred operations each compiled alone took 20 s
+    def algorithm_18(learner, batch):
+        obs, next_obs, r = batch.obs[0], batch.next_obs[0], batch.reward[0]
+        alive = 1.0 - batch.terminated[0].astype(jnp.float32)
+        # step 3: update V towards r + gamma V(s') (target fixed)
+        target = r + gamma * alive * v(learner.params, next_obs)
+        grads = jax.grad(lambda p: 0.5 * jnp.mean((v(p, obs) - target) ** 2))(learner.params)
+        updates, _ = tx.update(grads, tx.init(learner.params), learner.params)
+        params = optax.apply_updates(learner.params, updates)
+        # steps 4-6: A with the updated critic, theta <- theta + alpha grad log pi(a|s) A
+        advantage = r + gamma * alive * v(params, next_obs) - v(params, obs)
+        grads = jax.grad(lambda p: -jnp.mean(dist.log_prob(net.apply(p, obs)[0], batch.action[0]) * advantage))(params)
+        updates, _ = tx.update(grads, learner.opt_state, params)
+        return optax.apply_updates(params, updates)
+
+    params = algorithm_18(learner, batch)
 
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -332,8 +332,9 @@ def _synthetic(overrides, T=6, seed=0):
                   terminated=jnp.asarray(term), truncated=jnp.zeros((T, 2), bool),
                   log_prob=jnp.zeros((T, 2)), value=jnp.zeros((T, 2)),
                   next_obs=jnp.asarray(rng.normal(size=(T, 2, 4)), jnp.float32))
-    learner = algo.init(jax.random.PRNGKey(seed))
-    new, metrics = algo.update(learner, batch, jax.random.PRNGKey(1))
+    # jitted: op by op, the update's few hundred operations each compiled alone (about 15 s)
+    learner = jax.jit(algo.init)(jax.random.PRNGKey(seed))
+    new, metrics = jax.jit(algo.update)(learner, batch, jax.random.PRNGKey(1))
     # SGD with lr 1: the update is minus the gradient
     grads = jax.tree.map(lambda a, b: a - b, learner.params, new.params)
     return cfg, spec, learner.params, batch, grads, metrics
