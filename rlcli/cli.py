@@ -1,7 +1,7 @@
 """`rlcli <command> [options] [overrides]`.
 
-Commands: `train`, `resume` (here), and `eval`, `reproduce`, `plot`, `diagnose` and `list`
-(rlcli.commands.evaluate, .reproduce, .plot, .diagnose, .catalog). Before Hydra
+Commands: `train`, `resume` (here), and `eval`, `reproduce`, `export`, `plot`, `diagnose` and
+`list` (rlcli.commands.evaluate, .reproduce, .export, .plot, .diagnose, .catalog). Before Hydra
 runs a single `train`, the overrides are parsed, the config is composed and validated and the
 run directory's parent is checked, so bad input costs one line on stderr, exit code 2, and
 nothing on disk.
@@ -25,6 +25,8 @@ commands:
   resume   continue a run from its latest checkpoint: rlcli resume run=<run dir> [total_steps=N]
   eval     evaluate a run's checkpoint, optionally recording videos: rlcli eval run=<run dir>
   reproduce  train a run's saved config again and compare the metrics: rlcli reproduce run=<run dir>
+  export   a trained policy as NumPy, ONNX or StableHLO, checked against rlcli's act:
+           rlcli export run=<run dir> format=npz|onnx|stablehlo
   plot     learning curves with 95% bootstrap bands across seeds: rlcli plot <run or multirun dirs>
   diagnose   variance and accuracy of each policy-gradient estimator and baseline for one policy:
            rlcli diagnose env=CartPole-v1 | rlcli diagnose run=<run dir>
@@ -317,10 +319,10 @@ def _multirun(args: list[str]) -> tuple[Path, list[Path]] | None:
 
 
 def each_job(name: str, command):
-    """`command` (resume, eval, reproduce) on a run directory, or on every job of a multirun
+    """`command` (resume, eval, reproduce, export) on a run directory, or on every job of a multirun
     directory in turn: jobs without a checkpoint (failed early) are skipped and named; bad
     arguments stop at the first job (one line, exit 2); otherwise the exit code is the worst
-    job's. `reproduce` writes job J to <sweep dir>-reproduced/J (or <out>/J)."""
+    job's. `reproduce` writes job J to <sweep dir>-reproduced/J (or <out>/J), `export` to <out>/J when out= is given."""
     def run(args: list[str]) -> int:
         from rlcli import checkpoint
 
@@ -342,8 +344,11 @@ def each_job(name: str, command):
         codes = []
         for job in ready:
             print(f"rlcli {name}: job {job.name} of {sweep_dir}", file=sys.stderr)
-            where = [f"out={(out or sweep_dir.with_name(sweep_dir.name + '-reproduced')) / job.name}"] \
-                if name == "reproduce" else []
+            where = []
+            if name == "reproduce":
+                where = [f"out={(out or sweep_dir.with_name(sweep_dir.name + '-reproduced')) / job.name}"]
+            elif name == "export" and out is not None:
+                where = [f"out={out / job.name}"]
             codes.append(command([f"run={job}", *rest, *where]))
             if codes[-1] == EXIT_BAD_INPUT and len(codes) == 1:
                 return EXIT_BAD_INPUT  # the arguments are bad for every job
@@ -356,6 +361,7 @@ def each_job(name: str, command):
 COMMANDS = {"train": train, "resume": each_job("resume", resume),
             "eval": each_job("eval", _lazy("rlcli.commands.evaluate")),
             "reproduce": each_job("reproduce", _lazy("rlcli.commands.reproduce")),
+            "export": each_job("export", _lazy("rlcli.commands.export")),
             "plot": _lazy("rlcli.commands.plot"), "list": _lazy("rlcli.commands.catalog"),
             "diagnose": _lazy("rlcli.commands.diagnose")}
 

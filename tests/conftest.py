@@ -46,6 +46,25 @@ def train(tmp_path, overrides=(), name="run"):
     return summary, read_metrics(run_dir)
 
 
+def train_run(run_dir, overrides):
+    """`rlcli train <overrides>` in this process into run_dir, a run directory as the command
+    writes it (.hydra/ included); the root logger's handlers (Hydra sets a console and a
+    train.log one) are put back afterwards."""
+    import logging
+
+    from rlcli.cli import main
+
+    root_logger = logging.getLogger()
+    handlers = root_logger.handlers[:]
+    try:
+        assert main(["train", *overrides, f"hydra.run.dir={run_dir}"]) == 0
+    finally:
+        for handler in set(root_logger.handlers) - set(handlers):
+            handler.close()
+        root_logger.handlers[:] = handlers
+    return run_dir
+
+
 def rlcli_executable():
     found = shutil.which("rlcli", path=os.path.dirname(sys.executable)) or shutil.which("rlcli")
     assert found, "the rlcli console script is not installed (pip install -e .)"

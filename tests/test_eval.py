@@ -3,7 +3,6 @@ recorded itself, videos against the evaluation episodes they replay, the gymnasi
 rendering of the JAX ports against gymnasium stepping on its own, and bad input."""
 
 import json
-import logging
 import re
 import shutil
 import warnings
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train_run
 
 # 2000 steps of 4 envs x 5 steps: 100 updates, a record every 400 steps, an evaluation and a
 # checkpoint every 800 (evaluation 0 at 800, 1 at 1600, 2 at 2000, the final one)
@@ -22,19 +22,7 @@ GYM_RUN = ["algo=a2c", "env=gymnasium", "env.id=CartPole-v1", "env.backend=gymna
 
 
 def train(root: Path, overrides: list[str]) -> Path:
-    """`rlcli train` in this process; the root logger's handlers (Hydra sets a console and a
-    train.log one) are put back afterwards."""
-    from rlcli.cli import main
-
-    root_logger = logging.getLogger()
-    handlers = root_logger.handlers[:]
-    try:
-        assert main(["train", *overrides, f"hydra.run.dir={root / 'run'}"]) == 0
-    finally:
-        for handler in set(root_logger.handlers) - set(handlers):
-            handler.close()
-        root_logger.handlers[:] = handlers
-    return root / "run"
+    return train_run(root / "run", overrides)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,136 @@
+"""A policy exported by `rlcli export format=npz`, in NumPy alone (no JAX, no rlcli).
+
+`rlcli export` copies this file as `policy.py` beside `policy.npz`:
+
+    import policy                      # the directory on sys.path
+    action = policy.act(obs)           # obs [batch, *obs_shape] -> the deterministic action
+    action = policy.act(obs, deterministic=False, rng=np.random.default_rng(0))
+    log_p = policy.log_prob(obs, action)   # log pi(a|s) of given actions, [batch]
+
+`load(path)` reads another export's npz. The arithmetic is rlcli's own act function in float32:
+observation normalisation with the checkpoint's frozen statistics, (o - mean) / sqrt(var + eps)
+clipped to +-clip_obs; the MLP torso; then the head of the policy's distribution (001, "How
+should we parameterize our policy?"):
+
+* `categorical`: logits; the deterministic action is their argmax, log pi = log softmax;
+* `gaussian`: a = mu(s) + sigma z with a learned log-std vector or a log-std head; the
+  deterministic action is mu(s), unclipped as rlcli's act gives it (the env clips to
+  `action_low`/`action_high`);
+* `squashed_gaussian` (SAC, offpolicy_ac): a = tanh(u), u ~ N(mu(s), sigma(s)^2), scaled to the
+  action bounds; the deterministic action is tanh(mu(s)) scaled; log pi(a|s) by the change of
+  variables of Haarnoja et al. 2018 (eq. 26), with u = atanh of the action in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+ATANH_LIMIT = 1.0 - 1e-6  # |tanh(u)| is clipped below 1 before u = atanh(a) in log_prob
+
+
+def load(path: str | Path | None = None) -> dict:
+    """The arrays of an export (default: policy.npz beside this file); no pickle."""
+    path = Path(__file__).with_name("policy.npz") if path is None else Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["kind"], arrays["activation"] = str(arrays["kind"]), str(arrays["activation"])
+    return arrays
+
+
+_default: dict | None = None
+
+
+def _policy(policy: dict | None) -> dict:
+    global _default
+    if policy is not None:
+        return policy
+    if _default is None:
+        _default = load()
+    return _default
+
+
+def activate(name: str, x: np.ndarray) -> np.ndarray:
+    """flax.linen's activations (gelu: its default tanh approximation)."""
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "relu":
+        return np.maximum(x, np.float32(0.0))
+    if name == "elu":
+        return np.where(x > 0, x, np.expm1(np.minimum(x, np.float32(0.0)))).astype(np.float32)
+    if name == "gelu":
+        inner = np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x ** 3)
+        return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
+    if name == "silu":
+        return x / (np.float32(1.0) + np.exp(-x))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def distribution(obs, policy: dict | None = None):
+    """The distribution's parameters for a batch of observations [B, *obs_shape]: logits [B, A]
+    (categorical), or (mean [B, D], log_std [B, D]) of the Gaussian over the action (gaussian)
+    or over the pre-squash u (squashed_gaussian)."""
+    p = _policy(policy)
+    x = np.asarray(obs, np.float32).reshape(-1, int(np.prod(p["obs_shape"])))
+    if "obs_mean" in p:
+        x = np.clip((x - p["obs_mean"].reshape(1, -1)) / p["obs_scale"].reshape(1, -1), -p["obs_clip"], p["obs_clip"])
+    for i in range(int(p["num_hidden"])):
+        x = activate(p["activation"], x @ p[f"hidden_kernel_{i}"] + p[f"hidden_bias_{i}"])
+    head = x @ p["head_kernel"] + p["head_bias"]
+    if p["kind"] == "categorical":
+        return head
+    if "sde_log_std" in p:  # gSDE: the per-step variance sum_i features_i^2 sigma_i^2
+        variance = np.square(x) @ np.exp(np.float32(2.0) * p["sde_log_std"])
+        return np.clip(head, -2.0, 2.0), np.float32(0.5) * np.log(variance + np.float32(1e-6))
+    if "log_std" in p:
+        return head, np.broadcast_to(p["log_std"], head.shape)
+    log_std = x @ p["log_std_kernel"] + p["log_std_bias"]
+    if "log_std_clip" in p:
+        log_std = np.clip(log_std, p["log_std_clip"][0], p["log_std_clip"][1])
+    return head, log_std
+
+
+def _from_unit(a, p):
+    return p["action_low"] + np.float32(0.5) * (a + np.float32(1.0)) * (p["action_high"] - p["action_low"])
+
+
+def act(obs, deterministic: bool = True, rng: np.random.Generator | None = None, policy: dict | None = None):
+    """The policy's action for each observation: [B] int for a Discrete space, [B, D] float32
+    for a Box one. deterministic=False samples with `rng` (default: a fresh generator)."""
+    p = _policy(policy)
+    params = distribution(obs, p)
+    rng = rng or np.random.default_rng()
+    if p["kind"] == "categorical":
+        if deterministic:
+            return np.argmax(params, axis=-1)
+        return np.argmax(params + rng.gumbel(size=params.shape), axis=-1)  # the Gumbel-max trick
+    mean, log_std = params
+    u = mean if deterministic else (mean + np.exp(log_std) * rng.standard_normal(mean.shape)).astype(np.float32)
+    return _from_unit(np.tanh(u), p) if p["kind"] == "squashed_gaussian" else u
+
+
+def log_prob(obs, action, policy: dict | None = None):
+    """log pi(a|s) [B] of the given actions (in the env's units)."""
+    p = _policy(policy)
+    params = distribution(obs, p)
+    if p["kind"] == "categorical":
+        shifted = params - params.max(axis=-1, keepdims=True)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        return np.take_along_axis(log_softmax, np.asarray(action).astype(np.int64)[..., None], axis=-1)[..., 0]
+    mean, log_std = params
+    action = np.asarray(action, np.float32)
+    if p["kind"] == "gaussian":
+        return _gaussian_log_prob(mean, log_std, action)
+    low, high = p["action_low"], p["action_high"]
+    unit = np.clip(np.float32(2.0) * (action - low) / (high - low) - np.float32(1.0), -ATANH_LIMIT, ATANH_LIMIT)
+    u = np.arctanh(unit.astype(np.float32))
+    log_det = np.sum(np.float32(2.0) * (np.float32(math.log(2.0)) - u - np.logaddexp(np.float32(0.0), -2.0 * u)), axis=-1)
+    return _gaussian_log_prob(mean, log_std, u) - log_det - np.sum(np.log(np.float32(0.5) * (high - low)))
+
+
+def _gaussian_log_prob(mean, log_std, x):
+    z = (x - mean) * np.exp(-log_std)
+    return np.sum(np.float32(-0.5) * (np.float32(LOG_2PI) + np.float32(2.0) * log_std + z * z), axis=-1)
