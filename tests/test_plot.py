@@ -115,6 +115,22 @@ def test_group_by_splits_groups(tmp_path):
     assert curves == {"all runs": [(100, 11, 4), (200, 22, 4)]} and finals == {"all runs": (4, 11.0)}
 
 
+def test_groups_are_ordered_by_value(tmp_path, capsys):
+    """Learning rates come out 3e-05 < 0.0001 < 0.0003 < 0.001 < 0.01 in the table, the CSVs and
+    the legend, not in text order ('0.0001' < '0.0003' < '0.001' < '0.01' < '3e-05')."""
+    rates = [0.001, 3e-05, 0.01, 0.0003, 0.0001]
+    sweep = tmp_path / "sweep"
+    for job, lr in enumerate(rates):
+        make_run(sweep / str(job), {0: [(100, job), (200, job)]}, final=[float(job)], lr=lr)
+    out = tmp_path / "out"
+    assert main([str(sweep), "group_by=algo.learning_rate", f"out={out}"]) == 0
+    expected = [f"algo.learning_rate={lr}" for lr in ("3e-05", "0.0001", "0.0003", "0.001", "0.01")]
+    assert [r["group"] for r in read_csv(out / "final_returns.csv")] == expected
+    assert list(dict.fromkeys(r["group"] for r in read_csv(out / "curves.csv"))) == expected
+    table = capsys.readouterr().out
+    assert [table.index(g + " ") for g in expected] == sorted(table.index(g + " ") for g in expected)
+
+
 def test_different_log_steps_are_interpolated_within_each_range(tmp_path):
     """Seed 0 logs at 0, 10, 20, seed 1 at 5, 15: the grid is the union 0, 5, 10, 15, 20 and each
     seed counts only inside its own range. x=wall_time (here env_steps / 100) interpolates onto

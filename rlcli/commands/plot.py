@@ -255,6 +255,17 @@ def default_out(first: str) -> Path:
 # ---- output -----------------------------------------------------------------------------------
 
 
+def _order(group: tuple[tuple[str, str], ...]) -> tuple:
+    """Groups in order of their values, key by key: numbers by value (3e-05 < 0.0001 < 0.001),
+    before texts in text order."""
+    def value(text: str):
+        try:
+            return (0, float(text), "")
+        except ValueError:
+            return (1, 0.0, text)
+    return tuple(value(v) for _, v in group)
+
+
 def _label(group: tuple[tuple[str, str], ...]) -> str:
     return " ".join(f"{k}={v}" for k, v in group) or "all runs"
 
@@ -355,7 +366,7 @@ def compute(options: Options, runs: list[Run]):
     by_group: dict[tuple, list[Run]] = {}
     for run in runs:
         by_group.setdefault(group_of(run, options.group_by), []).append(run)
-    groups = sorted(by_group, key=_label)
+    groups = sorted(by_group, key=_order)
     bands, finals, plotted = [], [], []
     for g in groups:
         curves = [c for run in by_group[g] for c in seed_curves(run.records, options.metric, options.x).values()]
