@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             print(f"{c.name:58s} {c.steps:>9,d} steps  goal {c.goal:>6g}  {' '.join(c.overrides)}")
         return 0
 
-    from rlcli.commands.plot import bootstrap_ci
+    from rlcli.commands.scores import bootstrap_ci
 
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; {opts.seeds} seeds, "
           f"final deterministic evaluation over {opts.eval_episodes} episodes per seed", flush=True)

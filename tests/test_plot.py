@@ -12,12 +12,12 @@ from rlcli.commands.plot import main
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def make_run(path, curves, final=None, algo="a2c", estimator="nstep", lr=0.0007):
+def make_run(path, curves, final=None, algo="a2c", estimator="nstep", lr=0.0007, env="CartPole-v1"):
     """A run directory: .hydra/config.yaml, one metrics.jsonl record per (seed index, x) of
     `curves` ({seed_index: [(env_steps, episode return), ...]}), summary.json with `final`."""
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra" / "config.yaml").write_text(
-        f"seed: 0\nalgo:\n  name: {algo}\n  learning_rate: {lr}\nenv:\n  id: CartPole-v1\n"
+        f"seed: 0\nalgo:\n  name: {algo}\n  learning_rate: {lr}\nenv:\n  id: {env}\n"
         f"estimator:\n  name: {estimator}\n  'n': null\n")
     lines = [json.dumps({"seed_index": i, "seed": i, "update": k, "env_steps": x, "wall_time": x / 100,
                          "episode/count": 1, "episode/return": y})
@@ -94,7 +94,7 @@ def test_group_by_splits_groups(tmp_path):
 
     def means(group_by):
         out = tmp_path / f"out-{group_by}"
-        assert main([str(sweep), f"group_by={group_by}", f"out={out}"]) == 0
+        assert main([str(sweep), f"group_by={group_by}", f"out={out}", "aggregates=false"]) == 0
         rows = read_csv(out / "curves.csv")
         finals = {r["group"]: (int(r["n_seeds"]), float(r["mean"])) for r in read_csv(out / "final_returns.csv")}
         curves = {g: [(r["x"], r["mean"], r["n_seeds"]) for r in rows_of(rows, g)] for g in {r["group"] for r in rows}}
@@ -123,7 +123,7 @@ def test_groups_are_ordered_by_value(tmp_path, capsys):
     for job, lr in enumerate(rates):
         make_run(sweep / str(job), {0: [(100, job), (200, job)]}, final=[float(job)], lr=lr)
     out = tmp_path / "out"
-    assert main([str(sweep), "group_by=algo.learning_rate", f"out={out}"]) == 0
+    assert main([str(sweep), "group_by=algo.learning_rate", f"out={out}", "aggregates=false"]) == 0
     expected = [f"algo.learning_rate={lr}" for lr in ("3e-05", "0.0001", "0.0003", "0.001", "0.01")]
     assert [r["group"] for r in read_csv(out / "final_returns.csv")] == expected
     assert list(dict.fromkeys(r["group"] for r in read_csv(out / "curves.csv"))) == expected
@@ -230,3 +230,85 @@ def test_the_runs_curve_shows_seed_lines_or_beyond_ten_seeds_their_mean_and_rang
     shaded = {tuple(v) for v in ax.collections[0].get_paths()[0].vertices}
     assert {(100.0, 1.0), (100.0, n - 1.0), (200.0, 0.0), (200.0, 2.0 * (n - 1))} <= shaded
     plt.close(fig)
+
+
+# ---- normalised scores: IQM, optimality gap, performance profiles (rliable) -------------------
+
+# final returns of 4 seeds per (method, env); anchors by hand: CartPole random 0, reference 100;
+# Pendulum random -1000, reference 0
+FINALS = {("a2c", "CartPole-v1"): [10.0, 90.0, 40.0, 120.0], ("a2c", "Pendulum-v1"): [-900.0, -500.0, -100.0, -300.0],
+          ("ppo", "CartPole-v1"): [100.0, 95.0, 60.0, 20.0], ("ppo", "Pendulum-v1"): [-50.0, -150.0, -1000.0, -400.0]}
+ANCHORS = {"CartPole-v1": (0.0, 100.0), "Pendulum-v1": (-1000.0, 0.0)}
+
+
+def scored_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, ((algo, env), finals) in enumerate(FINALS.items()):
+        make_run(sweep / str(job), {i: [(100, 1.0)] for i in range(4)}, final=finals, algo=algo, env=env)
+    anchors = tmp_path / "anchors.yaml"
+    anchors.write_text("".join(f"{env}: {{random: {r}, reference: {ref}}}\n" for env, (r, ref) in ANCHORS.items()))
+    return sweep, anchors
+
+
+def normalised(algo):
+    return np.array([[(FINALS[(algo, env)][i] - ANCHORS[env][0]) / (ANCHORS[env][1] - ANCHORS[env][0])
+                      for env in ANCHORS] for i in range(4)])
+
+
+def test_iqm_median_mean_and_optimality_gap_match_numpy(tmp_path, capsys):
+    sweep, anchors = scored_sweep(tmp_path)
+    out = tmp_path / "out"
+    assert main([str(sweep), f"normalize_by={anchors}", f"out={out}"]) == 0
+    rows = {(r["method"], r["metric"]): r for r in read_csv(out / "aggregates.csv")}
+    for algo in ("a2c", "ppo"):
+        # 8 scores: the IQM is the mean of the middle 4; the median is that of the tasks' means
+        scores = np.sort(normalised(algo).ravel())
+        method = f"algo={algo} estimator=nstep"
+        expected = {"iqm": scores[2:6].mean(), "median": np.median(normalised(algo).mean(axis=0)), "mean": scores.mean(),
+                    "optimality_gap": np.mean(1.0 - np.minimum(scores, 1.0))}
+        for metric, value in expected.items():
+            row = rows[(method, metric)]
+            assert float(row["value"]) == pytest.approx(value, abs=1e-12)
+            assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
+            assert (row["runs"], row["tasks"]) == ("4", "2")
+        assert float(rows[(method, "iqm")]["ci_low"]) < float(rows[(method, "iqm")]["ci_high"])
+    # the profile at tau: the fraction of the 8 runs x tasks scoring above it
+    profile = [r for r in read_csv(out / "profiles.csv") if r["method"] == "algo=ppo estimator=nstep"]
+    for r in profile[::10]:
+        assert float(r["fraction_above"]) == pytest.approx(np.mean(normalised("ppo") > float(r["tau"])), abs=1e-12)
+    assert_png(out / "profiles.png")
+    printed = capsys.readouterr().out
+    assert "IQM [95% CI]" in printed and "algo=a2c estimator=nstep  4 x 2" in printed
+
+
+def test_the_intervals_are_reproducible(tmp_path):
+    sweep, anchors = scored_sweep(tmp_path)
+    for out in ("one", "two"):
+        assert main([str(sweep), f"normalize_by={anchors}", f"out={tmp_path / out}"]) == 0
+    for name in ("aggregates.csv", "profiles.csv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+
+
+def test_default_anchors_score_the_reference_one_and_random_zero(tmp_path):
+    """conf/scores.yaml: CartPole-v1's reference 500 scores 1, its random return 23.68 scores 0."""
+    make_run(tmp_path / "run", {i: [(100, 1.0)] for i in range(4)}, final=[500.0, 500.0, 23.68, 23.68])
+    assert main([str(tmp_path / "run"), f"out={tmp_path / 'out'}"]) == 0
+    rows = {r["metric"]: float(r["value"]) for r in read_csv(tmp_path / "out" / "aggregates.csv")}
+    assert rows["mean"] == pytest.approx(0.5) and rows["iqm"] == pytest.approx(0.5)
+    assert rows["optimality_gap"] == pytest.approx(0.5)
+
+
+def test_aggregates_need_anchors_for_every_env(tmp_path, capsys):
+    make_run(tmp_path / "run", {0: [(100, 1.0)]}, final=[1.0], env="LunarLander-v3")
+    assert main([str(tmp_path / "run"), f"out={tmp_path / 'auto'}"]) == 0
+    assert "note: no IQM or performance profiles: LunarLander-v3 has no random and reference return" in capsys.readouterr().out
+    assert not (tmp_path / "auto" / "aggregates.csv").exists()
+    assert main([str(tmp_path / "run"), "aggregates=true", f"out={tmp_path / 'true'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aggregates=true cannot be met: LunarLander-v3 has no random" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("LunarLander-v3: {random: 1.0}\n")
+    assert main([str(tmp_path / "run"), f"normalize_by={bad}", f"out={tmp_path / 'bad'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"normalize_by={bad}: LunarLander-v3=" in err and "reference != random" in err
+    assert not (tmp_path / "true").exists() and not (tmp_path / "bad").exists()

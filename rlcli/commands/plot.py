@@ -20,6 +20,7 @@ import numpy as np
 
 from rlcli import arguments
 from rlcli.arguments import Command, Option, text_of
+from rlcli.commands.scores import LEVEL, bootstrap_ci, final, finals_csv, finals_table, number
 from rlcli.curves import grid, save_figure, seed_curves
 from rlcli.rules import Rule, non_empty_text, one_of
 
@@ -33,7 +34,11 @@ to the mean). Curves are interpolated linearly onto a common grid, each within i
 range: the union of the logged env steps, or 100+ evenly spaced wall times. Writes curves.png,
 curves.csv (group, x, mean, ci_low, ci_high, n_seeds) and final_returns.csv (group, n_seeds,
 mean, ci_low, ci_high: the final evaluation return per seed from summary.json), and prints the
-final-return table.""",
+final-return table. With rliable installed (pip install 'rlcli[rliable]'), the final returns are
+also normalised per environment, (R - random) / (reference - random) with conf/scores.yaml's
+anchors (or normalize_by=<file>), and each method (a group without its env) gets the IQM,
+median, mean and optimality gap with 95% stratified bootstrap intervals (aggregates.csv, printed)
+and performance profiles (profiles.png, profiles.csv).""",
     (Option("x", "env_steps", one_of("env_steps", "wall_time"),
             "the x axis: env steps per seed, or seconds since the run started (compile included)", text_of),
      Option("group_by", "algo,env,estimator", Rule(lambda v: isinstance(v, str), "comma-separated config keys"),
@@ -42,6 +47,11 @@ final-return table.""",
      Option("metric", "episode/return", Rule(lambda v: isinstance(v, str) and bool(v),
                                              "episode/return, eval/return_mean or another numeric key of metrics.jsonl"),
             "the y axis: training episodes that finished in the interval, or the evaluations", text_of),
+     Option("aggregates", "auto", one_of("auto", "true", "false"),
+            "IQM, optimality gap and performance profiles of the normalised final returns: auto (when rliable is "
+            "installed and every env has anchors), true (or exit 2 saying why not), false", text_of),
+     Option("normalize_by", None, non_empty_text(), "a YAML/JSON file of env id: {random: R, reference: R} "
+            "replacing conf/scores.yaml's entries", text_of),
      Option("out", None, non_empty_text(), "where to write (default: the first directory if it is a multirun "
             "directory, else <first run dir>/plots; a name taken gets -1, -2, ...)", text_of)),
     positional="run directories (with .hydra/config.yaml) or multirun directories whose job directories are "
@@ -52,8 +62,6 @@ SHORT_KEYS = {"algo": "algo.name", "env": "env.id", "estimator": "estimator.name
 X_AXES = {"env_steps": "env steps (per seed)", "wall_time": "wall time (s, compile included)"}
 METRIC_LABELS = {"episode/return": "episode return (training)",
                  "eval/return_mean": "evaluation return (mean over episodes)"}
-RESAMPLES = 2000
-LEVEL = 0.95
 DIRS_ALLOWED = ("allowed: a run directory with .hydra/config.yaml, or a multirun directory "
                 "holding run directories")
 
@@ -63,6 +71,8 @@ class Options(NamedTuple):
     x: str
     group_by: list[str]
     metric: str
+    aggregates: str
+    normalize_by: str | None
     out: str | None
 
 
@@ -87,27 +97,7 @@ class Band(NamedTuple):
     n: np.ndarray
 
 
-class Final(NamedTuple):
-    group: str
-    n: int
-    mean: float
-    low: float
-    high: float
-
-
 # ---- numbers ----------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean: resample the values with replacement
-    `resamples` times (numpy generator seeded with `seed`). One value: (value, value)."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 1:
-        return float(values[0]), float(values[0])
-    idx = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(values[idx].mean(axis=1), [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def aligned(curves: list[tuple[np.ndarray, np.ndarray]], xs: np.ndarray) -> np.ndarray:
@@ -128,13 +118,6 @@ def band(group: str, curves: list[tuple[np.ndarray, np.ndarray]], x: str) -> Ban
     return Band(group, xs, np.array([row.mean() for row in rows]), ci[:, 0], ci[:, 1], n)
 
 
-def final(group: str, returns: list[float]) -> Final:
-    """Mean and bootstrap interval of the final evaluation returns of a group's seeds."""
-    if not returns:
-        return Final(group, 0, float("nan"), float("nan"), float("nan"))
-    return Final(group, len(returns), float(np.mean(returns)), *bootstrap_ci(returns))
-
-
 # ---- input ------------------------------------------------------------------------------------
 
 
@@ -147,7 +130,8 @@ def parse_args(args: list[str]) -> Options:
     if not dirs:
         raise ConfigError(f"no directory given ({DIRS_ALLOWED}; rlcli plot --help)")
     group_by = [k.strip() for k in values["group_by"].split(",") if k.strip()]
-    return Options(dirs, values["x"], group_by, values["metric"], values["out"])
+    return Options(dirs, values["x"], group_by, values["metric"], values["aggregates"], values["normalize_by"],
+                   values["out"])
 
 
 def is_run_dir(path: Path) -> bool:
@@ -270,40 +254,14 @@ def _label(group: tuple[tuple[str, str], ...]) -> str:
     return " ".join(f"{k}={v}" for k, v in group) or "all runs"
 
 
-def _number(value: float) -> str:
-    if not np.isfinite(value):
-        return ""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def curves_csv(bands: list[Band]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["group", "x", "mean", "ci_low", "ci_high", "n_seeds"])
     for b in bands:
         for row in zip(b.x, b.mean, b.low, b.high, b.n):
-            writer.writerow([b.group, *map(_number, row[:4]), int(row[4])])
+            writer.writerow([b.group, *map(number, row[:4]), int(row[4])])
     return out.getvalue()
-
-
-def finals_csv(finals: list[Final]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["group", "n_seeds", "mean", "ci_low", "ci_high"])
-    for f in finals:
-        writer.writerow([f.group, f.n, _number(f.mean), _number(f.low), _number(f.high)])
-    return out.getvalue()
-
-
-def finals_table(finals: list[Final]) -> str:
-    """The final-return table as aligned text."""
-    header = ["group", "seeds", "final return", "95% CI"]
-    rows = [[f.group, str(f.n), f"{f.mean:.2f}" if f.n else "-",
-             (f"[{f.low:.2f}, {f.high:.2f}]" if f.n > 1 else "- (one seed)" if f.n else "- (no summary.json)")]
-            for f in finals]
-    from rlcli.commands.common import aligned
-
-    return aligned(header, rows)
 
 
 def plot_bands(bands: list[Band], groups: list[tuple[tuple[str, str], ...]], x: str, metric: str,
@@ -380,8 +338,37 @@ def compute(options: Options, runs: list[Run]):
     return plotted, bands, finals
 
 
+def score_table(options: Options, runs: list[Run]):
+    """(the normalised scores of each method, None) for the aggregates, or (None, why not);
+    raises ConfigError for a bad normalize_by file, or when aggregates=true cannot be met."""
+    import importlib.util
+
+    from rlcli.commands import scores
+    from rlcli.errors import ConfigError
+
+    if options.aggregates == "false":
+        return None, None
+    known = scores.anchors(options.normalize_by)
+    keys = [k for k in options.group_by if SHORT_KEYS.get(k, k) != "env.id"]
+    finals: dict[tuple[str, str], list[float]] = {}
+    methods = sorted({group_of(run, keys) for run in runs if run.final}, key=_order)
+    for run in runs:
+        if run.final:
+            env = _text(config_value(run.config, "env.id"))
+            finals.setdefault((_label(group_of(run, keys)), env), []).extend(run.final)
+    table = (scores.RLIABLE_MISSING if importlib.util.find_spec("rliable") is None
+             else "no run has final returns (summary.json)" if not finals
+             else scores.score_table(finals, [_label(m) for m in methods], known))
+    if not isinstance(table, str):
+        return table, None
+    if options.aggregates == "true":
+        raise ConfigError(f"aggregates=true cannot be met: {table} (allowed: aggregates=auto or aggregates=false)")
+    return None, table
+
+
 def main(args: list[str]) -> int:
     """`rlcli plot`: see COMMAND."""
+    from rlcli.commands import scores
     from rlcli.errors import ConfigError, report
     from rlcli.paths import write_atomic
     from rlcli.paths import check_output_dir, claim_dir
@@ -393,6 +380,7 @@ def main(args: list[str]) -> int:
         options = parse_args(args)
         runs, notes = collect(options)
         groups, bands, finals = compute(options, runs)
+        table, skipped = score_table(options, runs)
         out = Path(options.out) if options.out else default_out(options.dirs[0])
         check_output_dir("out", str(out))
     except ConfigError as err:
@@ -405,6 +393,12 @@ def main(args: list[str]) -> int:
         plot_bands(bands, groups, options.x, options.metric, out / "curves.png")
         write_atomic(out / "curves.csv", curves_csv(bands))
         write_atomic(out / "final_returns.csv", finals_csv(finals))
+        if table is not None:
+            rows, taus = scores.aggregates(table), scores.taus_for(table)
+            profiles = scores.profiles(table, taus)
+            scores.plot_profiles(taus, profiles, table.tasks, out / "profiles.png")
+            write_atomic(out / "profiles.csv", scores.profiles_csv(taus, profiles))
+            write_atomic(out / "aggregates.csv", scores.aggregates_csv(rows))
     except OSError as err:
         print(f"rlcli plot: error: cannot write to out={out}: {err}", file=sys.stderr)
         return 1
@@ -412,5 +406,14 @@ def main(args: list[str]) -> int:
         print(f"note: {note}")
     print(f"final evaluation return per group (mean over seeds, {LEVEL:.0%} bootstrap CI over seeds):")
     print(finals_table(finals))
-    print(f"wrote {out / 'curves.png'}, curves.csv and final_returns.csv")
+    if table is not None:
+        for note in table.notes:
+            print(f"note: {note}")
+        print(f"normalised final returns, (R - random) / (reference - random) over {', '.join(table.tasks)}; "
+              f"{LEVEL:.0%} stratified bootstrap CIs ({scores.RESAMPLES} resamples, seed {scores.SEED}):")
+        print(scores.aggregates_table(rows))
+    elif skipped:
+        print(f"note: no IQM or performance profiles: {skipped}")
+    print(f"wrote {out / 'curves.png'}, curves.csv and final_returns.csv"
+          + (", aggregates.csv, profiles.csv and profiles.png" if table is not None else ""))
     return 0
