@@ -11,8 +11,9 @@ import math
 import sys
 from pathlib import Path
 
+from rlcli import names
 from rlcli.paths import write_atomic
-from rlcli.remote import REMOTE, REMOTE_KEYS, RemoteRuns, plotted, read_config
+from rlcli.remote import REMOTE, REMOTE_KEYS, RemoteRuns, read_config
 from rlcli.rules import Choice, Key, boolean, one_of, with_defaults
 
 log = logging.getLogger("rlcli")
@@ -22,6 +23,10 @@ SINK_KEYS = {
     "logger.tensorboard": Key(True, boolean(), "TensorBoard events under tb/"),
     "logger.progress": Key("auto", one_of("auto", "bar", "lines", "none"),
                            "auto (a bar on a terminal, a line per record otherwise) | bar | lines | none"),
+    "logger.names": Key("rlcli", one_of(*names.NAMES), "metric names in TensorBoard, W&B and MLflow: rlcli's, "
+                                                       "CleanRL's (charts/episodic_return, losses/value_loss, ...) "
+                                                       "or Stable-Baselines3's (rollout/ep_rew_mean, train/approx_kl, "
+                                                       "...); metrics.jsonl keeps rlcli's"),
 }
 # the logger= choices (metrics.jsonl is always written)
 CHOICES = {
@@ -50,11 +55,13 @@ def _clean(value):
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, logger_cfg, num_seeds: int, purge_step: int | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, algo: str = ""):
         """`purge_step` (on resume): TensorBoard hides this run's earlier events from that
         env step on, so the steps that are written again do not appear twice. `config`: the
-        resolved run config for W&B and MLflow (default: read from <run>/.hydra/config.yaml)."""
+        resolved run config for W&B and MLflow (default: read from <run>/.hydra/config.yaml).
+        `algo` (algo.name) picks the peer's name where it depends on the algorithm."""
         self.run_dir = Path(run_dir)
+        self._rename = names.renamer(logger_cfg.get("names", "rlcli"), algo)
         self._remote = []
         if any(logger_cfg.get(name) is not None for name in REMOTE):
             if config is None:
@@ -85,22 +92,23 @@ class MetricsLogger:
         """Append one record per seed; `seed_index` picks the TensorBoard writer and the W&B
         and MLflow runs. Raises OSError when a sink cannot write."""
         records = [{k: _clean(v) for k, v in record.items()} for record in records]
-        for record in records:
+        scalars = [self._rename(record) for record in records]
+        for record, values in zip(records, scalars):
             self._jsonl.write(json.dumps(record) + "\n")
             if self._csv_file is not None:
                 self._write_csv(record)
             if self._tb:
-                self._tensorboard(record)
+                self._tensorboard(record, values)
         self._jsonl.flush()
         for remote in self._remote:
-            remote.write(records)
+            remote.write(records, scalars)
 
-    def _tensorboard(self, record: dict) -> None:
+    def _tensorboard(self, record: dict, scalars: dict) -> None:
         """The record's scalars as ONE event of its seed's writer (a Summary holds many values;
         `add_scalar` per key costs a queue hand-off each: about 1 s per record at 1024 seeds)."""
         from tensorboardX.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in plotted(record).items()]
+        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
         self._tb[record["seed_index"]]._get_file_writer().add_summary(Summary(value=values), record["env_steps"])
 
     def _write_csv(self, record: dict) -> None:

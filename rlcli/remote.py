@@ -14,15 +14,6 @@ from rlcli.rules import Key, Rule
 
 log = logging.getLogger("rlcli")
 
-# the record's identifiers; every other numeric key is plotted against env_steps
-_IDS = ("seed_index", "seed", "env_steps", "update")
-
-
-def plotted(record: dict) -> dict:
-    """The scalars TensorBoard, W&B and MLflow get: every numeric value but the identifiers."""
-    return {k: v for k, v in record.items() if k not in _IDS and isinstance(v, (int, float))}
-
-
 
 def _text(optional: bool = False, limit: int | None = None, forbidden: str = ""):
     def ok(v):
@@ -145,14 +136,15 @@ class RemoteRuns:
     def _save(self) -> None:
         write_atomic(self.path, json.dumps({"ids": self.sink.ids, "sent_env_steps": self.sent}) + "\n")
 
-    def write(self, records: list[dict]) -> None:
-        """Send each record newer than the last one sent for its seed (OSError on failure)."""
+    def write(self, records: list[dict], scalars: list[dict]) -> None:
+        """Send each record newer than the last one sent for its seed, as its `scalars` (the
+        plotted values under `logger.names`; OSError on failure)."""
         sent = False
-        for record in records:
+        for record, values in zip(records, scalars):
             i, step = record["seed_index"], record["env_steps"]
             if step > self.sent[i]:
                 try:
-                    self.sink.log(i, step, plotted(record))
+                    self.sink.log(i, step, values)
                 except Exception as err:
                     raise OSError(f"{self.name}: {_first_line(err)}") from err
                 self.sent[i], sent = step, True

@@ -239,7 +239,8 @@ def _loop(cfg, run_dir: Path, loop: Loop, state, sizes: config.Sizes, seeds, upd
     num_seeds = len(seeds)
     ckpt_dir = run_dir / "checkpoints"
     metrics_log = MetricsLogger(run_dir, cfg.logger, num_seeds,
-                                purge_step=updates_done * sizes.steps_per_update + 1 if updates_done else None)
+                                purge_step=updates_done * sizes.steps_per_update + 1 if updates_done else None,
+                                algo=cfg.algo.name)
     ckpt = checkpoint.manager(ckpt_dir, cfg.checkpoint_keep)
     progress = Progress(cfg.logger.progress, sizes.total_steps)
     saved_steps = set(checkpoint.steps(ckpt_dir))

@@ -13,7 +13,8 @@ import pytest
 from conftest import compose, rlcli_executable
 from rlcli.config import ConfigError
 from rlcli.logger import MetricsLogger, read_metrics
-from rlcli.remote import check_config, flatten, plotted
+from rlcli.names import plotted
+from rlcli.remote import check_config, flatten
 
 TRAIN = ["train", "algo=a2c", "env=CartPole-v1", "total_steps=2048", "num_envs=4", "log_interval=512",
          "checkpoint_interval=1024", "num_seeds=2", "eval_episodes=2", "logger=wandb",
@@ -320,3 +321,100 @@ def test_cli_refuses_a_missing_logger_package_before_writing(tmp_path):
     assert done.stderr == ('rlcli train: error: logger=wandb needs the wandb package, which is not installed '
                            '(allowed: pip install "rlcli[wandb]", or logger=default, csv or quiet)\n')
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- logger.names: CleanRL's and Stable-Baselines3's keys ----------------------------------------
+
+
+def record(update, count, ret, length, **metrics):
+    return {"seed_index": 0, "seed": 0, "update": update, "env_steps": 1000 * update, "wall_time": 2.0 * update,
+            "perf/steps_per_s": 999.0, "episode/count": count, "episode/return": ret, "episode/length": length,
+            **metrics}
+
+
+def test_cleanrl_names():
+    from rlcli.names import renamer
+
+    rename = renamer("cleanrl", "ppo")
+    out = rename(record(4, 3.0, 20.0, 21.0, **{"loss/value": 0.25, "loss/policy": -0.1, "policy/entropy": 0.6,
+                                                "policy/approx_kl": 0.01, "policy/clip_fraction": 0.2,
+                                                "train/explained_variance": 0.5, "train/grad_norm": 0.4,
+                                                "eval/return_mean": 30.0}))
+    assert out == {"charts/episodic_return": 20.0, "charts/episodic_length": 21.0, "episode/count": 3.0,
+                   "wall_time": 8.0, "charts/SPS": 4000 / 8.0,  # env steps of one seed / seconds since the start
+                   "losses/value_loss": 0.25, "losses/policy_loss": -0.1, "losses/entropy": 0.6,
+                   "losses/approx_kl": 0.01, "losses/clipfrac": 0.2, "losses/explained_variance": 0.5,
+                   "train/grad_norm": 0.4, "eval/episodic_return": 30.0}
+    sac = rename(record(1, 1.0, 5.0, 5.0, **{"loss/critic": 3.0, "loss/actor": 1.0, "train/alpha": 0.2,
+                                               "loss/temperature": -0.3}))
+    assert {k: sac[k] for k in ("losses/qf_loss", "losses/actor_loss", "losses/alpha", "losses/alpha_loss")} == {
+        "losses/qf_loss": 3.0, "losses/actor_loss": 1.0, "losses/alpha": 0.2, "losses/alpha_loss": -0.3}
+
+
+def test_sb3_names_compute_what_sb3_means():
+    """value_loss is SB3's full MSE (twice rlcli's 1/2 MSE), entropy_loss minus the entropy,
+    ep_rew_mean the mean over the newest records holding >= 100 episodes, fps env steps per
+    second since the start; PPO's policy loss is policy_gradient_loss, A2C's policy_loss."""
+    from rlcli.names import renamer
+
+    rename = renamer("sb3", "ppo")
+    # (episodes, mean return, mean length) per record
+    intervals = [(64, 27.0, 27.0), (27, 70.0, 71.0), (17, 123.0, 120.0), (9, 158.0, 150.0), (0, None, None),
+                 (120, 200.0, 190.0), (30, 100.0, 90.0)]
+    expected_means = [
+        27.0,  # [64]
+        (64 * 27 + 27 * 70) / 91,  # [64, 27]: 91 < 100
+        (64 * 27 + 27 * 70 + 17 * 123) / 108,  # 108 >= 100, and without the first record 44 < 100
+        (64 * 27 + 27 * 70 + 17 * 123 + 9 * 158) / 117,  # without the first: 53 < 100
+        (64 * 27 + 27 * 70 + 17 * 123 + 9 * 158) / 117,  # no episode in this interval: unchanged
+        200.0,  # 120 >= 100 alone: the older records leave the window
+        (120 * 200 + 30 * 100) / 150,  # the newest alone holds 30 < 100
+    ]
+    for update, ((count, ret, length), mean) in enumerate(zip(intervals, expected_means), start=1):
+        metrics = {"loss/value": 0.25 * update, "policy/entropy": 0.5, "loss/policy": -0.1, "loss/total": 1.5,
+                   "policy/approx_kl": 0.02, "loss/temperature": 0.7}
+        rec = record(update, float(count), ret, length, **metrics)
+        if ret is None:
+            del rec["episode/return"], rec["episode/length"]
+        out = rename(rec)
+        assert out["rollout/ep_rew_mean"] == pytest.approx(mean)
+        assert out["train/value_loss"] == 0.5 * update and out["train/entropy_loss"] == -0.5
+        assert out["train/policy_gradient_loss"] == -0.1 and out["train/loss"] == 1.5
+        assert out["train/approx_kl"] == 0.02 and out["time/fps"] == 500.0
+        assert (out["time/total_timesteps"], out["time/iterations"], out["time/time_elapsed"]) == (
+            1000 * update, update, 2.0 * update)
+        assert out["loss/temperature"] == 0.7  # SB3's ent_coef_loss is another quantity: rlcli's name kept
+        assert not {"episode/return", "loss/value", "policy/entropy", "perf/steps_per_s"} & set(out)
+    assert out["rollout/ep_len_mean"] == pytest.approx((120 * 190 + 30 * 90) / 150)
+    assert "train/policy_loss" in renamer("sb3", "a2c")(record(1, 1.0, 1.0, 1.0, **{"loss/policy": 0.3}))
+
+
+@pytest.mark.slow
+def test_logger_names_cleanrl_in_tensorboard(tmp_path):
+    """A PPO run with logger.names=cleanrl: TensorBoard holds CleanRL's keys with the values of
+    metrics.jsonl, which keeps rlcli's names."""
+    from conftest import train
+
+    _, records = train(tmp_path, ["algo=ppo", "env=CartPole-v1", "total_steps=2048", "log_interval=512",
+                                  "eval_episodes=2", "logger.names=cleanrl"])
+    events = dict(tensorboard_events(tmp_path / "run" / "tb" / "seed_0"))
+    assert len(events) == len(records) == 4
+    for rec in records:
+        tags = events[rec["env_steps"]]
+        assert tags["charts/episodic_return"] == pytest.approx(rec["episode/return"])
+        assert tags["losses/value_loss"] == pytest.approx(rec["loss/value"])
+        assert tags["losses/approx_kl"] == pytest.approx(rec["policy/approx_kl"])
+        assert tags["losses/clipfrac"] == pytest.approx(rec["policy/clip_fraction"])
+        assert tags["charts/SPS"] == pytest.approx(rec["env_steps"] / rec["wall_time"], rel=1e-6)
+        assert not {"episode/return", "loss/value", "policy/approx_kl"} & set(tags)
+        assert "loss/value" in rec and "charts/episodic_return" not in rec
+    assert events[2048]["eval/episodic_return"] == pytest.approx(records[-1]["eval/return_mean"])
+
+
+def test_a_bad_logger_names_value_is_one_line():
+    from rlcli.config import validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["logger.names=tianshou"]))
+    assert str(err.value).startswith("logger.names=") and "tianshou" in str(err.value)
+    assert "(allowed: one of rlcli, cleanrl, sb3)" in str(err.value)
