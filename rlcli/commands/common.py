@@ -127,6 +127,46 @@ def load_run(args: list[str]):
     return run_dir, cfg
 
 
+def checkpointed_run(parsed):
+    """(run_dir, typed config) of a command's `run=` with its `checkpoint=` and `seed_index=`
+    options checked against the run (eval, export); raises ConfigError (one line)."""
+    from rlcli import checkpoint, config
+
+    values, given = parsed.values, parsed.given
+    run_dir, cfg = load_run([f"run={given['run']}"] if "run" in given else [])
+    config.validate(cfg)
+    cfg = config.typed(cfg)
+    available = checkpoint.steps(run_dir / "checkpoints")
+    if values["checkpoint"] is not None and values["checkpoint"] not in available:
+        raise ConfigError(f"checkpoint={given['checkpoint']} is not a checkpoint of run={run_dir} (allowed: "
+                          f"one of {', '.join(map(str, available))})")
+    if values["seed_index"] is not None and values["seed_index"] >= cfg.num_seeds:
+        raise ConfigError(f"seed_index={given['seed_index']} is out of range: the run has num_seeds={cfg.num_seeds} "
+                          f"(allowed: an integer in [0, {cfg.num_seeds - 1}])")
+    return run_dir, cfg
+
+
+def parse_and_run(command, parse, run, args: list[str]):
+    """A command's `--help`, or `run(parse(args))` with logging quiet: (exit code, None, None)
+    after --help (0) or an rlcli error (its one line printed by `errors.report`), else (None,
+    options, result). Other exceptions propagate."""
+    from rlcli import arguments
+    from rlcli.errors import report
+
+    if arguments.wants_help(args):
+        print(arguments.usage(command))
+        return 0, None, None
+    quiet_logging()
+    try:
+        opts = parse(args)
+        return None, opts, run(opts)
+    except Exception as err:
+        code = report(command.name, err)
+        if code is None:
+            raise
+        return code, None, None
+
+
 def aligned(header: list[str], rows: list[list[str]]) -> str:
     """Text columns padded to a common width, two spaces apart, header first."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -67,22 +67,12 @@ class Options(NamedTuple):
 
 def parse(args: list[str]) -> Options:
     """Options from the arguments; raises ConfigError (one line) for bad input."""
-    from rlcli import checkpoint, config
-    from rlcli.commands.common import load_run
+    from rlcli.commands.common import checkpointed_run
 
     parsed = arguments.parse(COMMAND, args)
     values, given = parsed.values, parsed.given
-    run_dir, cfg = load_run([f"run={given['run']}"] if "run" in given else [])
-    config.validate(cfg)
-    cfg = config.typed(cfg)
-    available = checkpoint.steps(run_dir / "checkpoints")
+    run_dir, cfg = checkpointed_run(parsed)
     num_seeds = cfg.num_seeds
-    if values["checkpoint"] is not None and values["checkpoint"] not in available:
-        raise ConfigError(f"checkpoint={given['checkpoint']} is not a checkpoint of run={run_dir} (allowed: "
-                          f"one of {', '.join(map(str, available))})")
-    if values["seed_index"] is not None and values["seed_index"] >= num_seeds:
-        raise ConfigError(f"seed_index={given['seed_index']} is out of range: the run has num_seeds={num_seeds} "
-                          f"(allowed: an integer in [0, {num_seeds - 1}])")
     if values["episodes"] is None:
         values["episodes"] = cfg.eval_episodes
     if values["deterministic"] is None:
@@ -266,20 +256,10 @@ def run(opts: Options) -> dict:
 
 
 def main(args: list[str]) -> int:
-    if arguments.wants_help(args):
-        print(arguments.usage(COMMAND))
-        return 0
-    from rlcli.commands.common import quiet_logging
-    from rlcli.errors import report
+    from rlcli.commands.common import parse_and_run
 
-    quiet_logging()
-    try:
-        opts = parse(args)
-        result = run(opts)
-    except Exception as err:
-        code = report("eval", err)
-        if code is None:
-            raise
+    code, opts, result = parse_and_run(COMMAND, parse, run, args)
+    if code is not None:
         return code
     kind = "deterministic" if opts.deterministic else "stochastic"
     print(f"rlcli eval: {result['algo']} on {result['env']} ({result['backend']} backend), checkpoint at "
