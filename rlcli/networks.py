@@ -50,8 +50,14 @@ class MLP(nn.Module):
         return x
 
 
+def flatten(obs, obs_ndim: int):
+    """obs [..., *obs_shape] (obs_ndim observation axes) -> float32 [..., prod(obs_shape)]."""
+    return obs.reshape(obs.shape[: obs.ndim - obs_ndim] + (-1,)).astype(jnp.float32)
+
+
 class ActorCritic(nn.Module):
-    """obs [..., *obs_shape] -> (dist params, value [...])."""
+    """obs [..., *obs_shape] -> (dist params, value [...]); `obs_ndim` = len(obs_shape), the
+    trailing axes that are flattened into the MLP's input."""
 
     num_actions: int
     discrete: bool
@@ -60,10 +66,11 @@ class ActorCritic(nn.Module):
     shared: bool = False
     log_std_init: float = 0.0
     state_dependent_std: bool = False
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs):
-        x = obs.reshape(obs.shape[: obs.ndim - 1] + (-1,)).astype(jnp.float32)
+        x = flatten(obs, self.obs_ndim)
         actor_features = MLP(self.hidden_sizes, self.activation, name="torso" if self.shared else "actor_torso")(x)
         critic_features = actor_features if self.shared else MLP(
             self.hidden_sizes, self.activation, name="critic_torso")(x)
@@ -115,16 +122,13 @@ def make(cfg, spec) -> ActorCritic:
         shared=cfg.shared,
         log_std_init=cfg.log_std_init,
         state_dependent_std=cfg.state_dependent_std,
+        obs_ndim=len(spec.obs_shape),
     )
 
 
 # ---- off-policy actors and critics (algo=sac, algo=offpolicy_ac) ------------------------------
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # state-dependent log-std range of SAC's reference code
-
-
-def _flat(obs):
-    return obs.reshape(obs.shape[: obs.ndim - 1] + (-1,)).astype(jnp.float32)
 
 
 class QNetwork(nn.Module):
@@ -136,10 +140,11 @@ class QNetwork(nn.Module):
     discrete: bool
     hidden_sizes: Sequence[int] = (256, 256)
     activation: str = "relu"
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs, action=None):
-        x = _flat(obs)
+        x = flatten(obs, self.obs_ndim)
         if not self.discrete:
             x = jnp.concatenate([x, action.astype(jnp.float32)], axis=-1)
         q = _dense(self.num_actions if self.discrete else 1, 1.0)(MLP(self.hidden_sizes, self.activation)(x))
@@ -155,12 +160,14 @@ class QEnsemble(nn.Module):
     hidden_sizes: Sequence[int] = (256, 256)
     activation: str = "relu"
     num_critics: int = 2
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs, action=None):
         ensemble = nn.vmap(QNetwork, variable_axes={"params": 0}, split_rngs={"params": True},
                            in_axes=None, out_axes=0, axis_size=self.num_critics)
-        return ensemble(self.num_actions, self.discrete, self.hidden_sizes, self.activation, name="q")(obs, action)
+        return ensemble(self.num_actions, self.discrete, self.hidden_sizes, self.activation, self.obs_ndim,
+                        name="q")(obs, action)
 
 
 class SquashedGaussianActor(nn.Module):
@@ -182,10 +189,11 @@ class SquashedGaussianActor(nn.Module):
     activation: str = "relu"
     log_std_init: float = 0.0
     sde: bool = False
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs):
-        features = MLP(self.hidden_sizes, self.activation)(_flat(obs))
+        features = MLP(self.hidden_sizes, self.activation)(flatten(obs, self.obs_ndim))
         mean = _dense(self.num_actions, 0.01)(features)
         if not self.sde:
             log_std = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01),
@@ -204,18 +212,19 @@ class DiscreteActor(nn.Module):
     num_actions: int
     hidden_sizes: Sequence[int] = (256, 256)
     activation: str = "relu"
+    obs_ndim: int = 1
 
     @nn.compact
     def __call__(self, obs):
-        return _dense(self.num_actions, 0.01)(MLP(self.hidden_sizes, self.activation)(_flat(obs)))
+        return _dense(self.num_actions, 0.01)(MLP(self.hidden_sizes, self.activation)(flatten(obs, self.obs_ndim)))
 
 
 def make_offpolicy(cfg, spec, num_critics: int, sde: bool = False):
     """(actor, critic) of `network=mlp` for the off-policy algorithms: a squashed-Gaussian
     (Box) or categorical (Discrete) actor and an ensemble of `num_critics` Q networks, each
     with its own `network.hidden_sizes` torso (`network.shared` does not apply)."""
-    sizes, activation = tuple(cfg.hidden_sizes), cfg.activation
-    critic = QEnsemble(spec.num_actions, spec.discrete, sizes, activation, num_critics)
+    sizes, activation, ndim = tuple(cfg.hidden_sizes), cfg.activation, len(spec.obs_shape)
+    critic = QEnsemble(spec.num_actions, spec.discrete, sizes, activation, num_critics, ndim)
     if spec.discrete:
-        return DiscreteActor(spec.num_actions, sizes, activation), critic
-    return SquashedGaussianActor(spec.num_actions, sizes, activation, cfg.log_std_init, sde), critic
+        return DiscreteActor(spec.num_actions, sizes, activation, ndim), critic
+    return SquashedGaussianActor(spec.num_actions, sizes, activation, cfg.log_std_init, sde, ndim), critic

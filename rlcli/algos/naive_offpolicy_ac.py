@@ -94,7 +94,8 @@ def build(spec, cfg) -> NaiveAC:
     `algo.gamma`."""
     gamma = cfg.algo.gamma
     actor, _ = networks.make_offpolicy(cfg.network, spec, num_critics=1)
-    critic = networks.QNetwork(1, True, tuple(cfg.network.hidden_sizes), cfg.network.activation)
+    critic = networks.QNetwork(1, True, tuple(cfg.network.hidden_sizes), cfg.network.activation,
+                               len(spec.obs_shape))
 
     def value(critic_params, obs):
         return critic.apply(critic_params, obs)[..., 0]

@@ -85,7 +85,8 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     critic_tx = make_optimizer(algo, num_updates, learning_rate=algo.critic_learning_rate)
     network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
     q_network = networks.QNetwork(spec.num_actions, bool(spec.discrete),
-                                  tuple(int(h) for h in cfg.network.hidden_sizes), cfg.network.activation)
+                                  tuple(int(h) for h in cfg.network.hidden_sizes), cfg.network.activation,
+                                  len(spec.obs_shape))
     ent_coef = algo.ent_coef
     normalize_advantages = algo.normalize_advantages
     advantage = algo.weight == "advantage"

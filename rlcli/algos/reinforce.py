@@ -181,7 +181,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     normalize_advantages = algo.normalize_advantages
     control_variate = baseline == "q_control_variate"
     q_net = networks.QNetwork(spec.num_actions, spec.discrete, tuple(cfg.network.hidden_sizes),
-                              cfg.network.activation) if control_variate else None
+                              cfg.network.activation, len(spec.obs_shape)) if control_variate else None
 
     def policy_params(params):
         return params["actor_critic"] if control_variate else params

@@ -58,7 +58,7 @@ def env_rows() -> list[tuple[str, str, str]]:
     for name, choice in sorted(schema.choices("env").items(), key=lambda item: item[0].lower()):
         env_id = choice.keys["env.id"].default
         if env_id is None:
-            rows.append((name, "gymnasium backend", choice.help))
+            rows.append((name, f"{choice.keys['env.backend'].default} backend", choice.help))
             continue
         backend = envs.resolve_backend(env_id, choice.keys["env.backend"].default)
         try:
@@ -69,7 +69,9 @@ def env_rows() -> list[tuple[str, str, str]]:
             shape = f"obs {spec.obs_shape}, actions {space}, {spec.max_episode_steps} steps"
         except Exception as err:  # e.g. MuJoCo without the extra installed
             shape = f"unavailable here: {str(err).splitlines()[0][:80]}"
-        ports = ", also gymnasium" if backend == "jax" else ""
+        import gymnasium
+
+        ports = ", also gymnasium" if backend == "jax" and env_id in gymnasium.registry else ""
         rows.append((name, f"{backend} backend{ports}", f"{shape}; {choice.help}".rstrip("; ")))
     return rows
 

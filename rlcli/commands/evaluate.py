@@ -81,6 +81,11 @@ def parse(args: list[str]) -> Options:
         if key in given and not values["video"]:
             raise ConfigError(f"{key}={given[key]} is given without video=true (allowed: add video=true)")
     if values["video"]:
+        from rlcli.envs.jax_backend import GYMNAX
+
+        if cfg.env.id in GYMNAX:
+            raise ConfigError(f"video=true: env.id={cfg.env.id} has no gymnasium twin to draw its states (allowed: "
+                              "video=false; videos are drawn for the classic-control tasks and gymnasium ids)")
         if values["video_episodes"] > values["episodes"]:
             raise ConfigError(f"video_episodes={values['video_episodes']} is more than episodes="
                               f"{values['episodes']} (allowed: an integer in [1, {values['episodes']}])")

@@ -1,6 +1,6 @@
 """Environments behind one protocol with two backends.
 
-* ``jax``: pure-JAX environments (gymnax's ports of the classic-control tasks) with
+* ``jax``: pure-JAX environments (gymnax: the classic-control ports, MinAtar, bsuite, misc) with
   ``reset(key) -> (obs, state)`` and ``step(key, state, action) -> Step`` for ONE env;
   ``jax.vmap`` them for a batch. They run inside ``jit``/``scan``, so collection and updates
   compile into one program.
@@ -34,6 +34,7 @@ ENV_KEYS = {
     "env.total_steps": Key(1_000_000, int_at_least(1), "default budget in env steps (total_steps)"),
 }
 _MUJOCO = "MuJoCo (gymnasium backend, CPU): pip install -e \".[mujoco]\""
+_MINATAR = "MinAtar (gymnax, jax backend): 10x10 grids of C channels; 10M steps as in the MinAtar paper"
 # the env= choices (presets of the keys above)
 CHOICES = {
     "Acrobot-v1": Choice("", with_defaults(ENV_KEYS, id="Acrobot-v1", total_steps=500_000)),
@@ -45,13 +46,19 @@ CHOICES = {
     "Pendulum-v1": Choice("", with_defaults(ENV_KEYS, id="Pendulum-v1")),
     "gymnasium": Choice("any registered gymnasium id: rlcli train env=gymnasium env.id=LunarLander-v3",
                         with_defaults(ENV_KEYS, id=None, backend="gymnasium")),
+    "gymnax": Choice("any gymnax environment (jax backend): rlcli train env=gymnax env.id=Catch-bsuite",
+                     with_defaults(ENV_KEYS, id=None, backend="jax")),
+    **{game: Choice(_MINATAR, with_defaults(ENV_KEYS, id=game, backend="jax", total_steps=10_000_000))
+       for game in ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar",
+                    "SpaceInvaders-MinAtar")},
 }
 
 
 def jax_ports() -> tuple[str, ...]:
-    from rlcli.envs.jax_backend import PORTS
+    """Every env id of the jax backend: the classic-control ports, then gymnax's others."""
+    from rlcli.envs.jax_backend import GYMNAX, PORTS
 
-    return tuple(PORTS)
+    return tuple(PORTS) + tuple(GYMNAX)
 
 
 def resolve_backend(env_id: str, backend: str) -> str:

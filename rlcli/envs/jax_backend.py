@@ -1,8 +1,12 @@
-"""The `jax` backend: gymnax's pure-JAX ports of the classic-control tasks.
+"""The `jax` backend: gymnax's pure-JAX environments: the ports of the classic-control tasks
+(`PORTS`, which also run on the gymnasium backend) and the rest of gymnax's registry
+(`GYMNAX`: MinAtar, bsuite, the misc tasks).
 
 gymnax (>= 1.0) already keeps termination and time-limit truncation apart and returns the
 final observation of an ended episode beside the reset one; this module fixes the default
-parameters, clips continuous actions and presents the `Step` protocol of `rlcli.envs`.
+parameters, clips continuous actions, gives observations as float32 arrays of at least one
+axis (FrozenLake's scalar state index becomes shape (1,)) and presents the `Step` protocol of
+`rlcli.envs`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ PORTS = (
     "MountainCar-v0",
     "MountainCarContinuous-v0",
     "Pendulum-v1",
+)
+# gymnax's other environments, less MNISTBandit-bsuite (which downloads MNIST when it is made)
+GYMNAX = (
+    "Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar", "SpaceInvaders-MinAtar",
+    "Catch-bsuite", "DeepSea-bsuite", "MemoryChain-bsuite", "UmbrellaChain-bsuite", "DiscountingChain-bsuite",
+    "SimpleBandit-bsuite", "FourRooms-misc", "MetaMaze-misc", "PointRobot-misc", "BernoulliBandit-misc",
+    "GaussianBandit-misc", "Reacher-misc", "Swimmer-misc", "Pong-misc", "FrozenLake-misc",
 )
 
 
@@ -75,9 +86,12 @@ def make(env_id: str) -> JaxEnv:
     env, params = import_gymnax().make(env_id)
     env_spec = spec(env_id)
 
+    def as_obs(obs):
+        return obs.astype(jnp.float32).reshape(env_spec.obs_shape)
+
     def reset(key):
         obs, state = env.reset(key, params)
-        return obs.astype(jnp.float32), state
+        return as_obs(obs), state
 
     def env_action(action):
         if env_spec.discrete:
@@ -87,9 +101,9 @@ def make(env_id: str) -> JaxEnv:
         return jnp.clip(action, low, high)
 
     def transition(obs, reward, terminated, truncated, final_obs) -> Step:
-        return Step(obs=obs.astype(jnp.float32), reward=jnp.asarray(reward, jnp.float32).reshape(()),
+        return Step(obs=as_obs(obs), reward=jnp.asarray(reward, jnp.float32).reshape(()),
                     terminated=jnp.asarray(terminated, bool).reshape(()),
-                    truncated=jnp.asarray(truncated, bool).reshape(()), next_obs=final_obs.astype(jnp.float32))
+                    truncated=jnp.asarray(truncated, bool).reshape(()), next_obs=as_obs(final_obs))
 
     def step(key, state, action):
         obs, state, reward, terminated, truncated, info = env.step(key, state, env_action(action), params)
@@ -115,7 +129,7 @@ def spec(env_id: str) -> EnvSpec:
     from gymnax.environments import spaces
 
     env, params = gymnax.make(env_id)
-    obs_shape = tuple(env.observation_space(params).shape)
+    obs_shape = tuple(env.observation_space(params).shape) or (1,)
     space = env.action_space(params)
     if isinstance(space, spaces.Discrete):
         return EnvSpec(env_id, "jax", obs_shape, True, int(space.n), None, None,
