@@ -35,7 +35,7 @@ import numpy as np
 
 from rlcli import exported_policy
 
-OFF_POLICY = ("sac", "offpolicy_ac", "naive_offpolicy_ac")  # the actors of networks.make_offpolicy
+
 FILES = {"npz": ("policy.npz", "policy.py"), "onnx": ("policy.onnx",),
          "stablehlo": ("act.stablehlo", "log_prob.stablehlo", "act.mlir")}
 ONNX_OPSET = 20  # Gelu with approximate="tanh" (flax's gelu) needs opset 20
@@ -69,11 +69,18 @@ def arrays(cfg, spec, learner, norm) -> dict[str, np.ndarray]:
     from rlcli import networks, normalize
 
     p = jax.device_get(policy_params(learner))["params"]
-    off_policy = cfg.algo.name in OFF_POLICY
+    off_policy = cfg.algo.name in networks.OFF_POLICY_ACTORS
     torso = p["MLP_0"] if off_policy else p["torso" if cfg.network.shared else "actor_torso"]
     head = p["Dense_0"] if off_policy else p["Dense_1"]
     out: dict[str, np.ndarray] = {"format_version": np.asarray(1), "obs_shape": np.asarray(spec.obs_shape, np.int64),
                                   "activation": np.asarray(cfg.network.activation)}
+    convs = sorted((k for k in torso if k.startswith("Conv_")), key=lambda k: int(k.split("_")[1]))
+    if convs:  # network=cnn: the convolutions (kernels [k, k, C_in, C_out]), then the torso's MLP
+        out["conv_stride"] = np.asarray(cfg.network.stride)
+        for i, name in enumerate(convs):
+            out[f"conv_kernel_{i}"], out[f"conv_bias_{i}"] = torso[name]["kernel"], torso[name]["bias"]
+        torso = torso["MLP_0"]
+    out["num_conv"] = np.asarray(len(convs))
     hidden = _dense_layers(torso)
     out["num_hidden"] = np.asarray(len(hidden))
     for i, (kernel, bias) in enumerate(hidden):
@@ -123,7 +130,7 @@ def reference(parts, learner, norm) -> Reference:
         return parts.algo.act(learner, normalizer.obs(norm, obs), key, deterministic=True)[0]
 
     params = policy_params(learner)
-    if cfg.algo.name in OFF_POLICY:
+    if cfg.algo.name in networks.OFF_POLICY_ACTORS:
         actor, _ = networks.make_offpolicy(cfg.network, spec, 1, bool(cfg.algo.get("use_sde", False)))
 
         def log_prob(obs, action):
@@ -229,11 +236,24 @@ def onnx_model(policy: dict[str, np.ndarray]):
         op, attrs = ops[name]
         return node(op, x, **attrs)
 
-    x = node("Flatten", "obs", axis=1)
+    shape = tuple(int(d) for d in policy["obs_shape"])
+    num_conv = int(policy.get("num_conv", 0))
+    x = "obs" if num_conv else node("Flatten", "obs", axis=1)
     if "obs_mean" in policy:
-        clip = float(policy["obs_clip"])
-        x = node("Div", node("Sub", x, const("obs_mean", policy["obs_mean"])), const("obs_scale", policy["obs_scale"]))
+        clip, stats_shape = float(policy["obs_clip"]), shape if num_conv else (-1,)
+        x = node("Div", node("Sub", x, const("obs_mean", policy["obs_mean"].reshape(stats_shape))),
+                 const("obs_scale", policy["obs_scale"].reshape(stats_shape)))
         x = node("Clip", x, const("obs_clip_low", -clip), const("obs_clip_high", clip))
+    if num_conv:  # NHWC -> NCHW, the convolutions with flax's SAME padding, back to NHWC, flattened
+        x = node("Transpose", x, perm=[0, 3, 1, 2])
+        size, stride = shape[:2], int(policy["conv_stride"])
+        for i in range(num_conv):
+            kernel = policy[f"conv_kernel_{i}"]
+            before, after, size = same_padding(size, kernel.shape[0], stride)
+            x = activate(node("Conv", x, const(f"conv_kernel_{i}", kernel.transpose(3, 2, 0, 1)),
+                              const(f"conv_bias_{i}", policy[f"conv_bias_{i}"]), strides=[stride, stride],
+                              pads=[*before, *after]))
+        x = node("Flatten", node("Transpose", x, perm=[0, 2, 3, 1]), axis=1)
     for i in range(int(policy["num_hidden"])):
         x = activate(node("Add", node("MatMul", x, const(f"hidden_kernel_{i}", policy[f"hidden_kernel_{i}"])),
                           const(f"hidden_bias_{i}", policy[f"hidden_bias_{i}"])))
@@ -258,6 +278,14 @@ def onnx_model(policy: dict[str, np.ndarray]):
     model.ir_version = 10  # what onnxruntime >= 1.18 reads
     onnx.checker.check_model(model)
     return model
+
+
+def same_padding(size, kernel: int, stride: int):
+    """(pads before, pads after, output size) per spatial axis of a SAME convolution as flax
+    (XLA) pads it: the output has ceil(n / stride) positions, the odd pad after."""
+    outs = [-(-n // stride) for n in size]
+    totals = [max((o - 1) * stride + kernel - n, 0) for o, n in zip(outs, size)]
+    return [t // 2 for t in totals], [t - t // 2 for t in totals], outs
 
 
 def _exported(fn, spec, with_action: bool):

@@ -9,7 +9,7 @@
 
 `load(path)` reads another export's npz. The arithmetic is rlcli's own act function in float32:
 observation normalisation with the checkpoint's frozen statistics, (o - mean) / sqrt(var + eps)
-clipped to +-clip_obs; the MLP torso; then the head of the policy's distribution (001, "How
+clipped to +-clip_obs; the convolutions of a CNN torso (network=cnn); the MLP; then the head of the policy's distribution (001, "How
 should we parameterize our policy?"):
 
 * `categorical`: logits; the deterministic action is their argmax, log pi = log softmax;
@@ -69,6 +69,19 @@ def activate(name: str, x: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def conv2d_same(x, kernel, stride: int):
+    """x [B, H, W, C] convolved (cross-correlated, as flax and XLA do) with kernel [k, k, C, O]
+    at `stride`, SAME padding (ceil(n / stride) outputs, the odd pad after) -> [B, H', W', O]."""
+    k = kernel.shape[0]
+    pads = []
+    for n in x.shape[1:3]:
+        total = max((-(-n // stride) - 1) * stride + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    padded = np.pad(x, ((0, 0), *pads, (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    return np.einsum("bhwcij,ijco->bhwo", windows, kernel, optimize=True).astype(np.float32)
+
+
 def distribution(obs, policy: dict | None = None):
     """The distribution's parameters for a batch of observations [B, *obs_shape]: logits [B, A]
     (categorical), or (mean [B, D], log_std [B, D]) of the Gaussian over the action (gaussian)
@@ -77,6 +90,11 @@ def distribution(obs, policy: dict | None = None):
     x = np.asarray(obs, np.float32).reshape(-1, int(np.prod(p["obs_shape"])))
     if "obs_mean" in p:
         x = np.clip((x - p["obs_mean"].reshape(1, -1)) / p["obs_scale"].reshape(1, -1), -p["obs_clip"], p["obs_clip"])
+    if int(p.get("num_conv", 0)):  # network=cnn: the convolutions over [B, H, W, C], then flattened
+        x = x.reshape((-1, *map(int, p["obs_shape"])))
+        for i in range(int(p["num_conv"])):
+            x = activate(p["activation"], conv2d_same(x, p[f"conv_kernel_{i}"], int(p["conv_stride"])) + p[f"conv_bias_{i}"])
+        x = x.reshape(x.shape[0], -1)
     for i in range(int(p["num_hidden"])):
         x = activate(p["activation"], x @ p[f"hidden_kernel_{i}"] + p[f"hidden_bias_{i}"])
     head = x @ p["head_kernel"] + p["head_bias"]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlcli.errors import ConfigError
-from rlcli.rules import Choice, Key, boolean, int_list, number, one_of
+from rlcli.rules import Choice, Key, boolean, int_at_least, int_list, number, one_of, with_defaults
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "silu": nn.silu}
 
@@ -50,6 +50,31 @@ class MLP(nn.Module):
         return x
 
 
+class CNN(nn.Module):
+    """An image torso, obs [..., H, W, C] -> features [..., hidden_sizes[-1]]: convolutions of
+    `channels` filters (kernel_size x kernel_size, stride, SAME padding, the activation after
+    each; orthogonal sqrt(2) initialisation), flattened in (H, W, C) order, then the MLP of
+    `hidden_sizes`. The defaults are MinAtar's network (Young & Tian 2019: one 3x3 convolution
+    of 16 filters, 128 units, ReLU)."""
+
+    channels: Sequence[int] = (16,)
+    kernel_size: int = 3
+    stride: int = 1
+    hidden_sizes: Sequence[int] = (128,)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        act = ACTIVATIONS[self.activation]
+        batch = x.shape[:-3]
+        x = x.reshape((-1,) + x.shape[-3:])
+        for features in self.channels:
+            x = act(nn.Conv(features, (self.kernel_size, self.kernel_size), strides=(self.stride, self.stride),
+                            padding="SAME", kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)),
+                            bias_init=nn.initializers.zeros)(x))
+        return MLP(self.hidden_sizes, self.activation)(x.reshape(batch + (-1,)))
+
+
 def flatten(obs, obs_ndim: int):
     """obs [..., *obs_shape] (obs_ndim observation axes) -> float32 [..., prod(obs_shape)]."""
     return obs.reshape(obs.shape[: obs.ndim - obs_ndim] + (-1,)).astype(jnp.float32)
@@ -57,7 +82,8 @@ def flatten(obs, obs_ndim: int):
 
 class ActorCritic(nn.Module):
     """obs [..., *obs_shape] -> (dist params, value [...]); `obs_ndim` = len(obs_shape), the
-    trailing axes that are flattened into the MLP's input."""
+    trailing axes that are flattened into the MLP's input. With `conv` (channels, kernel size,
+    stride) the torsos are `CNN`s over image observations [..., H, W, C] instead."""
 
     num_actions: int
     discrete: bool
@@ -67,13 +93,18 @@ class ActorCritic(nn.Module):
     log_std_init: float = 0.0
     state_dependent_std: bool = False
     obs_ndim: int = 1
+    conv: tuple | None = None  # network=cnn: (channels, kernel_size, stride)
+
+    def torso(self, name: str):
+        if self.conv is None:
+            return MLP(self.hidden_sizes, self.activation, name=name)
+        return CNN(*self.conv, hidden_sizes=self.hidden_sizes, activation=self.activation, name=name)
 
     @nn.compact
     def __call__(self, obs):
-        x = flatten(obs, self.obs_ndim)
-        actor_features = MLP(self.hidden_sizes, self.activation, name="torso" if self.shared else "actor_torso")(x)
-        critic_features = actor_features if self.shared else MLP(
-            self.hidden_sizes, self.activation, name="critic_torso")(x)
+        x = flatten(obs, self.obs_ndim) if self.conv is None else obs.astype(jnp.float32)
+        actor_features = self.torso("torso" if self.shared else "actor_torso")(x)
+        critic_features = actor_features if self.shared else self.torso("critic_torso")(x)
         value = _dense(1, 1.0)(critic_features)[..., 0]
         head = _dense(self.num_actions, 0.01)(actor_features)
         if self.discrete:
@@ -88,8 +119,7 @@ class ActorCritic(nn.Module):
 
 
 # the network= choices and their keys
-CHOICES = {"mlp": Choice("MLP actor-critic; shared: true = one torso for both heads, false = two networks "
-                         "(000 §4.4.1)", {
+MLP_KEYS = {
     "network.hidden_sizes": Key([64, 64], int_list(), "units of each hidden layer"),
     "network.activation": Key("tanh", one_of("tanh", "relu", "elu", "gelu", "silu"), "the hidden layers' "
                                                                                      "activation"),
@@ -100,12 +130,32 @@ CHOICES = {"mlp": Choice("MLP actor-critic; shared: true = one torso for both he
                                                          "bias log_std_init) instead of one state-independent log-std "
                                                          "(on-policy algorithms; sac's and offpolicy_ac's actors "
                                                          "always have one)"),
-})}
+}
+CHOICES = {
+    "mlp": Choice("MLP actor-critic; shared: true = one torso for both heads, false = two networks (000 §4.4.1)",
+                  MLP_KEYS),
+    "cnn": Choice("convolutional torsos for image observations [H, W, C] (MinAtar), then the MLP of hidden_sizes; "
+                  "shared or two networks as for mlp", {
+                      "network.channels": Key([16], int_list(), "filters of each convolution"),
+                      "network.kernel_size": Key(3, int_at_least(1), "the convolutions' kernel size"),
+                      "network.stride": Key(1, int_at_least(1), "the convolutions' stride"),
+                      **with_defaults(MLP_KEYS, hidden_sizes=[128], activation="relu")}),
+}
+# the algorithms whose actors are networks.make_offpolicy's (MLPs only)
+OFF_POLICY_ACTORS = ("sac", "offpolicy_ac", "naive_offpolicy_ac")
 
 
 def check(cfg, spec) -> None:
     """Cross-key checks of the network keys with the env (typed cfg): a state-dependent std
-    needs a Gaussian policy."""
+    needs a Gaussian policy; a CNN needs image observations and an on-policy actor-critic."""
+    if cfg.network.name == "cnn":
+        if len(spec.obs_shape) != 3:
+            raise ConfigError(f"network=cnn needs image observations [H, W, C] but env.id={cfg.env.id!r} has "
+                              f"observations of shape {spec.obs_shape} (allowed: network=mlp, or an image env such "
+                              "as env=Breakout-MinAtar)")
+        if cfg.algo.name in OFF_POLICY_ACTORS:
+            raise ConfigError(f"network=cnn is not supported by algo={cfg.algo.name}, whose actor and critics are "
+                              "MLPs (allowed: network=mlp; network=cnn with the on-policy algorithms)")
     if cfg.network.state_dependent_std and spec.discrete:
         raise ConfigError(f"network.state_dependent_std=true needs a continuous action space but env.id="
                           f"{cfg.env.id!r} has a discrete one (allowed with discrete actions: "
@@ -123,6 +173,7 @@ def make(cfg, spec) -> ActorCritic:
         log_std_init=cfg.log_std_init,
         state_dependent_std=cfg.state_dependent_std,
         obs_ndim=len(spec.obs_shape),
+        conv=(tuple(cfg.channels), cfg.kernel_size, cfg.stride) if cfg.name == "cnn" else None,
     )
 
 

@@ -67,6 +67,8 @@ VARIANTS = {
     "squashed-gsde": ["algo=sac", "env=Pendulum-v1", "algo.use_sde=true", "algo.learning_starts=0"],
     "squashed-relu": ["algo=sac", "env=MountainCarContinuous-v0", "algo.learning_starts=0"],
     "discrete-actor": ["algo=offpolicy_ac", "env=CartPole-v1", "algo.learning_starts=0"],
+    "cnn-stride-2": ["algo=ppo", "env=Breakout-MinAtar", "network=cnn", "network.channels=[8,4]", "network.stride=2",
+                     "network.hidden_sizes=[32]", "normalize.obs=true"],
     "control-variate": ["algo=reinforce", "env=Acrobot-v1", "estimator=reward_to_go",
                         "estimator.baseline=q_control_variate", "network.activation=tanh"],
 }

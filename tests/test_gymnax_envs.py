@@ -109,9 +109,9 @@ def test_truncation_is_the_time_limit_and_apart_from_termination(env_id):
 
 @pytest.mark.slow
 def test_a_minatar_game_trains_evaluates_and_exports(tmp_path, cli):
-    """env=Breakout-MinAtar: PPO trains on the images with the MLP, evaluates, and its policy
-    exports to ONNX matching rlcli's act."""
-    result = cli(["train", "algo=ppo", "env=Breakout-MinAtar", "total_steps=4096", "eval_episodes=2",
+    """env=Breakout-MinAtar: PPO with network=cnn trains on the images, evaluates, and its
+    policy exports to ONNX matching rlcli's act."""
+    result = cli(["train", "algo=ppo", "env=Breakout-MinAtar", "network=cnn", "total_steps=1024", "eval_episodes=2",
                   "logger=quiet", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "final evaluation return" in result.stdout
@@ -132,3 +132,18 @@ def test_rlcli_list_shows_them(cli, tmp_path):
     assert all(env_id in ports for env_id in jax_backend.GYMNAX)
     gymnax_row = next(line for line in out.splitlines() if line.strip().startswith("gymnax "))
     assert "jax backend" in gymnax_row
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algo=ppo", "env=CartPole-v1"], "network=cnn needs image observations [H, W, C] but env.id='CartPole-v1' has "
+                                      "observations of shape (4,) (allowed: network=mlp, or an image env"),
+    (["algo=sac", "env=Breakout-MinAtar"], "network=cnn is not supported by algo=sac, whose actor and critics are "
+                                           "MLPs (allowed: network=mlp;"),
+])
+def test_network_cnn_refusals_are_one_line(overrides, message):
+    from rlcli.config import validate
+    from rlcli.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose([*overrides, "network=cnn"]))
+    assert message in str(err.value) and "\n" not in str(err.value)

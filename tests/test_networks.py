@@ -357,3 +357,27 @@ def test_discrete_actors_give_one_logit_per_action(module):
     probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
     np.testing.assert_allclose(probs.sum(-1), np.ones(6), rtol=1e-6)
     assert np.all(probs > 0)
+
+
+def test_cnn_torso_is_a_same_convolution_then_the_mlp():
+    """networks.CNN against scipy: each output channel the sum over input channels of
+    scipy.signal.correlate(..., 'same') (SAME padding of a 3x3 kernel at stride 1), plus the
+    bias, ReLU, flattened in (H, W, C) order, then the dense layer and ReLU."""
+    import jax
+    from scipy.signal import correlate
+
+    from rlcli.networks import CNN
+
+    x = np.random.default_rng(0).normal(size=(2, 6, 7, 4)).astype(np.float32)
+    cnn = CNN(channels=(3,), kernel_size=3, stride=1, hidden_sizes=(5,), activation="relu")
+    params = cnn.init(jax.random.PRNGKey(0), x)
+    p = jax.tree.map(np.asarray, params)["params"]
+    kernel, bias = p["Conv_0"]["kernel"], p["Conv_0"]["bias"] + 0.1
+    params = {"params": {**p, "Conv_0": {"kernel": kernel, "bias": bias}}}
+    conv = np.stack([[sum(correlate(x[b, :, :, c], kernel[:, :, c, o], mode="same") for c in range(4)) + bias[o]
+                      for o in range(3)] for b in range(2)])  # [B, O, H, W]
+    features = np.maximum(conv, 0).transpose(0, 2, 3, 1).reshape(2, -1)
+    dense = p["MLP_0"]["Dense_0"]
+    expected = np.maximum(features @ dense["kernel"] + dense["bias"], 0)
+    np.testing.assert_allclose(np.asarray(cnn.apply(params, x)), expected, rtol=1e-5, atol=1e-5)
+    assert kernel.shape == (3, 3, 4, 3)
