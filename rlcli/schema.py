@@ -214,7 +214,7 @@ def help_text(cfg, width: int = 100) -> str:
               "estimator": cfg.estimator.name, "network": cfg.network.name, "logger": cfg.logger.name}
     for group in GROUPS:
         names = [name + ("*" if name == chosen[group] else "") for name in choices(group)]
-        body = textwrap.wrap(", ".join(names), width - 14)
+        body = textwrap.wrap(", ".join(names), width - 14, break_on_hyphens=False)
         lines += [f"  {group + '=':<12}{body[0]}"] + [f"  {'':<12}{line}" for line in body[1:]]
     lines += ["", "keys (key=value; the value shown is this composition's):"]
     for name, key in keys_of(cfg).items():

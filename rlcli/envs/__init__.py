@@ -44,13 +44,13 @@ CHOICES = {
     "MountainCar-v0": Choice("", with_defaults(ENV_KEYS, id="MountainCar-v0")),
     "MountainCarContinuous-v0": Choice("", with_defaults(ENV_KEYS, id="MountainCarContinuous-v0")),
     "Pendulum-v1": Choice("", with_defaults(ENV_KEYS, id="Pendulum-v1")),
+    **{game: Choice(_MINATAR, with_defaults(ENV_KEYS, id=game, backend="jax", total_steps=10_000_000))
+       for game in ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar",
+                    "SpaceInvaders-MinAtar")},
     "gymnasium": Choice("any registered gymnasium id: rlcli train env=gymnasium env.id=LunarLander-v3",
                         with_defaults(ENV_KEYS, id=None, backend="gymnasium")),
     "gymnax": Choice("any gymnax environment (jax backend): rlcli train env=gymnax env.id=Catch-bsuite",
                      with_defaults(ENV_KEYS, id=None, backend="jax")),
-    **{game: Choice(_MINATAR, with_defaults(ENV_KEYS, id=game, backend="jax", total_steps=10_000_000))
-       for game in ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar",
-                    "SpaceInvaders-MinAtar")},
 }
 
 
