@@ -13,13 +13,14 @@ BAD = "not-a-value!"  # a value no rule of a number, flag, choice or count accep
 
 
 def _compositions():
-    """Each algorithm alone, and with every option of the env, estimator and logger groups: the
+    """Each algorithm alone, and with every option of the env, estimator, network and logger groups: the
     i-th composition of an algorithm takes the i-th option of each group (a shorter group's
     options repeat), so every (algorithm, option) pair is composed once with the fewest
     compositions (Hydra's compose takes about 0.15 s)."""
     from rlcli import schema
 
-    groups = [[f"{group}={name}" for name in schema.choices(group)] for group in ("env", "estimator", "logger")]
+    groups = [[f"{group}={name}" for name in schema.choices(group)]
+              for group in ("env", "estimator", "network", "logger")]
     rows = max(len(options) for options in groups)
     together = [[options[i % len(options)] for options in groups] for i in range(rows)]
     return [[f"algo={a}", *extra] for a in schema.choices("algo") for extra in [[], *together]]
