@@ -51,6 +51,8 @@ def estimator_rows() -> list[tuple[str, str, str]]:
 
 def env_rows() -> list[tuple[str, str, str]]:
     """(env= choice, backend and spaces, note) per env= preset."""
+    import gymnasium
+
     from rlcli import envs, schema
     from rlcli.checkpoint import quiet_stderr
 
@@ -69,8 +71,6 @@ def env_rows() -> list[tuple[str, str, str]]:
             shape = f"obs {spec.obs_shape}, actions {space}, {spec.max_episode_steps} steps"
         except Exception as err:  # e.g. MuJoCo without the extra installed
             shape = f"unavailable here: {str(err).splitlines()[0][:80]}"
-        import gymnasium
-
         ports = ", also gymnasium" if backend == "jax" and env_id in gymnasium.registry else ""
         rows.append((name, f"{backend} backend{ports}", f"{shape}; {choice.help}".rstrip("; ")))
     return rows
