@@ -187,8 +187,10 @@ def test_numpy_densities_match_scipy():
 
 @pytest.mark.slow
 def test_the_numpy_module_runs_without_jax(runs, cli, tmp_path):
-    out = tmp_path / "npz"
-    assert cli(["export", f"run={runs / 'ppo-Pendulum'}", "format=npz", f"out={out}"], tmp_path).returncode == 0
+    """Without out=, the export goes to <run>/export/<format>-seed<i>."""
+    assert cli(["export", f"run={runs / 'ppo-Pendulum'}", "format=npz"], tmp_path).returncode == 0
+    out = runs / "ppo-Pendulum" / "export" / "npz-seed0"
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "policy.npz", "policy.py"]
     obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     np.save(tmp_path / "obs.npy", obs)
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import policy; "
