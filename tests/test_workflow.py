@@ -98,7 +98,7 @@ def test_every_command_has_help(cli, tmp_path, command):
 @pytest.mark.slow
 def test_resume_eval_and_reproduce_take_a_multirun_directory(cli, tmp_path):
     """Each command runs on every job of a sweep; a job without a checkpoint is skipped and
-    named; reproduce writes job J to <sweep>-reproduced/J."""
+    named; reproduce writes job J to <sweep>-reproduced/J, export (with out=) to <out>/J."""
     import shutil
 
     sweep = tmp_path / "sweep"
@@ -118,6 +118,11 @@ def test_resume_eval_and_reproduce_take_a_multirun_directory(cli, tmp_path):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert report["seeds"][0]["return_mean"] == summary["final_eval"]["return_mean"][0]
     assert not (sweep / "2" / "eval.json").exists()
+
+    exported = cli(["export", f"run={sweep}", "format=npz", f"out={tmp_path / 'policies'}"], tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert [json.loads((tmp_path / "policies" / job / "export.json").read_text())["seed"] for job in ("0", "1")] == [0, 1]
+    assert not (tmp_path / "policies" / "2").exists()
 
     resumed = cli(["resume", f"run={sweep}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
