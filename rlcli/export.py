@@ -249,10 +249,11 @@ def onnx_model(policy: dict[str, np.ndarray]):
         size, stride = shape[:2], int(policy["conv_stride"])
         for i in range(num_conv):
             kernel = policy[f"conv_kernel_{i}"]
-            before, after, size = same_padding(size, kernel.shape[0], stride)
+            (top, bottom), (left, right) = (exported_policy.same_padding(n, kernel.shape[0], stride) for n in size)
+            size = [-(-n // stride) for n in size]
             x = activate(node("Conv", x, const(f"conv_kernel_{i}", kernel.transpose(3, 2, 0, 1)),
                               const(f"conv_bias_{i}", policy[f"conv_bias_{i}"]), strides=[stride, stride],
-                              pads=[*before, *after]))
+                              pads=[top, left, bottom, right]))
         x = node("Flatten", node("Transpose", x, perm=[0, 2, 3, 1]), axis=1)
     for i in range(int(policy["num_hidden"])):
         x = activate(node("Add", node("MatMul", x, const(f"hidden_kernel_{i}", policy[f"hidden_kernel_{i}"])),
@@ -278,14 +279,6 @@ def onnx_model(policy: dict[str, np.ndarray]):
     model.ir_version = 10  # what onnxruntime >= 1.18 reads
     onnx.checker.check_model(model)
     return model
-
-
-def same_padding(size, kernel: int, stride: int):
-    """(pads before, pads after, output size) per spatial axis of a SAME convolution as flax
-    (XLA) pads it: the output has ceil(n / stride) positions, the odd pad after."""
-    outs = [-(-n // stride) for n in size]
-    totals = [max((o - 1) * stride + kernel - n, 0) for o, n in zip(outs, size)]
-    return [t // 2 for t in totals], [t - t // 2 for t in totals], outs
 
 
 def _exported(fn, spec, with_action: bool):

@@ -69,15 +69,18 @@ def activate(name: str, x: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown activation {name!r}")
 
 
+def same_padding(n: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(pad before, pad after) of one spatial axis of n positions in a SAME convolution as flax
+    (XLA) pads it: ceil(n / stride) outputs, the odd pad after."""
+    total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+    return total // 2, total - total // 2
+
+
 def conv2d_same(x, kernel, stride: int):
     """x [B, H, W, C] convolved (cross-correlated, as flax and XLA do) with kernel [k, k, C, O]
     at `stride`, SAME padding (ceil(n / stride) outputs, the odd pad after) -> [B, H', W', O]."""
     k = kernel.shape[0]
-    pads = []
-    for n in x.shape[1:3]:
-        total = max((-(-n // stride) - 1) * stride + k - n, 0)
-        pads.append((total // 2, total - total // 2))
-    padded = np.pad(x, ((0, 0), *pads, (0, 0)))
+    padded = np.pad(x, ((0, 0), *(same_padding(n, k, stride) for n in x.shape[1:3]), (0, 0)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))[:, ::stride, ::stride]
     return np.einsum("bhwcij,ijco->bhwo", windows, kernel, optimize=True).astype(np.float32)
 

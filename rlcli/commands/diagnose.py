@@ -192,9 +192,8 @@ def estimates(cfg, spec, params, data, batches: int, batch_episodes: int, gamma:
     lam = cfg.estimator["lambda"] if cfg.estimator.name == "gae" else 0.95
     n = cfg.estimator.n if cfg.estimator.name == "nstep" else None
     flat_params, unravel = ravel_pytree(params)
-    q_net = None if q_params is None else networks.QNetwork(spec.num_actions, spec.discrete,
-                                                            tuple(cfg.network.hidden_sizes), cfg.network.activation,
-                                                            len(spec.obs_shape))
+    q_net = None if q_params is None else networks.QNetwork(
+        spec.num_actions, spec.discrete, tuple(cfg.network.hidden_sizes), cfg.network.activation, len(spec.obs_shape))
 
     def phis(batch):
         obs, action, reward, terminated, truncated, next_obs, mask = batch

@@ -20,6 +20,7 @@ import numpy as np
 
 from rlcli import arguments
 from rlcli.arguments import Command, Option, text_of
+from rlcli.commands.groups import SHORT_KEYS, check_group_by, config_value, group_of, label, order, text
 from rlcli.commands.scores import LEVEL, bootstrap_ci, final, finals_csv, finals_table, number
 from rlcli.curves import grid, save_figure, seed_curves
 from rlcli.rules import Rule, non_empty_text, one_of
@@ -58,7 +59,6 @@ and performance profiles (profiles.png, profiles.csv).""",
                "run directories, directly or one level down",
 )
 
-SHORT_KEYS = {"algo": "algo.name", "env": "env.id", "estimator": "estimator.name"}
 X_AXES = {"env_steps": "env steps (per seed)", "wall_time": "wall time (s, compile included)"}
 METRIC_LABELS = {"episode/return": "episode return (training)",
                  "eval/return_mean": "evaluation return (mean over episodes)"}
@@ -189,69 +189,12 @@ def load(path: Path) -> Run | None:
     return Run(path, config, read_metrics(path), final_returns)
 
 
-_UNSET = object()
-
-
-def config_value(config, key: str):
-    """The value of a group_by key (short name or dotted key) in a run's config, or _UNSET."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    dotted = SHORT_KEYS.get(key, key)
-    try:
-        return OmegaConf.select(config, dotted, default=_UNSET)
-    except OmegaConfBaseException:  # an interpolation that does not resolve
-        return OmegaConf.select(config, dotted, default=_UNSET, throw_on_resolution_failure=False)
-
-
-def _text(value) -> str:
-    from rlcli.rules import format_value
-
-    return "(unset)" if value is _UNSET else value if isinstance(value, str) else format_value(value)
-
-
-def group_of(run: Run, group_by: list[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((key, _text(config_value(run.config, key))) for key in group_by)
-
-
-def check_group_by(runs: list[Run], group_by: list[str]) -> None:
-    """Raise ConfigError for a key that no run's config has."""
-    import difflib
-
-    from rlcli.errors import ConfigError
-    from rlcli.rules import flat_keys
-
-    for key in group_by:
-        if all(config_value(r.config, key) is _UNSET for r in runs):
-            keys = sorted({k for r in runs for k in flat_keys(r.config)})
-            close = difflib.get_close_matches(key, [*SHORT_KEYS, *keys], n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"group_by={key} is not a config key of any run ({hint}allowed: "
-                              f"{', '.join(SHORT_KEYS)} or a dotted key of .hydra/config.yaml, "
-                              "e.g. algo.learning_rate)")
-
-
 def default_out(first: str) -> Path:
     path = Path(first)
     return path / "plots" if is_run_dir(path) else path
 
 
 # ---- output -----------------------------------------------------------------------------------
-
-
-def _order(group: tuple[tuple[str, str], ...]) -> tuple:
-    """Groups in order of their values, key by key: numbers by value (3e-05 < 0.0001 < 0.001),
-    before texts in text order."""
-    def value(text: str):
-        try:
-            return (0, float(text), "")
-        except ValueError:
-            return (1, 0.0, text)
-    return tuple(value(v) for _, v in group)
-
-
-def _label(group: tuple[tuple[str, str], ...]) -> str:
-    return " ".join(f"{k}={v}" for k, v in group) or "all runs"
 
 
 def curves_csv(bands: list[Band]) -> str:
@@ -320,18 +263,18 @@ def compute(options: Options, runs: list[Run]):
     """Groups, bands and final-return rows; raises ConfigError for a metric no run has."""
     from rlcli.errors import ConfigError
 
-    check_group_by(runs, options.group_by)
+    check_group_by([r.config for r in runs], options.group_by)
     by_group: dict[tuple, list[Run]] = {}
     for run in runs:
-        by_group.setdefault(group_of(run, options.group_by), []).append(run)
-    groups = sorted(by_group, key=_order)
+        by_group.setdefault(group_of(run.config, options.group_by), []).append(run)
+    groups = sorted(by_group, key=order)
     bands, finals, plotted = [], [], []
     for g in groups:
         curves = [c for run in by_group[g] for c in seed_curves(run.records, options.metric, options.x).values()]
         if curves:
-            bands.append(band(_label(g), curves, options.x))
+            bands.append(band(label(g), curves, options.x))
             plotted.append(g)
-        finals.append(final(_label(g), [v for run in by_group[g] for v in run.final or []]))
+        finals.append(final(label(g), [v for run in by_group[g] for v in run.final or []]))
     if not bands:
         raise ConfigError(f"metric={options.metric} has no values in the runs' metrics.jsonl (allowed: "
                           f"{', '.join(METRIC_LABELS)} or another numeric key of metrics.jsonl)")
@@ -351,14 +294,14 @@ def score_table(options: Options, runs: list[Run]):
     known = scores.anchors(options.normalize_by)
     keys = [k for k in options.group_by if SHORT_KEYS.get(k, k) != "env.id"]
     finals: dict[tuple[str, str], list[float]] = {}
-    methods = sorted({group_of(run, keys) for run in runs if run.final}, key=_order)
+    methods = sorted({group_of(run.config, keys) for run in runs if run.final}, key=order)
     for run in runs:
         if run.final:
-            env = _text(config_value(run.config, "env.id"))
-            finals.setdefault((_label(group_of(run, keys)), env), []).extend(run.final)
+            env = text(config_value(run.config, "env.id"))
+            finals.setdefault((label(group_of(run.config, keys)), env), []).extend(run.final)
     table = (scores.RLIABLE_MISSING if importlib.util.find_spec("rliable") is None
              else "no run has final returns (summary.json)" if not finals
-             else scores.score_table(finals, [_label(m) for m in methods], known))
+             else scores.score_table(finals, [label(m) for m in methods], known))
     if not isinstance(table, str):
         return table, None
     if options.aggregates == "true":
