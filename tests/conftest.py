@@ -167,3 +167,11 @@ def shared_run(tmp_path_factory):
             assert result.returncode == 0, result.stderr
     return run
 
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """An extended test is also a slow one: `pytest -m "not slow"` (the quick tier) leaves it out."""
+    for item in items:
+        if item.get_closest_marker("extended") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)

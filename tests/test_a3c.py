@@ -166,7 +166,7 @@ def test_one_worker_is_the_a2c_run_of_the_same_config():
     assert o2.metrics["loss/total"][0] != o2.metrics["loss/total"][1]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_resume_is_exact_and_rlcli_eval_reads_the_checkpoint(tmp_path):
     """W = 1 (reproducible): a run resumed from its checkpoint gives the training metrics of an
     uninterrupted one (worker env states, keys, optimizer state come back); `rlcli eval`

@@ -97,7 +97,7 @@ def test_online_ac_is_algorithm_18_step_by_step():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["monte_carlo", "bootstrap"])
+@pytest.mark.parametrize("target", ["monte_carlo", pytest.param("bootstrap", marks=pytest.mark.extended)])
 def test_batch_ac_fits_the_critic_before_the_actor_step(target):
     """Step 3 of Alg. 16/17, fitting the critic to the batch: with the Monte-Carlo target the
     targets are the sampled discounted reward sums (its loss at the first step is 1/2 mean

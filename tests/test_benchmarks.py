@@ -51,7 +51,7 @@ def finite(cell: str) -> bool:
         return False
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_quick_run_prints_rlcli_rows_and_skip_reasons(tmp_path):
     # a peers interpreter without site-packages: rejax and stable-baselines3 cannot be imported
     fake = tmp_path / "python-without-peers"
@@ -89,7 +89,7 @@ def test_quick_run_prints_rlcli_rows_and_skip_reasons(tmp_path):
 # ---- benchmarks/throughput.py ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_throughput_prints_its_table_for_the_rows_asked_for(capsys):
     """Row 4 (gymnasium backend, 8 envs) of the quick mode at 1/20 of its budgets, in this
     process: 20k x 0.05 = 1,000 throughput steps, rounded up to one whole chunk of 10,000 steps

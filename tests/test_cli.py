@@ -19,7 +19,8 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend, vectorization", [("jax", "auto"), ("gymnasium", "auto"), ("gymnasium", "sync")])
+@pytest.mark.parametrize("backend, vectorization", [("jax", "auto"), ("gymnasium", "auto"),
+                                                       pytest.param("gymnasium", "sync", marks=pytest.mark.extended)])
 def test_short_run_writes_every_file(tmp_path, cli, backend, vectorization):
     """(gymnasium backend: `auto` steps CartPole's numpy-vectorised env, `sync` 8 copies.)"""
     result = cli(["train", "algo=a2c", "env=CartPole-v1", f"env.backend={backend}",
@@ -101,7 +102,7 @@ def test_checkpoint_holds_whole_learner_state(shared_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", "gymnasium"])
+@pytest.mark.parametrize("backend", ["jax", pytest.param("gymnasium", marks=pytest.mark.extended)])
 def test_pendulum_gaussian_policy_and_finished_episodes_only(tmp_path, cli, backend):
     result = cli(["train", "env=Pendulum-v1", f"env.backend={backend}", "total_steps=3200",
                   "log_interval=400", "eval_episodes=1"], tmp_path)

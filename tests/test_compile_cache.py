@@ -50,7 +50,7 @@ def _entries(directory):
     return sorted(p.name for p in directory.rglob("*") if p.is_file()) if directory.is_dir() else []
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_second_run_loads_every_program_from_the_cache_and_null_turns_it_off(tmp_path):
     """The default (auto) cache under $XDG_CACHE_HOME/rlcli/jax: the first run finds nothing
     there and writes the run's three programs (init, chunk, evaluation); an identical second
@@ -219,7 +219,7 @@ print(json.dumps(calls))
 """
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_a_fresh_process_reads_the_kept_programs_without_tracing(tmp_path):
     """The node types of a kept program's trees (rlcli's states, optax's, gymnax's env state)
     are listed beside it and registered before it is read: a new interpreter, with none of

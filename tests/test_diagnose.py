@@ -231,7 +231,7 @@ def test_bad_input_one_line(capsys):
     assert "run=/nonexistent/run does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_diagnose_a_run_checkpoint(tmp_path, capsys, cli):
     """run=<dir> restores the run's checkpoint (here reinforce with the Q control variate,
     whose parameters also hold the Q critic) and writes into <run>/diagnose."""
@@ -247,7 +247,7 @@ def test_diagnose_a_run_checkpoint(tmp_path, capsys, cli):
     assert json.loads((run_dir / "diagnose" / "diagnose.json").read_text())["algo"] == "reinforce"
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_diagnose_command_line(tmp_path):
     """`rlcli diagnose` as a user runs it, with the smallest budget it takes (2 batches of 2
     episodes, 4 reference episodes, a 4-unit network): exit code 0, the table's header and one

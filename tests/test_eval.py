@@ -105,7 +105,7 @@ def test_older_checkpoint_one_seed_with_videos(jax_run):
         assert all((a != b).any() for (a, _), (b, _) in zip(frames, frames[1:]))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_gymnasium_backend_mp4(gym_run):
     """A gymnasium-backend run: evaluation repeats the final one; MP4 videos replay evaluation
     episodes 0 and 1 with length + 1 frames that differ."""

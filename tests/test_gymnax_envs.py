@@ -49,7 +49,8 @@ def test_specs(env_id):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env_id", sorted(KINDS))
+@pytest.mark.parametrize("env_id", [e if e == "Breakout-MinAtar"
+                                    else pytest.param(e, marks=pytest.mark.extended) for e in sorted(KINDS)])
 def test_the_rollout_runs_the_policy_on_every_observation_shape(env_id):
     """rlcli's one rollout with a2c's network: observations [T, N, *obs_shape] float32, the
     network's values [T, N] (an MLP over the flattened observation), finite rewards."""

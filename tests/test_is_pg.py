@@ -95,9 +95,9 @@ def _one_update(overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("ratio,clip,estimator", [
     ("trajectory", None, ["estimator=reward_to_go", "estimator.baseline=value"]),
-    ("per_decision", 2.0, ["estimator=reward_to_go", "estimator.baseline=value"]),
-    ("first_order", None, ["estimator=reward_to_go", "estimator.baseline=value"]),
-    ("step", None, ["estimator=total_return", "estimator.baseline=mean"]),
+    pytest.param("per_decision", 2.0, ["estimator=reward_to_go", "estimator.baseline=value"], marks=pytest.mark.extended),
+    pytest.param("first_order", None, ["estimator=reward_to_go", "estimator.baseline=value"], marks=pytest.mark.extended),
+    pytest.param("step", None, ["estimator=total_return", "estimator.baseline=mean"], marks=pytest.mark.extended),
 ])
 def test_one_epoch_is_reinforce(ratio, clip, estimator):
     """With K = 1 the behaviour policy is the target policy: every ratio is 1 and the update is
@@ -145,7 +145,7 @@ def test_bad_input():
         is_pg.importance_weights(jnp.zeros((2, 1)), TERM[:2, :1], TRUNC[:2, :1], MASK[:2, :1], "full")
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_is_pg_runs_on_gymnasium_backend(tmp_path):
     """Two updates on the host loop with trajectory weights truncated at 1.5: the metrics are
     finite, the weights' statistics within their bounds."""

@@ -120,7 +120,7 @@ def expected(first, final, seed_index):
     return before + [r for r in final if r["seed_index"] == seed_index and r["env_steps"] > before[-1]["env_steps"]]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_wandb_offline_runs_hold_the_metrics_and_resume_by_id(resumed):
     run, first, final = resumed
     state = json.loads((run / "wandb_runs.json").read_text())
@@ -148,7 +148,7 @@ def test_wandb_offline_runs_hold_the_metrics_and_resume_by_id(resumed):
         assert "eval/return_mean" in rows[3] and "eval/return_mean" in rows[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_mlflow_file_store_holds_the_metrics_params_and_nesting(resumed, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -176,7 +176,7 @@ def test_mlflow_file_store_holds_the_metrics_params_and_nesting(resumed, monkeyp
         assert len(client.get_metric_history(run_id, "eval/return_mean")) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_tensorboard_wandb_and_mlflow_get_the_same_keys(resumed, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -92,7 +92,7 @@ def test_sample_after_add_draws_the_rows_of_sample_after_the_add(start, new):
         np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_the_compiled_chunk_writes_the_buffer_in_place():
     """The jax backend's chunk program (vmap over seeds, scan over updates) for SAC with one
     env step per update: XLA writes the added row in place, and no copy of a whole buffer
@@ -266,9 +266,12 @@ def fake_batch(spec, key, steps, envs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo,env", [("sac", "Pendulum-v1"), ("sac", "CartPole-v1"),
-                                      ("offpolicy_ac", "Pendulum-v1"), ("offpolicy_ac", "CartPole-v1"),
-                                      ("naive_offpolicy_ac", "Pendulum-v1"), ("naive_offpolicy_ac", "CartPole-v1")])
+@pytest.mark.parametrize("algo,env", [("sac", "Pendulum-v1"),
+                                      pytest.param("sac", "CartPole-v1", marks=pytest.mark.extended),
+                                      pytest.param("offpolicy_ac", "Pendulum-v1", marks=pytest.mark.extended),
+                                      pytest.param("offpolicy_ac", "CartPole-v1", marks=pytest.mark.extended),
+                                      pytest.param("naive_offpolicy_ac", "Pendulum-v1", marks=pytest.mark.extended),
+                                      pytest.param("naive_offpolicy_ac", "CartPole-v1", marks=pytest.mark.extended)])
 def test_update_waits_for_learning_starts_and_explores_uniformly(algo, env):
     """No gradient step (parameters unchanged, metrics 0) until learning_starts transitions were
     collected; uniform random actions until then, policy actions after; gradient_steps steps
@@ -617,7 +620,7 @@ def test_naive_replayed_box_action_log_prob_against_scipy():
     assert np.isfinite(float(at_bound[0]))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("env", ["Pendulum-v1", "CartPole-v1"])
 def test_naive_offpolicy_ac_short_run(tmp_path, env):
     """600 env steps through the runner: the learning steps' metrics are finite, and the run ends

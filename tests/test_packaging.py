@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_wheel_carries_conf_and_trains(tmp_path):
     dist = tmp_path / "dist"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)],

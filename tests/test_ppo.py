@@ -125,7 +125,7 @@ def test_discounted_surrogate_hand_computed(discount, normalize):
     assert discount == (abs(expected - unweighted) > 1e-3)  # the case tells the two apart
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_ppo_on_mujoco_halfcheetah_gymnasium_backend(tmp_path):
     """The MuJoCo extra: PPO with both normalisations runs a few updates of HalfCheetah-v5 on
     the gymnasium backend (6-D Box actions clipped to [-1, 1]) with finite losses."""

@@ -408,7 +408,7 @@ def test_reinforce_q_control_variate_update_matches_hand_formula():
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("overrides", [
     ["estimator=total_return", "estimator.baseline=optimal"],
     ["estimator=reward_to_go", "estimator.baseline=q_control_variate"],

@@ -337,7 +337,8 @@ def test_kill_9_between_checkpoints_inside_a_write_and_while_compiling_then_resu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, sweep", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+@pytest.mark.parametrize("signum, sweep", [(signal.SIGINT, False), pytest.param(signal.SIGTERM, False, marks=pytest.mark.extended),
+                                           pytest.param(signal.SIGINT, True, marks=pytest.mark.extended)],
                          ids=["SIGINT", "SIGTERM", "SIGINT in a sweep"])
 def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, sweep):
     """In a sweep the running job checkpoints, the sweep stops and its summary lists the jobs
@@ -366,7 +367,7 @@ def test_signal_writes_a_checkpoint_and_says_how_to_resume(tmp_path, signum, swe
         assert "1 job(s), 1 not ok" in stdout
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
     """The first signal waits for the checkpoint; one held open (RLCLI_TEST_PAUSE_IN_SAVE=600)
@@ -395,7 +396,7 @@ def test_a_second_signal_stops_at_once_without_the_checkpoint(tmp_path, signum):
     assert checkpoint_steps(run) == [] and [p.name for p in temporary_dirs(run)] == ["800.orbax-checkpoint-tmp"]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_gymnasium_resume_continues_the_metrics_without_gaps_or_duplicates(tmp_path, cli):
     run = tmp_path / "run"
     first = cli(["train", *SHORT, "env.backend=gymnasium", f"hydra.run.dir={run}"], tmp_path)

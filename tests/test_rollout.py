@@ -115,7 +115,7 @@ def test_an_observed_evaluation_plays_the_same_episodes(env_id):
         assert steps[last, k] == last + 1  # the terminal state, counted from the reset
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_traced_hyperparameters_carry_a_member_axis():
     """a2c's loss coefficients live in LearnerState.hparams: ONE update program vmapped over a
     member axis of (ent_coef, vf_coef) values gives each member the update of an algorithm built

@@ -26,7 +26,7 @@ def _compositions():
     return [[f"algo={a}", *extra] for a in schema.choices("algo") for extra in [[], *together]]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_every_composed_key_is_declared_and_every_declared_key_composed():
     """For each algorithm with every option of the other groups (`_compositions`), the
     composed config's leaf keys are the declared keys of that composition (rlcli.schema.keys_of),

@@ -96,7 +96,7 @@ def check_one_thread_each(pools: dict[int, int], jobs: int) -> None:
 # ---- launchers -----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_joblib_runs_jobs_side_by_side_with_one_thread_each(tmp_path):
     sweep = tmp_path / "sweep"
     result, pools = run_sweep(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1", *TWO_JOBS,
@@ -105,7 +105,7 @@ def test_joblib_runs_jobs_side_by_side_with_one_thread_each(tmp_path):
     check_one_thread_each(pools, jobs=2)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     sweep = tmp_path / "sweep"
     result, pools = run_sweep(["hydra/launcher=submitit_local", "threads=1", *TWO_JOBS,
@@ -115,7 +115,7 @@ def test_submitit_local_runs_each_job_in_its_own_process(tmp_path):
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path):
     sweep = tmp_path / "sweep"
     result, pools = run_sweep(["hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2",
@@ -127,7 +127,7 @@ def test_ray_runs_jobs_on_a_local_ray_instance(tmp_path):
 # ---- optuna --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_optuna_maximises_the_final_return_and_records_a_failed_trial(tmp_path, cli):
     """Three trials of the shipped PPO search, the learning rate narrowed to a choice with a
     diverging value (TPE with seed 2 draws both values in three trials, optuna 2.10): each

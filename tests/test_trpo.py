@@ -277,7 +277,7 @@ def test_rules_and_checks():
 # ---- training ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_cli_npg_trains_and_trpo_refuses_a_shared_network(tmp_path, cli):
     run = tmp_path / "npg"
     result = cli(["train", "algo=npg", "total_steps=3000", "log_interval=1000", "eval_episodes=2",

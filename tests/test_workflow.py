@@ -95,7 +95,7 @@ def test_every_command_has_help(cli, tmp_path, command):
     assert f"rlcli {command}" in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_resume_eval_and_reproduce_take_a_multirun_directory(cli, tmp_path):
     """Each command runs on every job of a sweep; a job without a checkpoint is skipped and
     named; reproduce writes job J to <sweep>-reproduced/J, export (with out=) to <out>/J."""

@@ -75,7 +75,7 @@ def test_seed_devices_divide_the_seeds(monkeypatch):
     assert [xla.seed_devices(k) for k in (1, 2, 3, 4, 6, 8, 9)] == [1, 2, 3, 4, 3, 4, 3]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_the_cli_trains_seeds_on_two_host_devices_without_flags(tmp_path):
     """`rlcli train ... threads=2 num_seeds=2` with no XLA_FLAGS: the process asks for two CPU
     devices and each seed's state lives on its own; every seed's metrics equal those of its
@@ -199,7 +199,7 @@ def test_per_seed_runs_one_seed_unbatched_and_vmaps_more():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_seeds", [1, 2])
+@pytest.mark.parametrize("num_seeds", [pytest.param(1, marks=pytest.mark.extended), pytest.param(2, marks=pytest.mark.extended)])
 def test_programs_compiled_beside_init_match_programs_compiled_after_it(num_seeds):
     """`init(prepare=True)` lowers the chunk and evaluation programs from the init program's
     output shapes and compiles them while init compiles; the last, shorter chunk program
