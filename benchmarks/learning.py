@@ -10,7 +10,8 @@ Each cell is one `python -m rlcli train algo=<a> env=<e> num_seeds=N` process of
 (conf/tuned/ where a file exists, else the defaults) and the cell's budget. The policy each seed
 ends with is evaluated deterministically over `eval_episodes` (50) episodes; the table shows, per
 cell: the seeds' final returns, their mean with the 95% percentile-bootstrap interval that
-`rlcli plot` draws, the goal, pass (the mean reaches the goal) or FAIL, the RL Baselines3 Zoo's
+`rlcli plot` draws, the goal, pass (the mean reaches the goal; for a control cell, "< goal", stays
+below it) or FAIL, the RL Baselines3 Zoo's
 published return where it has the pair, and the wall time. Every finished cell is appended as one
 row to the CSV (`--csv`, default benchmarks/learning.csv); a cell already in the CSV with the
 same seeds and budget is not run again, so an interrupted benchmark resumes where it stopped
@@ -41,6 +42,7 @@ class Cell(NamedTuple):
     steps: int  # env steps of the cell (scaled by --budget-scale)
     goal: float  # the seeds' mean final deterministic return must reach it
     zoo: str  # the RL Baselines3 Zoo's published return and budget, where it has the pair
+    below: bool = False  # a control cell: its mean must stay below `goal`
 
 
 CELLS = [
@@ -64,6 +66,11 @@ CELLS = [
            (f"algo={algo}", "env=CartPole-v1", "num_envs=4", "algo.learning_rate=1e-3", "algo.batch_size=128",
             "algo.learning_starts=1000", "network.hidden_sizes=[64,64]", "network.activation=relu"),
            12_000, 150, "") for algo in ("sac", "offpolicy_ac")],
+    # CartPole with the velocities hidden (a POMDP): a GRU policy learns it, an MLP cannot
+    *[Cell(f"ppo CartPole-v1 velocities hidden (network={net})",
+           ("algo=ppo", "env=CartPole-v1", "env.mask_velocity=true", f"network={net}", "num_envs=64",
+            "algo.num_steps=32"), steps, goal, "", below) for net, steps, goal, below in
+      (("gru", 300_000, 400, False), ("mlp", 1_000_000, 200, True))],
 ]
 FIELDS = ["cell", "seeds", "steps", "goal", "mean", "ci_low", "ci_high", "per_seed", "pass", "zoo", "wall_s"]
 
@@ -101,7 +108,8 @@ def main(argv=None) -> int:
         parser.error("--seeds and --eval-episodes must be >= 1 and --budget-scale > 0")
     if opts.list:
         for c in cells:
-            print(f"{c.name:58s} {c.steps:>9,d} steps  goal {c.goal:>6g}  {' '.join(c.overrides)}")
+            print(f"{c.name:58s} {c.steps:>9,d} steps  goal {'<' if c.below else ' '}{c.goal:>6g}  "
+                  f"{' '.join(c.overrides)}")
         return 0
 
     from rlcli.commands.scores import bootstrap_ci
@@ -128,7 +136,7 @@ def main(argv=None) -> int:
             low, high = bootstrap_ci(returns)
             row = {"cell": cell.name, "seeds": opts.seeds, "steps": steps, "goal": cell.goal, "mean": f"{mean:.1f}",
                    "ci_low": f"{low:.1f}", "ci_high": f"{high:.1f}", "per_seed": " ".join(f"{r:.1f}" for r in returns),
-                   "pass": mean >= cell.goal, "zoo": cell.zoo, "wall_s": f"{wall:.0f}"}
+                   "pass": mean < cell.goal if cell.below else mean >= cell.goal, "zoo": cell.zoo, "wall_s": f"{wall:.0f}"}
             opts.csv.parent.mkdir(parents=True, exist_ok=True)
             new = not opts.csv.exists()
             with open(opts.csv, "a", newline="") as f:
@@ -139,7 +147,7 @@ def main(argv=None) -> int:
         passed = str(row["pass"]) == "True"
         failed += not passed
         print(f"| {cell.name} | {int(row['steps']):,} | {row['mean']} [{row['ci_low']}, {row['ci_high']}] | "
-              f"{row['per_seed']} | {float(row['goal']):g} | {'pass' if passed else 'FAIL'} | {cell.zoo} | "
+              f"{row['per_seed']} | {'< ' if cell.below else ''}{float(row['goal']):g} | {'pass' if passed else 'FAIL'} | {cell.zoo} | "
               f"{row['wall_s']} |", flush=True)
     print(f"# {len(cells) - failed} of {len(cells)} cells reach their goal; rows in {opts.csv}")
     return 1 if failed else 0

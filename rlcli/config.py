@@ -85,7 +85,7 @@ def validate(cfg: DictConfig) -> Sizes:
     try:
         envs.check_env_id(env_id)
         backend = envs.resolve_backend(env_id, cfg.env.backend)
-        spec = envs.make_spec(env_id, backend)
+        spec = envs.make_spec(env_id, backend, cfg.env.mask_velocity)
         if backend == "gymnasium":
             from rlcli.envs.gymnasium_backend import vectorization_mode
 

@@ -38,12 +38,14 @@ from rlcli import exported_policy
 
 FILES = {"npz": ("policy.npz", "policy.py"), "onnx": ("policy.onnx",),
          "stablehlo": ("act.stablehlo", "log_prob.stablehlo", "act.mlir")}
-ONNX_OPSET = 20  # Gelu with approximate="tanh" (flax's gelu) needs opset 20
 
 
 class Reference(NamedTuple):
     act: Callable  # obs [B, *obs_shape] -> deterministic action [B] or [B, D]
     log_prob: Callable  # (obs [B, ...], action) -> log pi(a|s) [B]
+    # network=gru: the actor's hidden state size H; act and log_prob then take the state [B, H]
+    # last and act returns (action, state')
+    state_size: int | None = None
 
 
 def policy_params(learner):
@@ -85,6 +87,13 @@ def arrays(cfg, spec, learner, norm) -> dict[str, np.ndarray]:
     out["num_hidden"] = np.asarray(len(hidden))
     for i, (kernel, bias) in enumerate(hidden):
         out[f"hidden_kernel_{i}"], out[f"hidden_bias_{i}"] = kernel, bias
+    if cfg.network.name == "gru":  # the actor's GRU cell (flax GRUCell: ir, iz, in with biases, hn with one)
+        cell = p["gru" if cfg.network.shared else "actor_gru"]
+        out["gru_size"] = np.asarray(cfg.network.gru_size)
+        for name, dense in cell.items():
+            out[f"gru_{name}_kernel"] = dense["kernel"]
+            if "bias" in dense:
+                out[f"gru_{name}_bias"] = dense["bias"]
     out["head_kernel"], out["head_bias"] = head["kernel"], head["bias"]
     if spec.discrete:
         out["kind"] = np.asarray("categorical")
@@ -150,7 +159,23 @@ def reference(parts, learner, norm) -> Reference:
             dist_params, _ = network.apply(params, normalizer.obs(norm, obs))
             return dist.log_prob(dist_params, action)
 
-    return Reference(act, log_prob)
+    if cfg.network.name != "gru":
+        return Reference(act, log_prob)
+    size = int(cfg.network.gru_size)
+
+    def full(state):  # the actor's state, beside a critic's (zeros: it does not reach the policy)
+        return state if cfg.network.shared else jnp.concatenate([state, jnp.zeros_like(state)], axis=-1)
+
+    def act_recurrent(obs, state):
+        action, _, state = parts.algo.act(learner, normalizer.obs(norm, obs), key, deterministic=True,
+                                          state=full(state), episode_start=jnp.zeros(obs.shape[:1], bool))
+        return action, state[..., :size]
+
+    def log_prob_recurrent(obs, action, state):
+        dist_params, _, _ = network.apply(params, normalizer.obs(norm, obs), full(state))
+        return dist.log_prob(dist_params, action)
+
+    return Reference(act_recurrent, log_prob_recurrent, size)
 
 
 def observations(parts, count: int, seed: int) -> np.ndarray:
@@ -171,7 +196,7 @@ def observations(parts, count: int, seed: int) -> np.ndarray:
     if parts.backend_name == "jax":
         from rlcli.envs import jax_backend
 
-        env = jax_backend.make(spec.id)
+        env = jax_backend.make(spec.id, spec.observed)
         collect = rollout.jax_collect(Algorithm(None, random_act, None), env,
                                       normalize.Normalizer(lambda norm, x: x, None), num_envs)
 
@@ -210,78 +235,7 @@ def observations(parts, count: int, seed: int) -> np.ndarray:
 # ---- the formats ------------------------------------------------------------------------------
 
 
-def onnx_model(policy: dict[str, np.ndarray]):
-    """The deterministic policy as an ONNX graph: input `obs` [batch, *obs_shape] float32,
-    output `action` ([batch] int64, or [batch, D] float32)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, constants = [], []
-
-    def const(name, value):
-        constants.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def node(op, *inputs, **attrs):
-        name = f"{op.lower()}_{len(nodes)}"
-        nodes.append(helper.make_node(op, list(inputs), [name], **attrs))
-        return name
-
-    def activate(x):
-        name = str(policy["activation"])
-        if name == "silu":
-            return node("Mul", x, node("Sigmoid", x))
-        ops = {"tanh": ("Tanh", {}), "relu": ("Relu", {}), "elu": ("Elu", {"alpha": 1.0}),
-               "gelu": ("Gelu", {"approximate": "tanh"})}
-        op, attrs = ops[name]
-        return node(op, x, **attrs)
-
-    shape = tuple(int(d) for d in policy["obs_shape"])
-    num_conv = int(policy.get("num_conv", 0))
-    x = "obs" if num_conv else node("Flatten", "obs", axis=1)
-    if "obs_mean" in policy:
-        clip, stats_shape = float(policy["obs_clip"]), shape if num_conv else (-1,)
-        x = node("Div", node("Sub", x, const("obs_mean", policy["obs_mean"].reshape(stats_shape))),
-                 const("obs_scale", policy["obs_scale"].reshape(stats_shape)))
-        x = node("Clip", x, const("obs_clip_low", -clip), const("obs_clip_high", clip))
-    if num_conv:  # NHWC -> NCHW, the convolutions with flax's SAME padding, back to NHWC, flattened
-        x = node("Transpose", x, perm=[0, 3, 1, 2])
-        size, stride = shape[:2], int(policy["conv_stride"])
-        for i in range(num_conv):
-            kernel = policy[f"conv_kernel_{i}"]
-            (top, bottom), (left, right) = (exported_policy.same_padding(n, kernel.shape[0], stride) for n in size)
-            size = [-(-n // stride) for n in size]
-            x = activate(node("Conv", x, const(f"conv_kernel_{i}", kernel.transpose(3, 2, 0, 1)),
-                              const(f"conv_bias_{i}", policy[f"conv_bias_{i}"]), strides=[stride, stride],
-                              pads=[top, left, bottom, right]))
-        x = node("Flatten", node("Transpose", x, perm=[0, 2, 3, 1]), axis=1)
-    for i in range(int(policy["num_hidden"])):
-        x = activate(node("Add", node("MatMul", x, const(f"hidden_kernel_{i}", policy[f"hidden_kernel_{i}"])),
-                          const(f"hidden_bias_{i}", policy[f"hidden_bias_{i}"])))
-    head = node("Add", node("MatMul", x, const("head_kernel", policy["head_kernel"])),
-                const("head_bias", policy["head_bias"]))
-    kind = str(policy["kind"])
-    if kind == "categorical":
-        nodes.append(helper.make_node("ArgMax", [head], ["action"], axis=1, keepdims=0))
-        output = helper.make_tensor_value_info("action", TensorProto.INT64, ["batch"])
-    else:
-        if kind == "squashed_gaussian":
-            if "sde_log_std" in policy:
-                head = node("Clip", head, const("mean_low", -2.0), const("mean_high", 2.0))
-            low, high = policy["action_low"], policy["action_high"]
-            unit = node("Mul", const("half", 0.5), node("Add", node("Tanh", head), const("one", 1.0)))
-            head = node("Add", const("action_low", low), node("Mul", unit, const("action_range", high - low)))
-        nodes.append(helper.make_node("Identity", [head], ["action"]))
-        output = helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", int(policy["head_bias"].shape[0])])
-    obs = helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", *map(int, policy["obs_shape"])])
-    graph = helper.make_graph(nodes, "rlcli_policy", [obs], [output], constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="rlcli")
-    model.ir_version = 10  # what onnxruntime >= 1.18 reads
-    onnx.checker.check_model(model)
-    return model
-
-
-def _exported(fn, spec, with_action: bool):
+def _exported(fn, spec, with_action: bool, state_size: int | None = None):
     from jax import export
 
     (batch,) = export.symbolic_shape("batch")
@@ -289,6 +243,8 @@ def _exported(fn, spec, with_action: bool):
     if with_action:
         args.append(jax.ShapeDtypeStruct((batch,), jnp.int32) if spec.discrete
                     else jax.ShapeDtypeStruct((batch, spec.num_actions), jnp.float32))
+    if state_size is not None:
+        args.append(jax.ShapeDtypeStruct((batch, state_size), jnp.float32))
     return export.export(jax.jit(fn))(*args)
 
 
@@ -300,11 +256,13 @@ def write(fmt: str, directory: Path, policy: dict[str, np.ndarray], ref: Referen
     elif fmt == "onnx":
         import onnx
 
+        from rlcli.export_onnx import onnx_model
+
         onnx.save(onnx_model(policy), str(directory / "policy.onnx"))
     else:
-        act = _exported(ref.act, spec, with_action=False)
+        act = _exported(ref.act, spec, False, ref.state_size)
         (directory / "act.stablehlo").write_bytes(act.serialize())
-        (directory / "log_prob.stablehlo").write_bytes(_exported(ref.log_prob, spec, with_action=True).serialize())
+        (directory / "log_prob.stablehlo").write_bytes(_exported(ref.log_prob, spec, True, ref.state_size).serialize())
         (directory / "act.mlir").write_text(act.mlir_module())
     return list(FILES[fmt])
 
@@ -314,12 +272,18 @@ def runtime(fmt: str, directory: Path) -> tuple[Callable, Callable | None]:
     policy.npz, an onnxruntime session, or the deserialized `jax.export` programs."""
     if fmt == "npz":
         policy = exported_policy.load(directory / "policy.npz")
+        if "gru_size" in policy:
+            return (lambda obs, state: exported_policy.act(obs, policy=policy, state=state),
+                    lambda obs, action, state: exported_policy.log_prob(obs, action, policy=policy, state=state)[0])
         return (lambda obs: exported_policy.act(obs, policy=policy),
                 lambda obs, action: exported_policy.log_prob(obs, action, policy=policy))
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(directory / "policy.onnx"), providers=["CPUExecutionProvider"])
+        if "state" in [i.name for i in session.get_inputs()]:
+            return (lambda obs, state: tuple(session.run(["action", "next_state"], {
+                "obs": np.asarray(obs, np.float32), "state": np.asarray(state, np.float32)})), None)
         return lambda obs: session.run(["action"], {"obs": np.asarray(obs, np.float32)})[0], None
     from jax import export
 
@@ -334,6 +298,8 @@ def parity(fmt: str, directory: Path, ref: Reference, spec, obs: np.ndarray, act
     difference; where the format gives them, the largest absolute difference of log pi(a|s)
     at `actions`."""
     act, log_prob = runtime(fmt, directory)
+    if ref.state_size is not None:
+        return _parity_recurrent(act, log_prob, ref, spec, obs, actions)
     expected = np.asarray(jax.jit(ref.act)(obs))
     got = np.asarray(act(obs))
     result = {"observations": int(obs.shape[0])}
@@ -347,10 +313,40 @@ def parity(fmt: str, directory: Path, ref: Reference, spec, obs: np.ndarray, act
     return result
 
 
+def _parity_recurrent(act, log_prob, ref: Reference, spec, obs, actions, steps: int = 10) -> dict:
+    """A recurrent policy's parity: the observations as `steps` consecutive steps of B
+    sequences, each side carrying its own hidden state from zeros; every step's actions are
+    compared, log pi(a|s) at the reference's state, and the states themselves."""
+    batch = obs.shape[0] // steps
+    obs = obs[:batch * steps].reshape((steps, batch, *obs.shape[1:]))
+    actions = actions[:batch * steps].reshape((steps, batch, *actions.shape[1:]))
+    ref_act, ref_log_prob = jax.jit(ref.act), jax.jit(ref.log_prob)
+    ref_state = got_state = np.zeros((batch, ref.state_size), np.float32)
+    differing, action_error, log_prob_error, state_error = 0, 0.0, 0.0, 0.0
+    for t in range(steps):
+        expected, next_ref = (np.asarray(x) for x in ref_act(obs[t], ref_state))
+        got, got_state = (np.asarray(x) for x in act(obs[t], got_state))
+        if spec.discrete:
+            differing += int(np.sum(got.astype(np.int64) != expected.astype(np.int64)))
+        else:
+            action_error = max(action_error, float(np.max(np.abs(got - expected))))
+        if log_prob is not None:
+            lp = np.asarray(log_prob(obs[t], actions[t], ref_state))
+            log_prob_error = max(log_prob_error, float(np.max(np.abs(lp - np.asarray(ref_log_prob(obs[t], actions[t],
+                                                                                                  ref_state))))))
+        ref_state = next_ref
+        state_error = max(state_error, float(np.max(np.abs(got_state - ref_state))))
+    result = {"observations": batch * steps, "sequences": batch, "steps": steps, "max_state_error": state_error}
+    result.update({"actions_differing": differing} if spec.discrete else {"max_action_error": action_error})
+    if log_prob is not None:
+        result["max_log_prob_error"] = log_prob_error
+    return result
+
+
 def passes(result: dict, atol: float = 1e-5) -> bool:
-    """Discrete actions all equal; continuous actions and log-probs within `atol`."""
+    """Discrete actions all equal; continuous actions, log-probs and hidden states within `atol`."""
     return (result.get("actions_differing", 0) == 0 and result.get("max_action_error", 0.0) <= atol
-            and result.get("max_log_prob_error", 0.0) <= atol)
+            and result.get("max_log_prob_error", 0.0) <= atol and result.get("max_state_error", 0.0) <= atol)
 
 
 def manifest(fmt: str, files: list[str], parts, meta: dict, seed_index: int, result: dict) -> str:
@@ -359,7 +355,8 @@ def manifest(fmt: str, files: list[str], parts, meta: dict, seed_index: int, res
     action_space = ({"type": "Discrete", "n": spec.num_actions} if spec.discrete else
                     {"type": "Box", "shape": [spec.num_actions], "low": list(spec.action_low),
                      "high": list(spec.action_high)})
-    return json.dumps({"format": fmt, "files": files, "algo": parts.cfg.algo.name, "env": spec.id,
+    recurrent = {"state_size": int(parts.cfg.network.gru_size)} if parts.cfg.network.name == "gru" else {}
+    return json.dumps({"format": fmt, "files": files, "algo": parts.cfg.algo.name, "env": spec.id, **recurrent,
                        "obs_shape": list(spec.obs_shape), "action_space": action_space,
                        "checkpoint": int(meta["env_steps"]), "update": int(meta["update"]),
                        "seed_index": seed_index, "seed": parts.cfg.seed + seed_index,

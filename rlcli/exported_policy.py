@@ -7,10 +7,19 @@
     action = policy.act(obs, deterministic=False, rng=np.random.default_rng(0))
     log_p = policy.log_prob(obs, action)   # log pi(a|s) of given actions, [batch]
 
+A recurrent policy (network=gru) is a step function with its hidden state as input and output:
+
+    state = policy.initial_state(batch)              # zeros [batch, gru_size]: an episode's start
+    action, state = policy.act(obs, state=state)     # one step; reset rows to 0 where episodes start
+    log_p, state = policy.log_prob(obs, action, state=state)
+
 `load(path)` reads another export's npz. The arithmetic is rlcli's own act function in float32:
 observation normalisation with the checkpoint's frozen statistics, (o - mean) / sqrt(var + eps)
-clipped to +-clip_obs; the convolutions of a CNN torso (network=cnn); the MLP; then the head of the policy's distribution (001, "How
-should we parameterize our policy?"):
+clipped to +-clip_obs; the convolutions of a CNN torso (network=cnn); the MLP; a GRU cell
+(network=gru, flax's GRUCell: r = sigmoid(x W_ir + b_ir + h W_hr), z = sigmoid(x W_iz + b_iz +
+h W_hz), n = tanh(x W_in + b_in + r (h W_hn + b_hn)), h' = (1 - z) n + z h, whose output h'
+feeds the head); then the head of the policy's distribution (001, "How should we parameterize
+our policy?"):
 
 * `categorical`: logits; the deterministic action is their argmax, log pi = log softmax;
 * `gaussian`: a = mu(s) + sigma z with a learned log-std vector or a log-std head; the
@@ -85,11 +94,38 @@ def conv2d_same(x, kernel, stride: int):
     return np.einsum("bhwcij,ijco->bhwo", windows, kernel, optimize=True).astype(np.float32)
 
 
-def distribution(obs, policy: dict | None = None):
+def initial_state(batch: int, policy: dict | None = None) -> np.ndarray:
+    """A recurrent policy's hidden state at an episode's start: zeros [batch, gru_size]."""
+    return np.zeros((batch, int(_policy(policy)["gru_size"])), np.float32)
+
+
+def gru(x, h, p):
+    """One step of the GRU cell: (inputs [B, F], state [B, H]) -> state' [B, H] (its output)."""
+    def sigmoid(v):
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+
+    def dense(name, v):
+        return v @ p[f"gru_{name}_kernel"] + p[f"gru_{name}_bias"] if f"gru_{name}_bias" in p else v @ p[f"gru_{name}_kernel"]
+
+    r = sigmoid(dense("ir", x) + dense("hr", h))
+    z = sigmoid(dense("iz", x) + dense("hz", h))
+    n = np.tanh(dense("in", x) + r * dense("hn", h))
+    return ((np.float32(1.0) - z) * n + z * h).astype(np.float32)
+
+
+def distribution(obs, policy: dict | None = None, state=None):
     """The distribution's parameters for a batch of observations [B, *obs_shape]: logits [B, A]
     (categorical), or (mean [B, D], log_std [B, D]) of the Gaussian over the action (gaussian)
-    or over the pre-squash u (squashed_gaussian)."""
+    or over the pre-squash u (squashed_gaussian). A recurrent policy takes its `state` [B, H]
+    (None: zeros) and returns (parameters, state')."""
     p = _policy(policy)
+    if "gru_size" in p:
+        x, state = _features(obs, p, initial_state(len(obs), p) if state is None else np.asarray(state, np.float32))
+        return _head(x, p), state
+    return _head(_features(obs, p), p)
+
+
+def _features(obs, p, state=None):
     x = np.asarray(obs, np.float32).reshape(-1, int(np.prod(p["obs_shape"])))
     if "obs_mean" in p:
         x = np.clip((x - p["obs_mean"].reshape(1, -1)) / p["obs_scale"].reshape(1, -1), -p["obs_clip"], p["obs_clip"])
@@ -100,6 +136,13 @@ def distribution(obs, policy: dict | None = None):
         x = x.reshape(x.shape[0], -1)
     for i in range(int(p["num_hidden"])):
         x = activate(p["activation"], x @ p[f"hidden_kernel_{i}"] + p[f"hidden_bias_{i}"])
+    if state is None:
+        return x
+    state = gru(x, state, p)
+    return state, state
+
+
+def _head(x, p):
     head = x @ p["head_kernel"] + p["head_bias"]
     if p["kind"] == "categorical":
         return head
@@ -118,11 +161,19 @@ def _from_unit(a, p):
     return p["action_low"] + np.float32(0.5) * (a + np.float32(1.0)) * (p["action_high"] - p["action_low"])
 
 
-def act(obs, deterministic: bool = True, rng: np.random.Generator | None = None, policy: dict | None = None):
+def act(obs, deterministic: bool = True, rng: np.random.Generator | None = None, policy: dict | None = None,
+        state=None):
     """The policy's action for each observation: [B] int for a Discrete space, [B, D] float32
-    for a Box one. deterministic=False samples with `rng` (default: a fresh generator)."""
+    for a Box one. deterministic=False samples with `rng` (default: a fresh generator). A
+    recurrent policy returns (action, state'), from `state` (None: an episode's start)."""
     p = _policy(policy)
-    params = distribution(obs, p)
+    if "gru_size" in p:
+        params, state = distribution(obs, p, state)
+        return _act(params, p, deterministic, rng), state
+    return _act(distribution(obs, p), p, deterministic, rng)
+
+
+def _act(params, p, deterministic, rng):
     rng = rng or np.random.default_rng()
     if p["kind"] == "categorical":
         if deterministic:
@@ -133,10 +184,17 @@ def act(obs, deterministic: bool = True, rng: np.random.Generator | None = None,
     return _from_unit(np.tanh(u), p) if p["kind"] == "squashed_gaussian" else u
 
 
-def log_prob(obs, action, policy: dict | None = None):
-    """log pi(a|s) [B] of the given actions (in the env's units)."""
+def log_prob(obs, action, policy: dict | None = None, state=None):
+    """log pi(a|s) [B] of the given actions (in the env's units); a recurrent policy returns
+    (log pi, state') from `state` (None: an episode's start)."""
     p = _policy(policy)
-    params = distribution(obs, p)
+    if "gru_size" in p:
+        params, state = distribution(obs, p, state)
+        return _log_prob(params, action, p), state
+    return _log_prob(distribution(obs, p), action, p)
+
+
+def _log_prob(params, action, p):
     if p["kind"] == "categorical":
         shifted = params - params.max(axis=-1, keepdims=True)
         log_softmax = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

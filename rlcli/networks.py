@@ -100,11 +100,18 @@ class ActorCritic(nn.Module):
             return MLP(self.hidden_sizes, self.activation, name=name)
         return CNN(*self.conv, hidden_sizes=self.hidden_sizes, activation=self.activation, name=name)
 
-    @nn.compact
-    def __call__(self, obs):
+    def features(self, obs):
+        """(actor features, critic features) of the torsos; the same array when shared."""
         x = flatten(obs, self.obs_ndim) if self.conv is None else obs.astype(jnp.float32)
         actor_features = self.torso("torso" if self.shared else "actor_torso")(x)
-        critic_features = actor_features if self.shared else self.torso("critic_torso")(x)
+        return actor_features, actor_features if self.shared else self.torso("critic_torso")(x)
+
+    @nn.compact
+    def __call__(self, obs):
+        return self.heads(*self.features(obs))
+
+    def heads(self, actor_features, critic_features):
+        """(dist params, value [...]) of the policy and value heads."""
         value = _dense(1, 1.0)(critic_features)[..., 0]
         head = _dense(self.num_actions, 0.01)(actor_features)
         if self.discrete:
@@ -116,6 +123,32 @@ class ActorCritic(nn.Module):
         else:  # one learned log sigma per action dimension, [D], broadcast over the batch
             log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.num_actions,))
         return (head, log_std), value
+
+
+class RecurrentActorCritic(ActorCritic):
+    """network=gru: ActorCritic's torsos, then a GRU cell (Cho et al. 2014; flax's GRUCell) of
+    `gru_size` units whose output feeds the heads. One step: (obs [B, ...], state [B, H]) ->
+    (dist params, value [B], state'), H = `state_size`: one GRU on a shared torso, or an actor
+    GRU and a critic GRU (their states side by side, actor first) on two torsos. The caller
+    resets the state to 0 where an episode starts (rlcli.algos.actor_critic_policy)."""
+
+    gru_size: int = 128
+
+    @property
+    def state_size(self) -> int:
+        return self.gru_size * (1 if self.shared else 2)
+
+    @nn.compact
+    def __call__(self, obs, state):
+        actor_features, critic_features = self.features(obs)
+        if self.shared:
+            state, actor_features = nn.GRUCell(self.gru_size, name="gru")(state, actor_features)
+            return *self.heads(actor_features, actor_features), state
+        actor_state, actor_features = nn.GRUCell(self.gru_size, name="actor_gru")(
+            state[..., :self.gru_size], actor_features)
+        critic_state, critic_features = nn.GRUCell(self.gru_size, name="critic_gru")(
+            state[..., self.gru_size:], critic_features)
+        return *self.heads(actor_features, critic_features), jnp.concatenate([actor_state, critic_state], axis=-1)
 
 
 # the network= choices and their keys
@@ -140,9 +173,17 @@ CHOICES = {
                       "network.kernel_size": Key(3, int_at_least(1), "the convolutions' kernel size"),
                       "network.stride": Key(1, int_at_least(1), "the convolutions' stride"),
                       **with_defaults(MLP_KEYS, hidden_sizes=[128], activation="relu")}),
+    "gru": Choice("recurrent: the MLP of hidden_sizes, then a GRU cell whose output feeds the heads; the hidden "
+                  "state is reset where an episode starts and updates replay whole sequences (ppo, a2c; jax "
+                  "backend)", {
+                      "network.gru_size": Key(128, int_at_least(1), "units of the GRU cell (one per network: "
+                                                                    "two GRUs unless shared)"),
+                      **with_defaults(MLP_KEYS, hidden_sizes=[128], activation="relu")}),
 }
 # the algorithms whose actors are networks.make_offpolicy's (MLPs only)
 OFF_POLICY_ACTORS = ("sac", "offpolicy_ac", "naive_offpolicy_ac")
+# the algorithms whose updates replay a recurrent policy's sequences (network=gru)
+RECURRENT_ALGOS = ("ppo", "a2c")
 
 
 def check(cfg, spec) -> None:
@@ -156,6 +197,14 @@ def check(cfg, spec) -> None:
         if cfg.algo.name in OFF_POLICY_ACTORS:
             raise ConfigError(f"network=cnn is not supported by algo={cfg.algo.name}, whose actor and critics are "
                               "MLPs (allowed: network=mlp; network=cnn with the on-policy algorithms)")
+    if cfg.network.name == "gru":
+        if cfg.algo.name not in RECURRENT_ALGOS:
+            raise ConfigError(f"network=gru is not supported by algo={cfg.algo.name}: only ppo's and a2c's updates "
+                              "replay a recurrent policy's sequences (allowed: network=gru with algo=ppo or algo=a2c; "
+                              "network=mlp or network=cnn)")
+        if spec.backend != "jax":
+            raise ConfigError(f"network=gru runs on the jax backend, but env.id={cfg.env.id!r} runs on the "
+                              f"{spec.backend} backend (allowed: an env with a JAX port, env.backend=jax or auto)")
     if cfg.network.state_dependent_std and spec.discrete:
         raise ConfigError(f"network.state_dependent_std=true needs a continuous action space but env.id="
                           f"{cfg.env.id!r} has a discrete one (allowed with discrete actions: "
@@ -163,8 +212,10 @@ def check(cfg, spec) -> None:
 
 
 def make(cfg, spec) -> ActorCritic:
-    """The actor-critic network of `network=mlp` for an env spec."""
-    return ActorCritic(
+    """The actor-critic network of `network=mlp|cnn|gru` for an env spec."""
+    recurrent = {"gru_size": cfg.gru_size} if cfg.name == "gru" else {}
+    return (RecurrentActorCritic if recurrent else ActorCritic)(
+        **recurrent,
         num_actions=spec.num_actions,
         discrete=spec.discrete,
         hidden_sizes=tuple(cfg.hidden_sizes),

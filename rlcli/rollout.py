@@ -163,7 +163,7 @@ def jax_collect(algo: Algorithm, env, normalizer: normalize.Normalizer, num_envs
     A recurrent policy (a carry with `policy_state`) is called as `algo.act(learner, obs, key,
     state=h, episode_start=s) -> (action, info, h')` and resets h itself where s is true; the
     rollout carries h' and s' (the step ended an episode) from step to step and records s in
-    `Batch.episode_start`."""
+    `Batch.episode_start` and h in `Batch.policy_state`."""
 
     def collect(learner, norm, carry: EnvCarry, num_steps: int):
         def step_fn(carry: EnvCarry, _):
@@ -176,7 +176,7 @@ def jax_collect(algo: Algorithm, env, normalizer: normalize.Normalizer, num_envs
                                                       episode_start=carry.episode_start)
             env_state, step = jax.vmap(env.step)(jax.random.split(k_env, num_envs), carry.env_state, action)
             transition = Batch(carry.obs, action, step.reward, step.terminated, step.truncated,
-                               info.log_prob, info.value, step.next_obs, carry.episode_start)
+                               info.log_prob, info.value, step.next_obs, carry.episode_start, carry.policy_state)
             episodes = track_episodes(carry.episodes, step.reward, step.terminated, step.truncated)
             episode_start = None if carry.policy_state is None else step.terminated | step.truncated
             return EnvCarry(env_state, step.obs, key, episodes, policy_state, episode_start), transition
@@ -222,9 +222,13 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
         obs, env_state = jax.vmap(env.reset)(eval_reset_keys(key, num_eval))
 
         def body(carry, _):
-            obs, env_state, key, ret, length, alive = carry
+            obs, env_state, key, ret, length, alive, h = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
+            if h is None:
+                action, _ = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic)
+            else:  # one episode per env: the state starts at 0 and is never reset
+                action, _, h = algo.act(learner, normalizer.obs(norm, obs), k_act, deterministic=deterministic,
+                                        state=h, episode_start=jnp.zeros((num_eval,), bool))
             keys = jax.random.split(k_env, num_eval)
             if observe is None:
                 env_state, step = jax.vmap(env.step)(keys, env_state, action)
@@ -235,12 +239,14 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
             ret = ret + step.reward * alive
             length = length + alive
             alive = alive * (1.0 - (step.terminated | step.truncated).astype(jnp.float32))
-            return (step.obs, env_state, key, ret, length, alive), seen
+            return (step.obs, env_state, key, ret, length, alive, h), seen
 
         zeros = jnp.zeros((num_eval,), jnp.float32)
-        carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros))
+        initial_state = getattr(algo, "initial_state", None)
+        h = None if initial_state is None else initial_state(num_eval)
+        carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros), h)
         reset_state = env_state
-        (_, _, _, ret, length, _), seen = jax.lax.scan(body, carry, None, max_eval_steps)
+        (_, _, _, ret, length, _, _), seen = jax.lax.scan(body, carry, None, max_eval_steps)
         return (ret, length) if observe is None else (ret, length, (reset_state, seen))
 
     return evaluate_one

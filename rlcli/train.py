@@ -77,7 +77,7 @@ def setup(cfg) -> Setup:
     # the run's clock runs (about 0.3 s)
     importlib.import_module("scipy.linalg.cython_lapack")
     backend_name = envs.resolve_backend(cfg.env.id, cfg.env.backend)
-    spec = envs.make_spec(cfg.env.id, backend_name)
+    spec = envs.make_spec(cfg.env.id, backend_name, cfg.env.mask_velocity)
     return Setup(cfg, sizes, backend_name, spec, algos.make(cfg.algo.name, spec, cfg, sizes.num_updates))
 
 

@@ -18,6 +18,9 @@ class EnvSpec(NamedTuple):
     action_low: tuple[float, ...] | None  # Box bounds (None for Discrete)
     action_high: tuple[float, ...] | None
     max_episode_steps: int | None
+    # jax backend: the components of the env's observation the agent sees (env.mask_velocity);
+    # None: all of them
+    observed: tuple[int, ...] | None = None
 
 
 class Step(NamedTuple):
@@ -42,6 +45,9 @@ class Batch(NamedTuple):
     # [T, N] bool, recurrent rollouts only: obs is the first of an episode (the policy's
     # hidden state was reset before acting on it); None for feed-forward policies
     episode_start: Any = None
+    # [T, N, H], recurrent rollouts only: the hidden state handed to step t (before its reset
+    # where episode_start[t]); an update replays a sequence from its first step's state
+    policy_state: Any = None
 
 
 class ActInfo(NamedTuple):
@@ -62,6 +68,9 @@ class Algorithm(NamedTuple):
     init: Callable[[jax.Array], LearnerState]
     act: Callable[..., tuple[jax.Array, ActInfo]]
     update: Callable[[LearnerState, Batch, jax.Array], tuple[LearnerState, dict]]
+    # a recurrent policy's `initial_state(num_envs) -> [N, H]` zeros (None: feed-forward); its
+    # act is then act(learner, obs, key, deterministic, state=h, episode_start=s) -> (a, info, h')
+    initial_state: Callable[[int], jax.Array] | None = None
 
 
 class EpisodeStats(NamedTuple):

@@ -27,18 +27,26 @@ TINY = ["eval_episodes=1"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, request):
+    """`runs(name)`: the run directory of RUNS[name]. The runs this session's selected tests ask
+    for (ppo-CartPole always; the others in the extended tier) are trained here, once, before
+    any test's own capture starts."""
     root = tmp_path_factory.mktemp("export-runs")
-    for name, overrides in RUNS.items():
-        train_run(root / name, [*overrides, *TINY, "logger=quiet"])
-    return root
+    asked = {item.callspec.params.get("run") for item in request.session.items
+             if item.module is request.module and hasattr(item, "callspec")}
+    wanted = ({"ppo-CartPole"} | asked) - {None}
+    for name in RUNS:
+        if name in wanted:
+            train_run(root / name, [*RUNS[name], *TINY, "logger=quiet"])
+    return lambda name: root / name
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("run", ["ppo-CartPole", *(pytest.param(r, marks=pytest.mark.extended) for r in RUNS
+                                                    if r != "ppo-CartPole")])
 def test_every_format_exports_a_run_and_matches_rlclis_act(runs, run, fmt, cli, tmp_path):
-    result = cli(["export", f"run={runs / run}", f"format={fmt}", f"out={tmp_path / 'out'}"], tmp_path)
+    result = cli(["export", f"run={runs(run)}", f"format={fmt}", f"out={tmp_path / 'out'}"], tmp_path)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "export.json").read_text())
     assert manifest["format"] == fmt and manifest["algo"] == run.split("-")[0]
@@ -72,6 +80,8 @@ VARIANTS = {
     "control-variate": ["algo=reinforce", "env=Acrobot-v1", "estimator=reward_to_go",
                         "estimator.baseline=q_control_variate", "network.activation=tanh"],
 }
+# the variants of the per-push tier (the others: `pytest -m extended`)
+PER_PUSH = ("categorical-shared-silu", "gaussian-state-std-gelu", "squashed-gsde", "cnn-stride-2")
 
 
 def perturbed(parts, seed, obs):
@@ -96,7 +106,8 @@ def perturbed(parts, seed, obs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [v if v in PER_PUSH else pytest.param(v, marks=pytest.mark.extended)
+                                     for v in VARIANTS])
 def test_every_format_matches_act_on_perturbed_policies(variant, tmp_path):
     import jax
 
@@ -131,6 +142,51 @@ def test_every_format_matches_act_on_perturbed_policies(variant, tmp_path):
     # the weights are not trivial: the deterministic actions vary over the observations
     actions = np.asarray(jax.jit(ref.act)(obs))
     assert len(np.unique(actions)) > 1 if parts.spec.discrete else np.std(actions) > 0.05
+
+
+RECURRENT = {
+    "gru-categorical": ["algo=ppo", "env=CartPole-v1", "network=gru", "network.gru_size=8", "network.hidden_sizes=[16]",
+                        "normalize.obs=true"],
+    "gru-shared-gaussian": ["algo=a2c", "env=Pendulum-v1", "network=gru", "network.shared=true", "network.gru_size=8",
+                            "network.hidden_sizes=[16]", "network.activation=tanh"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", RECURRENT)
+def test_a_recurrent_policy_exports_its_step_function(variant, tmp_path):
+    """network=gru: each format takes the actor's hidden state as input and gives the next one.
+    Over 10 consecutive steps of 100 sequences, each side carrying its own state from zeros,
+    the actions, the states and (npz, stablehlo) the log-probs match rlcli's act (flax's GRU
+    cell); and the state matters: from zeros at every step, policy.py's log-probs differ."""
+    from rlcli import export
+    from rlcli import train as training
+
+    parts = training.setup(compose(RECURRENT[variant]))
+    obs = export.observations(parts, 1000, seed=5)
+    learner, norm = perturbed(parts, 3, obs)
+    ref = export.reference(parts, learner, norm)
+    assert ref.state_size == 8
+    rng = np.random.default_rng(0)
+    actions = (rng.integers(0, parts.spec.num_actions, 1000) if parts.spec.discrete
+               else rng.normal(size=(1000, parts.spec.num_actions)).astype(np.float32))
+    policy = export.arrays(parts.cfg, parts.spec, learner, norm)
+    for fmt in FORMATS:
+        out = tmp_path / fmt
+        out.mkdir()
+        export.write(fmt, out, policy, ref, parts.spec)
+        result = export.parity(fmt, out, ref, parts.spec, obs, actions)
+        assert (result["sequences"], result["steps"]) == (100, 10)
+        assert export.passes(result, ATOL), (fmt, result)
+    carried, state = [], exported_policy.initial_state(100, policy)
+    for t in range(10):
+        log_p, state = exported_policy.log_prob(obs[t * 100:(t + 1) * 100], actions[t * 100:(t + 1) * 100],
+                                                policy=policy, state=state)
+        carried.append(log_p)
+    from_zeros = [exported_policy.log_prob(obs[t * 100:(t + 1) * 100], actions[t * 100:(t + 1) * 100],
+                                           policy=policy)[0] for t in range(10)]
+    np.testing.assert_array_equal(carried[0], from_zeros[0])
+    assert min(np.max(np.abs(a - b)) for a, b in zip(carried[1:], from_zeros[1:])) > 1e-3
 
 
 # ---- the NumPy module on its own -----------------------------------------------------------------
@@ -188,10 +244,10 @@ def test_numpy_densities_match_scipy():
 @pytest.mark.slow
 def test_the_numpy_module_runs_without_jax(runs, cli, tmp_path):
     """Without out=, the export goes to <run>/export/<format>-seed<i>."""
-    assert cli(["export", f"run={runs / 'ppo-Pendulum'}", "format=npz"], tmp_path).returncode == 0
-    out = runs / "ppo-Pendulum" / "export" / "npz-seed0"
+    assert cli(["export", f"run={runs('ppo-CartPole')}", "format=npz"], tmp_path).returncode == 0
+    out = runs("ppo-CartPole") / "export" / "npz-seed0"
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "policy.npz", "policy.py"]
-    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.save(tmp_path / "obs.npy", obs)
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import policy; "
             "a = policy.act(np.load(sys.argv[2])); lp = policy.log_prob(np.load(sys.argv[2]), a); "
@@ -200,7 +256,7 @@ def test_the_numpy_module_runs_without_jax(runs, cli, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "obs.npy")], capture_output=True,
                           text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "(5, 1) (5,)"
+    assert done.stdout.strip() == "(5,) (5,)"
 
 
 # ---- bad input, failed checks ---------------------------------------------------------------------
@@ -233,7 +289,7 @@ def test_a_failed_check_writes_nothing(runs, cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "parity", off_by_one)
     out = tmp_path / "out"
-    result = cli(["export", f"run={runs / 'ppo-CartPole'}", "format=npz", f"out={out}"], tmp_path)
+    result = cli(["export", f"run={runs('ppo-CartPole')}", "format=npz", f"out={out}"], tmp_path)
     assert result.returncode == 1
     assert "does not match rlcli's act function" in result.stderr and "nothing was written" in result.stderr
     assert list(tmp_path.glob("**/policy.*")) == [] and not out.exists()

@@ -159,7 +159,12 @@ def test_a2c_loss_and_gradient_against_the_formula(discrete, estimator, normaliz
                           params)
     hparams = {"vf_coef": jnp.float32(0.7), "ent_coef": jnp.float32(0.05)}
     est = estimators.batched(estimators.make(estimator, GAMMA, **({"n": None} if estimator == "nstep" else {})))
-    loss_fn = a2c.actor_critic_loss(network, dist, est, SimpleNamespace(normalize_advantages=normalize))
+
+    def unroll(params, batch):  # a feed-forward policy's: the network on obs and on next_obs
+        dist_params, values = network.apply(params, batch.obs)
+        return dist_params, values, network.apply(params, batch.next_obs)[1]
+
+    loss_fn = a2c.actor_critic_loss(unroll, dist, est, SimpleNamespace(normalize_advantages=normalize))
 
     apply = jax.jit(network.apply)
     _, v = apply(params, batch.obs)

@@ -58,6 +58,12 @@ class ActorCriticPolicy(NamedTuple):
     dist: Any
     init: Callable[[jax.Array], LearnerState]
     act: Callable[..., tuple[jax.Array, ActInfo]]
+    # unroll(params, batch [T, N], bootstrap=True) -> (dist params, values, next values) [T, N]:
+    # the policy and critic over a rollout, V(next_obs) as a bootstrap (None without
+    # `bootstrap`); a recurrent policy replays each column from its stored first state,
+    # resetting where an episode starts
+    unroll: Callable[..., tuple[Any, jax.Array, jax.Array | None]]
+    initial_state: Callable[[int], jax.Array] | None  # recurrent only: num_envs -> zeros [N, H]
 
 
 def traced_hparams(algo_cfg, names: tuple[str, ...]) -> dict:
@@ -70,18 +76,52 @@ def actor_critic_policy(spec, cfg, tx: optax.GradientTransformation, traced: tup
 
     network = networks.make(cfg.network, spec)
     dist = distributions.for_action_space(spec.discrete)
+    recurrent = isinstance(network, networks.RecurrentActorCritic)
+
+    def initial_state(num_envs: int):
+        return jnp.zeros((num_envs, network.state_size), jnp.float32)
 
     def init(key):
-        params = network.init(key, jnp.zeros((1,) + spec.obs_shape, jnp.float32))
+        obs = jnp.zeros((1,) + spec.obs_shape, jnp.float32)
+        params = network.init(key, obs, initial_state(1)) if recurrent else network.init(key, obs)
         return LearnerState(params, tx.init(params), jnp.zeros((), jnp.int32),
                             traced_hparams(cfg.algo, traced) if traced else None)
 
+    def sample(dist_params, key, deterministic):
+        action = dist.mode(dist_params) if deterministic else dist.sample(key, dist_params)
+        return action, dist.log_prob(dist_params, action)
+
     def act(learner, obs, key, deterministic=False):
         dist_params, value = network.apply(learner.params, obs)
-        action = dist.mode(dist_params) if deterministic else dist.sample(key, dist_params)
-        return action, ActInfo(dist.log_prob(dist_params, action), value)
+        action, log_prob = sample(dist_params, key, deterministic)
+        return action, ActInfo(log_prob, value)
 
-    return ActorCriticPolicy(network, dist, init, act)
+    def step(params, obs, state, episode_start):
+        """One recurrent step; the state is reset to 0 where `episode_start` [B] is true."""
+        return network.apply(params, obs, jnp.where(episode_start[:, None], 0.0, state))
+
+    def act_recurrent(learner, obs, key, deterministic=False, state=None, episode_start=None):
+        dist_params, value, state = step(learner.params, obs, state, episode_start)
+        action, log_prob = sample(dist_params, key, deterministic)
+        return action, ActInfo(log_prob, value), state
+
+    def unroll(params, batch: Batch, bootstrap: bool = True):
+        if not recurrent:
+            dist_params, values = network.apply(params, batch.obs)
+            return dist_params, values, network.apply(params, batch.next_obs)[1] if bootstrap else None
+
+        def body(state, inputs):
+            obs, next_obs, episode_start = inputs
+            dist_params, value, state = step(params, obs, state, episode_start)
+            # V(next obs) from the state this step reached
+            next_value = network.apply(params, next_obs, state)[1] if bootstrap else None
+            return state, (dist_params, value, next_value)
+
+        return jax.lax.scan(body, batch.policy_state[0], (batch.obs, batch.next_obs, batch.episode_start))[1]
+
+    if recurrent:
+        return ActorCriticPolicy(network, dist, init, act_recurrent, unroll, initial_state)
+    return ActorCriticPolicy(network, dist, init, act, unroll, None)
 
 
 # key sets shared by the algorithms' KEYS (each algorithm sets their defaults with

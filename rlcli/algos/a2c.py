@@ -8,7 +8,8 @@ parallel actor-critic); after T steps each the batch gives one gradient step on
 with A_t and y_t from the chosen estimator: TD error (001 "A2C", 000 eq. 4.1.4), n-step
 returns (000 eq. 4.2.8; to the end of the segment as in A3C, 001) or GAE (000 eq. 4.2.10).
 Value loss 000 eq. 4.1.5, entropy bonus 001 "Policy Entropy Bonus", shared or two-network
-design 000 §4.4.1, gradient clipping by global norm.
+design 000 §4.4.1, gradient clipping by global norm. A recurrent policy (`network=gru`) is
+replayed over the batch from its stored first hidden state (the policy's `unroll`).
 """
 
 from __future__ import annotations
@@ -33,17 +34,17 @@ ACTION_SPACES = ("discrete", "continuous")
 TRACED = ("vf_coef", "ent_coef")
 
 
-def actor_critic_loss(network, dist, estimator, algo_cfg):
+def actor_critic_loss(unroll, dist, estimator, algo_cfg):
     """`loss_fn(params, batch, hparams) -> (loss, metrics)`: the actor-critic loss above over a
-    time-major batch, Phi_t from `estimator` (batched), the coefficients `vf_coef` and
+    time-major batch (the policy and critic from the policy's `unroll`: a recurrent one replays
+    the batch's sequences), Phi_t from `estimator` (batched), the coefficients `vf_coef` and
     `ent_coef` from `hparams` (traced: LearnerState.hparams), `algo.normalize_advantages`.
     Shared by a2c and a3c."""
     normalize_advantages = algo_cfg.normalize_advantages
 
     def loss_fn(params, batch: Batch, hparams: dict):
         vf_coef, ent_coef = hparams["vf_coef"], hparams["ent_coef"]
-        dist_params, values = network.apply(params, batch.obs)
-        _, next_values = network.apply(params, batch.next_obs)
+        dist_params, values, next_values = unroll(params, batch)
         advantages, targets = estimator(
             batch.reward, jax.lax.stop_gradient(values), jax.lax.stop_gradient(next_values),
             batch.terminated, batch.truncated)
@@ -71,8 +72,8 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     algo = cfg.algo
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     tx = make_optimizer(algo, num_updates)
-    network, dist, init, act = actor_critic_policy(spec, cfg, tx, traced=TRACED)
-    loss_fn = actor_critic_loss(network, dist, estimator, algo)
+    policy = actor_critic_policy(spec, cfg, tx, traced=TRACED)
+    loss_fn = actor_critic_loss(policy.unroll, policy.dist, estimator, algo)
 
     def update(learner, batch, key):
         del key  # A2C's update is deterministic given the batch
@@ -82,4 +83,4 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         metrics["train/grad_norm"] = optax.tree.norm(grads)
         return learner._replace(params=params, opt_state=opt_state, update_step=learner.update_step + 1), metrics
 
-    return Algorithm(init, act, update)
+    return Algorithm(policy.init, policy.act, update, policy.initial_state)

@@ -101,8 +101,8 @@ def make_parts(spec, cfg, num_updates: int) -> Parts:
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     # one optimizer step per gradient application: W per runner update
     tx = make_optimizer(algo, num_updates * algo.num_workers)
-    network, dist, init, act = actor_critic_policy(spec, cfg, tx, traced=TRACED)
-    loss_fn = actor_critic_loss(network, dist, estimator, algo)
+    _, dist, init, act, unroll, _ = actor_critic_policy(spec, cfg, tx, traced=TRACED)
+    loss_fn = actor_critic_loss(unroll, dist, estimator, algo)
 
     def gradient(learner: LearnerState, batch: Batch):
         grads, metrics = jax.grad(loss_fn, has_aux=True)(learner.params, batch, learner.hparams)

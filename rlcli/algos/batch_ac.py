@@ -67,7 +67,7 @@ def make_actor_critic(spec, cfg, num_updates: int, critic_target: str, critic_st
     monte_carlo = estimators.batched(estimators.make("reward_to_go", gamma, baseline="value"))
     tx = make_optimizer(algo, num_updates)
     critic_tx = make_optimizer(algo, num_updates * critic_steps)
-    network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
+    network, dist, base_init, act, *_ = actor_critic_policy(spec, cfg, tx)
     ent_coef = algo.ent_coef
     normalize_advantages = algo.normalize_advantages
 

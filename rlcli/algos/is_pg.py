@@ -152,7 +152,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     baseline = str(cfg.estimator.get("baseline", "none"))
     tx = make_optimizer(algo, num_updates * epochs)  # one optimizer step per epoch
-    network, dist, base_init, act = actor_critic_policy(spec, cfg, tx)
+    network, dist, base_init, act, *_ = actor_critic_policy(spec, cfg, tx)
     # the critic is fitted when Phi uses it: a value baseline or a bootstrap at truncation
     vf_coef = algo.vf_coef if baseline == "value" or cfg.estimator.bootstrap_truncation else 0.0
     ent_coef = algo.ent_coef

@@ -26,6 +26,11 @@ The weight is applied after the per-minibatch normalisation of A (which standard
 unweighted advantages) and multiplies the per-step term, clip included; since w_t > 0 that is
 the same as clipping with the weighted advantage w_t A_t. The value loss, the entropy bonus and
 the KL estimate are unweighted.
+
+With a recurrent policy (`network=gru`) a minibatch is a set of whole env columns [T, N/M]
+(`num_minibatches` M divides `num_envs` N), replayed through the policy's `unroll` from the
+hidden states stored with the batch's first step, resetting them where episodes start; the
+advantages and value targets come from the same replay with the rollout's parameters.
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ ACTION_SPACES = ("discrete", "continuous")
 def check(cfg, spec) -> None:
     batch = cfg.num_envs * cfg.algo.num_steps
     minibatches = cfg.algo.num_minibatches
+    if cfg.network.name == "gru" and cfg.num_envs % minibatches:
+        raise ConfigError(
+            f"algo.num_minibatches={minibatches} does not divide num_envs={cfg.num_envs}: with network=gru a "
+            f"minibatch is a set of whole env sequences (allowed: a divisor of {cfg.num_envs})")
     if batch % minibatches:
         raise ConfigError(
             f"algo.num_minibatches={minibatches} does not divide the batch of num_envs x algo.num_steps = "
@@ -75,14 +84,18 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     epochs, minibatches = algo.update_epochs, algo.num_minibatches
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     tx = make_optimizer(algo, num_updates * epochs * minibatches)  # one optimizer step per minibatch
-    network, dist, init, act = actor_critic_policy(spec, cfg, tx)
+    policy = actor_critic_policy(spec, cfg, tx)
+    network, dist, recurrent = policy.network, policy.dist, policy.initial_state is not None
     vf_coef, ent_coef, clip = algo.vf_coef, algo.ent_coef, algo.clip_coef
     clip_value, normalize_advantages = algo.clip_value_loss, algo.normalize_advantages
     max_kl = None if algo.target_kl is None else 1.5 * algo.target_kl
     gamma, discount_surrogate = algo.gamma, algo.discount_surrogate
 
     def loss_fn(params, mb):
-        dist_params, values = network.apply(params, mb["obs"])
+        if recurrent:  # mb [T, N / num_minibatches]: whole sequences, replayed from their stored states
+            dist_params, values, _ = policy.unroll(params, mb["batch"], bootstrap=False)
+        else:
+            dist_params, values = network.apply(params, mb["obs"])
         log_prob = dist.log_prob(dist_params, mb["action"])
         advantages = losses.normalize(mb["advantage"]) if normalize_advantages else mb["advantage"]
         weights = mb["weight"] if discount_surrogate else None  # gamma^(t - t0), after normalising
@@ -116,20 +129,29 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         return (learner, ~apply), metrics
 
     def update(learner, batch: Batch, key):
-        _, values = network.apply(learner.params, batch.obs)
-        _, next_values = network.apply(learner.params, batch.next_obs)
+        _, values, next_values = policy.unroll(learner.params, batch)
         advantages, targets = estimator(batch.reward, values, next_values, batch.terminated, batch.truncated)
         flat = {"obs": batch.obs, "action": batch.action, "log_prob": batch.log_prob, "value": values,
                 "advantage": advantages, "target": targets}
         if discount_surrogate:
             flat["weight"] = estimators.batched(lambda te, tr: estimators.discount_weights(te, tr, gamma=gamma))(
                 batch.terminated, batch.truncated)
-        size = batch.reward.size
-        flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), flat)
+        if recurrent:  # minibatches of env columns [T, N / M], each with its sequences' batch
+            del flat["obs"]
+            flat["batch"] = batch
+            num_envs = batch.reward.shape[1]
 
-        def epoch(carry, k):
-            order = jax.random.permutation(k, size).reshape(minibatches, size // minibatches)
-            return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[order], flat))
+            def epoch(carry, k):
+                order = jax.random.permutation(k, num_envs).reshape(minibatches, num_envs // minibatches)
+                columns = jax.tree.map(lambda x: jnp.moveaxis(x[:, order], 1, 0), flat)
+                return jax.lax.scan(minibatch_step, carry, columns)
+        else:
+            size = batch.reward.size
+            flat = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:]), flat)
+
+            def epoch(carry, k):
+                order = jax.random.permutation(k, size).reshape(minibatches, size // minibatches)
+                return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[order], flat))
 
         (learner, _), metrics = jax.lax.scan(epoch, (learner, jnp.bool_(False)), jax.random.split(key, epochs))
         metrics = jax.tree.map(jnp.mean, metrics)
@@ -138,4 +160,4 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
         metrics["train/explained_variance"] = losses.explained_variance(values, targets)
         return LearnerState(learner.params, learner.opt_state, learner.update_step + 1), metrics
 
-    return Algorithm(init, act, update)
+    return Algorithm(policy.init, policy.act, update, policy.initial_state)

@@ -83,7 +83,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     gamma = algo.gamma
     tx = make_optimizer(algo, num_updates)
     critic_tx = make_optimizer(algo, num_updates, learning_rate=algo.critic_learning_rate)
-    network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
+    network, dist, base_init, base_act, *_ = actor_critic_policy(spec, cfg, tx)
     q_network = networks.QNetwork(spec.num_actions, bool(spec.discrete),
                                   tuple(int(h) for h in cfg.network.hidden_sizes), cfg.network.activation,
                                   len(spec.obs_shape))

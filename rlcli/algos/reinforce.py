@@ -170,7 +170,7 @@ def make(spec, cfg, num_updates: int) -> Algorithm:
     last_start = cfg.algo.num_steps - spec.max_episode_steps
     gamma = algo.gamma
     tx = make_optimizer(algo, num_updates)
-    network, dist, base_init, base_act = actor_critic_policy(spec, cfg, tx)
+    network, dist, base_init, base_act, *_ = actor_critic_policy(spec, cfg, tx)
     # the critic is fitted when Phi uses it: a value baseline, a bootstrap at truncation, or
     # td / nstep / gae
     uses_critic = (baseline == "value" or cfg.estimator.get("bootstrap_truncation", False)

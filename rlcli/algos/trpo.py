@@ -104,7 +104,7 @@ def make(spec, cfg, num_updates: int, line_search: bool = True) -> Algorithm:
     tx = make_optimizer(algo, num_updates * vf_epochs * vf_minibatches)  # one step per minibatch
     # the critic optimizer's state covers the critic subtree only
     critic_tx = optax.GradientTransformation(lambda params: tx.init(split(params)[1]), tx.update)
-    network, dist, init, act = actor_critic_policy(spec, cfg, critic_tx)
+    network, dist, init, act, *_ = actor_critic_policy(spec, cfg, critic_tx)
     estimator = estimators.batched(estimators.make_from_config(cfg.estimator, algo.gamma))
     max_kl, damping, cg_iters = algo.max_kl, algo.damping, algo.cg_iters
     normalize_advantages, discount_surrogate, gamma = algo.normalize_advantages, algo.discount_surrogate, algo.gamma

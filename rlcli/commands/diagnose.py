@@ -108,6 +108,9 @@ def parse(args: list[str]) -> Options:
     if "none" in algos.module(cfg.algo.name).ESTIMATORS:
         raise ConfigError(f"algo={cfg.algo.name} is not supported by rlcli diagnose (allowed: an on-policy "
                           "actor-critic algorithm, e.g. algo=reinforce, a2c, ppo)")
+    if cfg.network.name == "gru":
+        raise ConfigError("network=gru is not supported by rlcli diagnose, whose estimates are of feed-forward "
+                          "policies (allowed: network=mlp or network=cnn)")
     for key in ("obs", "reward"):
         if cfg.normalize[key]:
             raise ConfigError(f"normalize.{key}=true is not supported by rlcli diagnose (allowed: "
@@ -172,7 +175,7 @@ def rollouts(cfg, spec, network, dist, params, key, num: int):
         zeros = jnp.zeros(obs.shape[:1], jnp.float32)
         return action, ActInfo(zeros, zeros)
 
-    env = jax_backend.make(spec.id)
+    env = jax_backend.make(spec.id, spec.observed)
     batch, mask = rollout.jax_fresh_episodes(Policy(act), env, normalize.make(cfg), params, None, key, num,
                                              int(spec.max_episode_steps))
     return batch.obs, batch.action, batch.reward, batch.terminated, batch.truncated, batch.next_obs, mask

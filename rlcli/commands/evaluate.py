@@ -118,7 +118,7 @@ def jax_frames(opts: Options, parts, learner, norm, key, renderer) -> tuple[list
     from rlcli import normalize, rollout
     from rlcli.envs import jax_backend
 
-    env = jax_backend.make(parts.spec.id)
+    env = jax_backend.make(parts.spec.id, parts.spec.observed)
     evaluate_one = rollout.jax_evaluate(parts.cfg, parts.spec, parts.algo, env, normalize.make(parts.cfg),
                                         observe=lambda final_state, step: final_state)
     ret, length, (reset_state, finals) = jax.device_get(jax.jit(evaluate_one)(learner, norm, key))

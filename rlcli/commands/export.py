@@ -99,10 +99,16 @@ def run(opts: Options) -> dict:
     seed = parts.cfg.seed + opts.seed_index
     obs = export.observations(parts, opts.parity_observations, seed)
     # actions for the log-probs: the policy's own samples (uniform ones before an off-policy
-    # algorithm's learning_starts)
+    # algorithm's learning_starts; a recurrent policy's from an episode's start)
     normalizer = normalize.make(parts.cfg)
-    actions = np.asarray(jax.jit(lambda o, k: parts.algo.act(learner, normalizer.obs(norm, o), k)[0])(
-        obs, jax.random.PRNGKey(seed)))
+
+    def sample(o, k):
+        if parts.algo.initial_state is None:
+            return parts.algo.act(learner, normalizer.obs(norm, o), k)[0]
+        return parts.algo.act(learner, normalizer.obs(norm, o), k, state=parts.algo.initial_state(o.shape[0]),
+                              episode_start=jax.numpy.ones(o.shape[:1], bool))[0]
+
+    actions = np.asarray(jax.jit(sample)(obs, jax.random.PRNGKey(seed)))
 
     made = next((d for d in reversed(opts.out.absolute().parents) if not d.exists()), None)
     opts.out.parent.mkdir(parents=True, exist_ok=True)

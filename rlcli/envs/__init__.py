@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 
 from rlcli.errors import EnvConfigError
-from rlcli.rules import REQUIRED, Choice, Key, Rule, int_at_least, one_of, with_defaults
+from rlcli.rules import REQUIRED, Choice, Key, Rule, boolean, int_at_least, one_of, with_defaults
 from rlcli.types import EnvSpec
 
 ENV_KEYS = {
@@ -32,6 +32,9 @@ ENV_KEYS = {
     "env.vectorization": Key("auto", one_of("auto", "sync", "async", "vector"),
                              "gymnasium backend: auto | sync | async (subprocesses) | vector (numpy-vectorised)"),
     "env.total_steps": Key(1_000_000, int_at_least(1), "default budget in env steps (total_steps)"),
+    "env.mask_velocity": Key(False, boolean(), "CartPole-v1 on the jax backend: observe the cart position and "
+                                               "pole angle only, the velocities hidden (a partially observed task "
+                                               "for network=gru)"),
 }
 _MUJOCO = "MuJoCo (gymnasium backend, CPU): pip install -e \".[mujoco]\""
 _MINATAR = "MinAtar (gymnax, jax backend): 10x10 grids of C channels; 10M steps as in the MinAtar paper"
@@ -89,11 +92,20 @@ def check_env_id(env_id: str) -> None:
     raise EnvConfigError(f"env.id={env_id!r} is not a registered environment; {hint}")
 
 
-def make_spec(env_id: str, backend: str) -> EnvSpec:
+def make_spec(env_id: str, backend: str, mask_velocity: bool = False) -> EnvSpec:
+    """The spec of `env_id` on `backend`; `mask_velocity` (env.mask_velocity) hides the velocities
+    of a jax-backend CartPole-v1 (EnvConfigError elsewhere)."""
+    if mask_velocity:
+        from rlcli.envs.jax_backend import MASKED
+
+        if env_id not in MASKED or backend != "jax":
+            raise EnvConfigError(f"env.mask_velocity=true is not available for env.id={env_id!r} on the {backend} "
+                                 f"backend (allowed: env.id={' or '.join(MASKED)} on the jax backend; "
+                                 "env.mask_velocity=false)")
     if backend == "jax":
         from rlcli.envs.jax_backend import spec
 
-        return spec(env_id)
+        return spec(env_id, mask_velocity)
     from rlcli.envs.gymnasium_backend import spec
 
     return spec(env_id)

@@ -38,6 +38,11 @@ GYMNAX = (
 )
 
 
+# env.mask_velocity: the observation components kept when the velocities are hidden (CartPole:
+# the cart position and the pole angle, of (x, x_dot, theta, theta_dot)), a partially observed task
+MASKED = {"CartPole-v1": (0, 2)}
+
+
 class _OnFirstUse(types.ModuleType):
     """Stands in for a module until one of its attributes is used; then imports the module."""
 
@@ -82,12 +87,16 @@ class JaxEnv(NamedTuple):
 
 
 @lru_cache(maxsize=None)
-def make(env_id: str) -> JaxEnv:
+def make(env_id: str, observed: tuple[int, ...] | None = None) -> JaxEnv:
+    """The env of `env_id`; with `observed` (a spec's, from env.mask_velocity) its observations
+    hold only those components."""
     env, params = import_gymnax().make(env_id)
-    env_spec = spec(env_id)
+    env_spec = spec(env_id, observed is not None)
+    full_shape = spec(env_id).obs_shape
 
     def as_obs(obs):
-        return obs.astype(jnp.float32).reshape(env_spec.obs_shape)
+        obs = obs.astype(jnp.float32).reshape(full_shape)
+        return obs if observed is None else obs[jnp.asarray(observed)]
 
     def reset(key):
         obs, state = env.reset(key, params)
@@ -124,7 +133,10 @@ def make(env_id: str) -> JaxEnv:
 
 
 @lru_cache(maxsize=None)
-def spec(env_id: str) -> EnvSpec:
+def spec(env_id: str, mask_velocity: bool = False) -> EnvSpec:
+    if mask_velocity:
+        observed = MASKED[env_id]
+        return spec(env_id)._replace(obs_shape=(len(observed),), observed=observed)
     gymnax = import_gymnax()
     from gymnax.environments import spaces
 

@@ -33,7 +33,7 @@ def make(cfg, spec, algo: Algorithm, sizes) -> Loop:
     """The loop of algo=a3c: `chunk(state, k)` runs W worker threads until k x W gradient
     applications are done."""
     parts = a3c.make_parts(spec, cfg, sizes.num_updates)
-    env = jax_backend.make(spec.id)
+    env = jax_backend.make(spec.id, spec.observed)
     num_workers, num_envs, num_steps = cfg.algo.num_workers, cfg.num_envs, cfg.algo.num_steps
     per_worker = num_envs // num_workers
     nan_check = cfg.debug.nan_check

@@ -25,12 +25,16 @@ class RunnerState(NamedTuple):
     key: jax.Array
     episodes: EpisodeStats
     norm: normalize.NormState
+    # a recurrent policy's hidden state [N, H] and episode starts [N] (rlcli.rollout.EnvCarry);
+    # None for a feed-forward one, and then not in the checkpoint
+    policy_state: Any = None
+    episode_start: Any = None
 
 
 def make(cfg, spec, algo: Algorithm, sizes: config.Sizes, fresh: bool = False) -> Loop:
     """`fresh`: every rollout starts with every column reset (a fresh episode at t = 0), the
     episodes in flight abandoned (`rlcli.loops.fresh_episodes`)."""
-    env = jax_backend.make(spec.id)
+    env = jax_backend.make(spec.id, spec.observed)
     num_envs, num_steps = cfg.num_envs, cfg.algo.num_steps
     nan_check = cfg.debug.nan_check
     normalizer = normalize.make(cfg)
@@ -38,8 +42,10 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes, fresh: bool = False) -
     def init_one(key):
         k_params, k_env, k_run = rollout.split_seed_key(key)
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, num_envs))
+        recurrent = {} if algo.initial_state is None else {
+            "policy_state": algo.initial_state(num_envs), "episode_start": jnp.ones((num_envs,), bool)}
         return RunnerState(algo.init(k_params), env_state, obs, k_run, rollout.empty_stats(num_envs),
-                           normalize.init(spec.obs_shape, num_envs))
+                           normalize.init(spec.obs_shape, num_envs), **recurrent)
 
     collect = rollout.jax_collect(algo, env, normalizer, num_envs)
 
@@ -49,9 +55,11 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes, fresh: bool = False) -
             obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
             runner = runner._replace(env_state=env_state, obs=obs, key=key,
                                      episodes=rollout.restart_running(runner.episodes))
-        carry = EnvCarry(runner.env_state, runner.obs, runner.key, runner.episodes)
+        carry = EnvCarry(runner.env_state, runner.obs, runner.key, runner.episodes, runner.policy_state,
+                         runner.episode_start)
         carry, batch = collect(runner.learner, runner.norm, carry, num_steps)
-        runner = runner._replace(env_state=carry.env_state, obs=carry.obs, key=carry.key, episodes=carry.episodes)
+        runner = runner._replace(env_state=carry.env_state, obs=carry.obs, key=carry.key, episodes=carry.episodes,
+                                 policy_state=carry.policy_state, episode_start=carry.episode_start)
         key, k_update = jax.random.split(runner.key)
         norm, batch = normalizer.prepare(runner.norm, batch)
         learner, metrics = algo.update(runner.learner, batch, k_update)
@@ -137,7 +145,10 @@ def make(cfg, spec, algo: Algorithm, sizes: config.Sizes, fresh: bool = False) -
             program = compiler.get("init")
         return xla.shard_seeds(program(seeds), cfg.num_seeds)
 
-    return Loop(init, compile_programs, chunk, evaluate, lambda state: state._asdict(), restore, compiler.close,
+    def checkpoint_state(state):
+        return {name: value for name, value in state._asdict().items() if value is not None}
+
+    return Loop(init, compile_programs, chunk, evaluate, checkpoint_state, restore, compiler.close,
                 compiler.programs)
 
 
