@@ -4,13 +4,15 @@ own act function.
 
 * `arrays(cfg, spec, learner, norm)`: the deterministic policy as named float32 arrays (the
   layout `rlcli/exported_policy.py` reads): the frozen observation-normalisation statistics,
-  the actor's MLP torso, its head and, for a Box space, the log-std (vector, head or gSDE
-  matrix), with the action bounds.
+  the actor's torso (convolutions, MLP, the GRU cell of network=gru), its head and, for a Box
+  space, the log-std (vector, head or gSDE matrix), with the action bounds. The ONNX graph of
+  those arrays is `rlcli.export_onnx.onnx_model`.
 * `reference(parts, learner, norm)`: rlcli's own functions that every format must reproduce:
   `act(obs)`, the algorithm's `act` with `deterministic=True` after the run's observation
   normalisation (training's evaluation policy), and `log_prob(obs, action)`, log pi(a|s) of
   given actions with the algorithm's distribution (001; for the squashed Gaussian of SAC,
-  Haarnoja et al. 2018 eq. 26 with u = atanh of the action scaled to [-1, 1]).
+  Haarnoja et al. 2018 eq. 26 with u = atanh of the action scaled to [-1, 1]). For a recurrent
+  policy both take the actor's hidden state last and act also returns the next one.
 * `write(fmt, directory, ...)` writes one format; `parity(fmt, directory, ...)` loads what was
   written with its own runtime (NumPy, onnxruntime, `jax.export.deserialize`) and measures it
   against `reference` on given observations.

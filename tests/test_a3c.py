@@ -136,7 +136,7 @@ def test_stale_applications_are_counted_exactly(monkeypatch):
         assert all((np.asarray(i) == -1).all() for i in out.first_nonfinite.values())
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_one_worker_is_the_a2c_run_of_the_same_config():
     """With W = 1 there is nothing to be stale against: each application is the gradient at the
     current parameters of a rollout of all envs, i.e. a2c's update on the jax backend. Same

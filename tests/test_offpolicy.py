@@ -303,7 +303,7 @@ def test_update_waits_for_learning_starts_and_explores_uniformly(algo, env):
         assert float(jnp.max(jnp.abs(action - det))) < 0.2
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_sac_resume_continues_the_same_run(tmp_path):
     """A run stopped at a checkpoint and resumed gives the numbers of the uninterrupted run: the
     buffer, the counters and the gSDE noise are part of the saved learner."""

@@ -65,7 +65,7 @@ def test_eval_deterministic_false_samples_and_is_reproducible(keep_run, capsys):
     assert "stochastic episodes per seed" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the env subprocesses of this test process
 def test_async_vectorization_trains_as_sync(tmp_path):
     """`async` steps the same env copies as `sync` in subprocesses, env i seeded with seed + i

@@ -123,7 +123,7 @@ def test_ppo_minibatches_replay_their_sequences_from_the_stored_states():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+@pytest.mark.parametrize("algo", ["ppo", pytest.param("a2c", marks=pytest.mark.extended)])
 def test_a_resumed_run_repeats_the_whole_one_and_rlcli_eval_repeats_its_evaluation(algo, tmp_path, cli):
     """A run stopped at its first checkpoint and resumed gives the metrics of an uninterrupted
     run bit for bit (the hidden states of the envs in flight come back from the checkpoint),
@@ -154,6 +154,7 @@ def test_a_resumed_run_repeats_the_whole_one_and_rlcli_eval_repeats_its_evaluati
     assert exported.returncode == 0, exported.stderr
     manifest = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert manifest["state_size"] == 8 and manifest["parity"]["max_state_error"] <= 1e-5
+    assert "1000 observations (100 sequences of 10 steps), 0 actions differing" in exported.stdout
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -15,7 +15,7 @@ def numbers(records, seed_index=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax", "gymnasium"])
+@pytest.mark.parametrize("backend", ["jax", pytest.param("gymnasium", marks=pytest.mark.extended)])
 def test_same_seed_same_numbers_and_vmapped_seeds_match_separate_runs(tmp_path, backend):
     """Three runs of one seed give identical metrics on CPU; `num_seeds=2` gives each seed the
     metrics of its own single-seed run to float32 rounding (relative 1e-4; measured: at most

@@ -140,13 +140,16 @@ def main(args: list[str]) -> int:
     if code is not None:
         return code
     check = result["parity"]
-    measured = [f"{check['observations']} observations"]
+    measured = [f"{check['observations']} observations"
+                + (f" ({check['sequences']} sequences of {check['steps']} steps)" if "sequences" in check else "")]
     if "actions_differing" in check:
         measured.append(f"{check['actions_differing']} actions differing")
     if "max_action_error" in check:
         measured.append(f"max action error {check['max_action_error']:.2e}")
     if "max_log_prob_error" in check:
         measured.append(f"max log-prob error {check['max_log_prob_error']:.2e}")
+    if "max_state_error" in check:
+        measured.append(f"max hidden-state error {check['max_state_error']:.2e}")
     print(f"rlcli export: {result['algo']} on {result['env']}, checkpoint at env step {result['checkpoint']}, "
           f"seed {result['seed']} (seed_index {result['seed_index']}) as {opts.fmt}: "
           + ", ".join(str(opts.out / name) for name in result["files"]))
