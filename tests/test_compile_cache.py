@@ -147,7 +147,7 @@ def traced():
     monitoring.unregister_event_duration_listener(listener)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_kept_programs_are_read_instead_of_traced_and_give_the_same_numbers(tmp_path, monkeypatch, traced):
     """A run traces its init, chunk and evaluation programs once and keeps them (jax.export)
     beside the compilation cache. A run of another seed reads them: JAX traces none of rlcli's

@@ -162,9 +162,8 @@ RUNS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", [c if c == "ppo" else pytest.param(c, marks=pytest.mark.extended)
-                                  for c in RUNS])
+@pytest.mark.extended
+@pytest.mark.parametrize("case", list(RUNS))
 def test_every_on_policy_algorithm_learns_a_state_dependent_std(case):
     """One update of each on-policy algorithm on Pendulum-v1 with
     network.state_dependent_std=true, through its training loop: the metrics are finite, and

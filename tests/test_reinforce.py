@@ -230,7 +230,7 @@ def test_bad_input_cli_one_line(tmp_path, cli):
         "(allowed with algo=ppo: estimator=td, nstep, gae)")
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_reinforce_runs_and_masks(tmp_path):
     """Two updates of 4 fresh columns x 1000 steps on CartPole-v1 (time limit 500): a random-ish
     policy ends episodes in ~20 steps, and the episodes starting at t <= 500 are used: about
