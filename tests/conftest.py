@@ -71,9 +71,9 @@ def rlcli_executable():
     return found
 
 
-def run_cli(args, cwd, timeout=600):
+def run_cli(args, cwd, timeout=600, env=None):
     return subprocess.run([rlcli_executable(), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def _python_warning_filters() -> None:

@@ -31,6 +31,25 @@ def test_reproduce_matches_bit_for_bit_on_cpu(run, cli, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_reproduce_process_shards_the_seeds_as_the_run_did(run, tmp_path):
+    """A real `rlcli reproduce` process, in an environment without the test session's device
+    flags: it must give itself one CPU device per core (NPROC=2 here, as the run's two devices)
+    before JAX starts, so that the run's two seeds are sharded as when they trained; on one
+    device the vmapped seeds round differently and the match is not bit for bit."""
+    import os
+
+    from conftest import run_cli
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "RLCLI_HOST_DEVICES", "RLCLI_THREADS")}
+    env["NPROC"] = "2"
+    out = tmp_path / "reproduced"
+    result = run_cli(["reproduce", f"run={run}", f"out={out}"], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "summary.json").read_text())["seed_devices"] == 2
+    assert "the metrics match bit for bit: 10 records" in result.stdout
+
+
+@pytest.mark.slow
 def test_reproduce_reports_the_first_difference(run, cli, tmp_path):
     """A run whose metrics were changed after the fact no longer reproduces: exit 1, and the
     message names the update, the seed and the key; rtol= accepts a small difference."""

@@ -96,10 +96,15 @@ def _parse(args: list[str]):
     from rlcli.commands.common import load_run
     from rlcli.config import validate
     from rlcli.paths import claim_dir
+    from rlcli.runtime import limit_threads
 
     parsed = arguments.parse(COMMAND, args)
     out = Path(parsed.values["out"]) if parsed.values["out"] else None
     run_dir, cfg = load_run([f"run={parsed.given['run']}"] if "run" in parsed.given else [])
+    # the run's threads and one CPU device per core, as `rlcli train` set them, before validate
+    # starts JAX: the seeds are sharded over the devices as in the original run, so its numbers
+    # come out bit for bit (on one device a vmapped pair of seeds rounds differently)
+    limit_threads(cfg)
     if not (run_dir / "metrics.jsonl").is_file():
         raise ConfigError(f"run={run_dir} has no metrics.jsonl to compare with (allowed: a run directory "
                           "written by rlcli train)")
