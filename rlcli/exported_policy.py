@@ -104,8 +104,9 @@ def gru(x, h, p):
     def sigmoid(v):
         return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
 
-    def dense(name, v):
-        return v @ p[f"gru_{name}_kernel"] + p[f"gru_{name}_bias"] if f"gru_{name}_bias" in p else v @ p[f"gru_{name}_kernel"]
+    def dense(name, v):  # the hidden-side r and z layers have no bias
+        out = v @ p[f"gru_{name}_kernel"]
+        return out + p[f"gru_{name}_bias"] if f"gru_{name}_bias" in p else out
 
     r = sigmoid(dense("ir", x) + dense("hr", h))
     z = sigmoid(dense("iz", x) + dense("hz", h))
@@ -139,7 +140,7 @@ def _features(obs, p, state=None):
     if state is None:
         return x
     state = gru(x, state, p)
-    return state, state
+    return state, state  # the cell's output is its new state
 
 
 def _head(x, p):

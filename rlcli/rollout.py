@@ -242,8 +242,7 @@ def jax_evaluate(cfg, spec, algo: Algorithm, env, normalizer: normalize.Normaliz
             return (step.obs, env_state, key, ret, length, alive, h), seen
 
         zeros = jnp.zeros((num_eval,), jnp.float32)
-        initial_state = getattr(algo, "initial_state", None)
-        h = None if initial_state is None else initial_state(num_eval)
+        h = None if algo.initial_state is None else algo.initial_state(num_eval)
         carry = (obs, env_state, k_run, zeros, zeros, jnp.ones_like(zeros), h)
         reset_state = env_state
         (_, _, _, ret, length, _, _), seen = jax.lax.scan(body, carry, None, max_eval_steps)

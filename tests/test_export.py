@@ -84,6 +84,17 @@ VARIANTS = {
 PER_PUSH = ("categorical-shared-silu", "gaussian-state-std-gelu", "squashed-gsde", "cnn-stride-2")
 
 
+def every_format(parts, policy, ref, obs, actions, tmp_path):
+    """(format, its parity check) for each format written into tmp_path/<format>."""
+    from rlcli import export
+
+    for fmt in FORMATS:
+        out = tmp_path / fmt
+        out.mkdir()
+        export.write(fmt, out, policy, ref, parts.spec)
+        yield fmt, export.parity(fmt, out, ref, parts.spec, obs, actions)
+
+
 def perturbed(parts, seed, obs):
     """(learner, norm) of one seed with every parameter redrawn, N(0, 1/fan_in) for a kernel
     (unit-scale activations) and N(0, 0.3^2) otherwise, and observation
@@ -124,11 +135,7 @@ def test_every_format_matches_act_on_perturbed_policies(variant, tmp_path):
         obs, jax.random.PRNGKey(7))
     sampled, act_log_prob = np.asarray(sampled), np.asarray(info.log_prob)
     policy = export.arrays(parts.cfg, parts.spec, learner, norm)
-    for fmt in FORMATS:
-        out = tmp_path / fmt
-        out.mkdir()
-        export.write(fmt, out, policy, ref, parts.spec)
-        result = export.parity(fmt, out, ref, parts.spec, obs, sampled)
+    for fmt, result in every_format(parts, policy, ref, obs, sampled, tmp_path):
         assert export.passes(result, ATOL), (fmt, result)
     # the reference's log-density of given actions is act's own for the actions act sampled
     reference_log_prob = np.asarray(jax.jit(ref.log_prob)(obs, sampled))
@@ -171,11 +178,7 @@ def test_a_recurrent_policy_exports_its_step_function(variant, tmp_path):
     actions = (rng.integers(0, parts.spec.num_actions, 1000) if parts.spec.discrete
                else rng.normal(size=(1000, parts.spec.num_actions)).astype(np.float32))
     policy = export.arrays(parts.cfg, parts.spec, learner, norm)
-    for fmt in FORMATS:
-        out = tmp_path / fmt
-        out.mkdir()
-        export.write(fmt, out, policy, ref, parts.spec)
-        result = export.parity(fmt, out, ref, parts.spec, obs, actions)
+    for fmt, result in every_format(parts, policy, ref, obs, actions, tmp_path):
         assert (result["sequences"], result["steps"]) == (100, 10)
         assert export.passes(result, ATOL), (fmt, result)
     carried, state = [], exported_policy.initial_state(100, policy)
